@@ -1,0 +1,140 @@
+"""Exporters: variant -> artifact bundle, each checked for parity on its runtime.
+
+:meth:`Exporter.export` owns the common work (staging, golden data, manifest,
+parity, atomic rename); subclasses implement :meth:`Exporter._export_impl`,
+which only writes the model files.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import platform
+from importlib import metadata
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from edgesmith.bundle import (
+    GOLDEN, Bundle, Manifest, bundle_dir, check_writable, finalize_manifest, save_golden,
+    staged_bundle, write_manifest,
+)
+from edgesmith.errors import ParityError
+from edgesmith.options import build_options
+from edgesmith.registry import Registry
+
+EXPORTERS: Registry[type["Exporter"]] = Registry("exporter", "edgesmith.exporters")
+
+_VERSIONED = ("edgesmith", "torch", "onnx", "onnxruntime", "onnxscript", "numpy", "transformers")
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of Python and the installed libraries that matter to an artifact."""
+    versions = {"python": platform.python_version()}
+    for dist in _VERSIONED:
+        try:
+            versions[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            pass
+    return versions
+
+
+@dataclasses.dataclass
+class ExportOptions:
+    """Options shared by exporters (none yet); subclass per exporter."""
+
+
+class Exporter:
+    """Base class of exporters.
+
+    Subclasses set ``name`` (the target, equal to the module name), ``runtime``
+    (the runtime registry key that runs the artifact), ``model_file`` and
+    ``Options``, and implement :meth:`_export_impl`.
+    """
+
+    name: ClassVar[str] = ""
+    runtime: ClassVar[str] = ""
+    model_file: ClassVar[str] = ""
+    precision: ClassVar[str] = "fp32"
+    Options: ClassVar[type] = ExportOptions
+
+    def __init__(self, options: Any | None = None):
+        self.options = options if options is not None else self.Options()
+
+    def export(self, variant, out: str | Path, *, name: str | None = None, force: bool = False,
+               keep_failed: bool = False) -> tuple[Bundle, Any]:
+        """Export a variant to ``OUT/NAME.TARGET`` and check parity on the target's runtime.
+
+        Args:
+            variant: The variant to export.
+            out: Output directory.
+            name: Bundle name (default: the variant's).
+            force: Overwrite an existing bundle.
+            keep_failed: Keep the bundle even when parity fails (still raises).
+
+        Returns:
+            The bundle and its :class:`~edgesmith.parity.ParityResult`.
+
+        Raises:
+            OutputExistsError: The bundle exists and ``force`` is false.
+            ParityError: The artifact's outputs differ from the source model's.
+            BadInputError / RuntimeUnavailableError: From the conversion or the runtime.
+        """
+        from edgesmith.runtimes import check_bundle
+
+        # exporters may narrow the signature (static shapes); keep the caller's variant intact
+        variant = dataclasses.replace(variant, inputs=list(variant.inputs), outputs=list(variant.outputs),
+                                      notes=list(variant.notes))
+        dest = bundle_dir(out, name or variant.name, self.name)
+        check_writable(dest, force)
+        with staged_bundle(dest, force) as stage:
+            self._export_impl(variant, stage)
+            reference = variant.run()
+            save_golden(stage / GOLDEN, variant.example, reference)
+            manifest = Manifest(
+                name=dest.name.rsplit(".", 1)[0], target=self.name, runtime=self.runtime,
+                model_file=self.model_file, precision=self.precision,
+                inputs=variant.inputs, outputs=variant.outputs, task=variant.task,
+                source=variant.source, passes=variant.passes,
+                options={**dataclasses.asdict(self.options), "notes": variant.notes},
+                versions=library_versions(),
+            )
+            bundle = finalize_manifest(stage, manifest)
+            parity = check_bundle(bundle, extra=self._extra_feeds(variant))
+            manifest.parity = parity.to_dict()
+            write_manifest(stage, manifest)
+            if not parity.passed and not keep_failed:
+                raise ParityError(f"{self.name} export of {variant.name} failed parity: "
+                                  f"{'; '.join(parity.failures)}", parity)
+        if not parity.passed:
+            raise ParityError(f"{self.name} export of {variant.name} failed parity (bundle kept at {dest}): "
+                              f"{'; '.join(parity.failures)}", parity)
+        return Bundle(dest, manifest), parity
+
+    def _extra_feeds(self, variant) -> list[tuple[dict, dict]]:
+        """A second batch size, for models exported with a dynamic batch axis."""
+        if not variant.inputs or not all(0 in s.dynamic for s in variant.inputs):
+            return []
+        feeds = {k: np.concatenate([v, v[:1]], axis=0) for k, v in variant.example.items()}
+        return [(feeds, variant.run(feeds))]
+
+    def _export_impl(self, variant, stage: Path) -> None:
+        """Write the model files (``model_file`` at least) into ``stage``."""
+        raise NotImplementedError
+
+
+def get_exporter(target: str, options: dict[str, str] | None = None) -> Exporter:
+    """Build the exporter for a target with ``key=value`` options.
+
+    Raises:
+        UsageError: Unknown target or option.
+    """
+    cls = EXPORTERS.get(target)
+    return cls(build_options(cls.Options, options or {}, f"target {target!r}"))
+
+
+def _register_builtins() -> None:
+    from edgesmith.export import onnx, torch  # noqa: F401
+
+
+_register_builtins()

@@ -1,0 +1,114 @@
+"""ONNX exporter: ``torch.onnx.export`` with the dynamo exporter.
+
+The variant is captured once with ``torch.export`` (dynamic batch and sequence
+axes where the model allows them) and translated at a current opset; models
+over 2 GB keep their weights as external data next to ``model.onnx``. ONNX
+sources are re-saved as they are. Parity runs on ONNX Runtime (tier ``verified``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import io
+import logging
+import warnings
+from pathlib import Path
+
+from edgesmith.errors import BadInputError
+from edgesmith.export import EXPORTERS, Exporter
+
+TWO_GB = 2 * 1024**3
+
+
+@dataclasses.dataclass
+class OnnxOptions:
+    """Options of the ``onnx`` target.
+
+    Attributes:
+        opset: ONNX opset of the default domain.
+        dynamic: Keep the model's dynamic axes (batch, sequence); false exports fixed shapes.
+        optimize: Run the ONNX graph optimizer after translation (constant folding, fusions).
+        external_data: Store weights in ``model.onnx.data``; None decides by size (over 2 GB).
+    """
+
+    opset: int = 20
+    dynamic: bool = True
+    optimize: bool = True
+    external_data: bool | None = None
+
+
+@contextlib.contextmanager
+def _quiet():
+    """Silence the exporter's progress prints and warnings; errors still raise."""
+    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._dynamo", "onnxscript")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, lvl in zip(loggers, levels):
+            lg.setLevel(lvl)
+
+
+@EXPORTERS.register("onnx")
+class OnnxExporter(Exporter):
+    """Variant -> ``model.onnx``, verified on ONNX Runtime."""
+
+    name = "onnx"
+    runtime = "onnxruntime"
+    model_file = "model.onnx"
+    Options = OnnxOptions
+
+    def _export_impl(self, variant, stage: Path) -> None:
+        import onnx
+
+        path = stage / self.model_file
+        if variant.module is None:
+            model = onnx.load(str(variant.onnx_path))
+            big = model.ByteSize() > TWO_GB if self.options.external_data is None else self.options.external_data
+            onnx.save(model, str(path), save_as_external_data=big, location="model.onnx.data")
+            return
+        program = self._program(variant)
+        import torch
+
+        try:
+            with _quiet():
+                onnx_program = torch.onnx.export(
+                    program, dynamo=True, opset_version=self.options.opset,
+                    input_names=[s.name for s in variant.inputs],
+                    output_names=[s.name for s in variant.outputs],
+                    optimize=self.options.optimize, verbose=False,
+                )
+        except Exception as exc:
+            raise BadInputError(
+                f"ONNX cannot take {variant.name}: {_first_line(exc)}",
+                hint="see the unsupported op named above; replace it or register a custom translation",
+            ) from exc
+        size = sum(t.numel() * t.element_size() for t in program.state_dict.values())
+        big = size > TWO_GB if self.options.external_data is None else self.options.external_data
+        with _quiet():
+            onnx_program.save(str(path), external_data=big)
+
+    def _program(self, variant):
+        from edgesmith.models.program import export_program, output_dynamic_axes
+
+        if not self.options.dynamic:
+            from edgesmith.specs import TensorSpec
+
+            variant.inputs = [TensorSpec(s.name, s.shape, s.dtype) for s in variant.inputs]
+            variant.outputs = [TensorSpec(s.name, s.shape, s.dtype) for s in variant.outputs]
+        program = export_program(variant)
+        axes = output_dynamic_axes(program, variant.inputs)
+        from edgesmith.specs import TensorSpec
+
+        variant.outputs = [TensorSpec(s.name, s.shape, s.dtype, a) for s, a in zip(variant.outputs, axes)]
+        return program
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0][:300] if text else ''}"

@@ -1,0 +1,114 @@
+"""Local Hugging Face checkpoints (safetensors or GGUF) as variants.
+
+Encoders (BERT family, e.g. all-MiniLM-L6-v2) export ``last_hidden_state``;
+causal LMs (Llama family, e.g. SmolLM2 from GGUF) export prefill ``logits``.
+Example inputs come from the checkpoint's own tokenizer. Nothing is downloaded:
+``local_files_only`` is always set.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from edgesmith.errors import BadInputError, missing_extra
+from edgesmith.specs import TensorSpec
+
+EXAMPLE_TEXT = [
+    "edgesmith ships trained models to phones, laptops and FPGAs.",
+    "Parity checks catch a converted model that computes something else.",
+]
+
+
+def _module_class():
+    import torch
+
+    class HFWrapper(torch.nn.Module):
+        """Positional-argument front for a transformers model, returning one tensor."""
+
+        def __init__(self, model, input_names: list[str], output: str):
+            super().__init__()
+            self.model = model
+            self.input_names = list(input_names)
+            self.output = output
+
+        def forward(self, *args):
+            kwargs = dict(zip(self.input_names, args))
+            if self.output == "logits":
+                kwargs["use_cache"] = False
+            return getattr(self.model(**kwargs), self.output)
+
+    return HFWrapper
+
+
+def load_hf(path: Path, gguf: str | None = None, seq_len: int | None = None):
+    """Load a local checkpoint directory (or a GGUF file) into a variant.
+
+    Args:
+        path: Directory with ``config.json``, or the directory holding ``gguf``.
+        gguf: GGUF file name inside ``path`` (loads a causal LM through transformers).
+        seq_len: Pad/truncate the example prompt to this many tokens.
+
+    Raises:
+        RuntimeUnavailableError: If transformers is missing.
+        BadInputError: If transformers cannot read the checkpoint.
+    """
+    try:
+        import torch
+        import transformers
+    except ImportError:
+        raise missing_extra("transformers", "hf") from None
+    from edgesmith.bundle import sha256_file
+    from edgesmith.models.variant import Variant
+
+    transformers.logging.disable_progress_bar()
+    kw = {"local_files_only": True}
+    if gguf:
+        kw["gguf_file"] = gguf
+    try:
+        tok = transformers.AutoTokenizer.from_pretrained(str(path), **kw)
+        config = transformers.AutoConfig.from_pretrained(str(path), **kw)
+        is_lm = bool(gguf) or any(a.endswith("ForCausalLM") for a in (config.architectures or []))
+        auto = transformers.AutoModelForCausalLM if is_lm else transformers.AutoModel
+        model = auto.from_pretrained(str(path), dtype=torch.float32, **kw).eval()
+    except (OSError, ValueError, KeyError) as exc:
+        raise BadInputError(f"cannot load Hugging Face checkpoint {path}: {exc}") from None
+
+    output = "logits" if is_lm else "last_hidden_state"
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    text = EXAMPLE_TEXT[:1] if is_lm else EXAMPLE_TEXT
+    enc = tok(
+        text, return_tensors="np", padding="max_length" if seq_len else True,
+        truncation=bool(seq_len), max_length=seq_len,
+    )
+    names = [n for n in tok.model_input_names if n in enc]
+    example = {n: np.ascontiguousarray(enc[n].astype(np.int64)) for n in names}
+    inputs = [TensorSpec(n, example[n].shape, "int64", {0: "batch", 1: "sequence"}) for n in names]
+    module = _module_class()(model, names, output).eval()
+    with torch.no_grad():
+        out = module(*[torch.from_numpy(example[n]) for n in names])
+    dyn = {0: "batch", 1: "sequence"}
+    weights = path / gguf if gguf else next(iter(sorted(path.glob("*.safetensors"))), path / "config.json")
+    return Variant(
+        name=_name(path, gguf),
+        module=module,
+        inputs=inputs,
+        outputs=[TensorSpec(output, tuple(out.shape), "float32", dyn)],
+        example=example,
+        source={"reference": str(path / gguf) if gguf else str(path), "format": "gguf" if gguf else "hf",
+                "sha256": sha256_file(weights)},
+        task="lm" if is_lm else "encoder",
+    )
+
+
+def _name(path: Path, gguf: str | None) -> str:
+    """A bundle name: the GGUF stem, or the directory name (its parent's for a generic ``model/``)."""
+    if gguf:
+        raw = Path(gguf).stem
+    else:
+        raw = path.resolve().name
+        if raw.lower() in ("model", "checkpoint", "weights"):
+            raw = path.resolve().parent.name
+    return raw.lower().replace("_", "-")

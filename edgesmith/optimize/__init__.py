@@ -1,0 +1,96 @@
+"""Passes: model -> compact variant.
+
+Every pass has a typed options dataclass (its fields are the ``-p name:k=v``
+keys) and implements :meth:`Pass._apply_impl`; :meth:`Pass.apply` owns the
+common work (checks, timing, recording the pass on the variant).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any, ClassVar
+
+from edgesmith.options import build_options, parse_key_values
+from edgesmith.registry import Registry
+
+PASSES: Registry[type["Pass"]] = Registry("pass", "edgesmith.passes")
+
+
+@dataclasses.dataclass
+class PassOptions:
+    """Options shared by every pass (none yet); subclass per pass."""
+
+
+class Pass:
+    """Base class of passes.
+
+    Subclasses set ``name`` and ``Options`` and implement ``_apply_impl``.
+    """
+
+    name: ClassVar[str] = ""
+    Options: ClassVar[type] = PassOptions
+
+    def __init__(self, options: Any | None = None):
+        self.options = options if options is not None else self.Options()
+
+    def apply(self, variant):
+        """Return a new variant with this pass applied and recorded.
+
+        Args:
+            variant: A variant with a torch module.
+
+        Returns:
+            The new variant; its ``passes`` ends with ``{"name", "params", "report", "seconds"}``.
+
+        Raises:
+            BadInputError: If the variant has no module (ONNX sources cannot be optimized).
+        """
+        from edgesmith.errors import BadInputError
+
+        if variant.module is None:
+            raise BadInputError(
+                f"pass {self.name!r} needs a PyTorch model; {variant.name} is ONNX",
+                hint="load the model from .pt2, a checkpoint, py: or zoo:",
+            )
+        start = time.perf_counter()
+        module, report = self._apply_impl(variant)
+        record = {
+            "name": self.name,
+            "params": dataclasses.asdict(self.options),
+            "report": report,
+            "seconds": round(time.perf_counter() - start, 3),
+        }
+        return variant.with_module(module, record)
+
+    def _apply_impl(self, variant) -> tuple[Any, dict[str, Any]]:
+        """Transform ``variant.module``; return the new module and a report dict."""
+        raise NotImplementedError
+
+
+def parse_pass_spec(spec: str) -> Pass:
+    """Build a pass from ``NAME[:key=value,...]``.
+
+    Raises:
+        UsageError: For an unknown pass, an unknown key (listing the known ones)
+            or a value of the wrong type.
+    """
+    name, _, rest = spec.partition(":")
+    cls = PASSES.get(name.strip())
+    owner = f"pass {name.strip()!r}"
+    values = parse_key_values(filter(None, (p.strip() for p in rest.split(","))), owner)
+    return cls(build_options(cls.Options, values, owner))
+
+
+def apply_passes(variant, specs: list[str]):
+    """Apply passes given as ``NAME[:k=v,...]`` strings, in order."""
+    for spec in specs:
+        variant = parse_pass_spec(spec).apply(variant)
+    return variant
+
+
+def _register_builtins() -> None:
+    from edgesmith.optimize import reparam  # noqa: F401
+
+
+_register_builtins()

@@ -1,0 +1,147 @@
+"""Runtimes: load a bundle and run it. This is what ships to a device.
+
+Nothing here imports torch or the exporters: only numpy, the bundle reader,
+the parity helper and the target's own runtime library (imported lazily).
+:meth:`Runtime.run` owns input checks; subclasses implement ``_load_impl`` and
+``_run_impl``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from edgesmith.bundle import Bundle
+from edgesmith.errors import BadInputError
+from edgesmith.registry import Registry
+
+RUNTIMES: Registry[type["Runtime"]] = Registry("runtime", "edgesmith.runtimes")
+
+
+class Runtime:
+    """Base class of runtimes.
+
+    Args:
+        bundle: A verified bundle.
+        threads: Intra-op threads (0 = the runtime's default).
+    """
+
+    name: ClassVar[str] = ""
+    tier: ClassVar[str] = "verified"
+
+    def __init__(self, bundle: Bundle, threads: int = 0):
+        self.bundle = bundle
+        self.threads = threads
+        self._load_impl()
+
+    @classmethod
+    def available(cls) -> None:
+        """Raise :class:`~edgesmith.errors.RuntimeUnavailableError` if the runtime cannot run here."""
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Check the inputs and run the model (see :meth:`prepare`)."""
+        return self.run_prepared(self.prepare(feeds))
+
+    def run_prepared(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run on inputs already checked by :meth:`prepare` (what profiling times)."""
+        return self._run_impl(feeds)
+
+    def prepare(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Check inputs against the manifest and convert them to its dtypes.
+
+        Args:
+            feeds: Input name -> array, matching the manifest's inputs.
+
+        Returns:
+            Input name -> contiguous array of the manifest's dtype.
+
+        Raises:
+            BadInputError: A missing or unexpected input, or a wrong dtype or rank.
+        """
+        specs = self.bundle.manifest.inputs
+        expected = [s.name for s in specs]
+        unknown = sorted(set(feeds) - set(expected))
+        missing = [n for n in expected if n not in feeds]
+        if missing or unknown:
+            raise BadInputError(
+                f"inputs do not match {self.bundle.path.name}: missing {missing}, unexpected {unknown}",
+                hint=f"the bundle takes: {', '.join(expected)}",
+            )
+        checked = {}
+        for s in specs:
+            arr = np.asarray(feeds[s.name])
+            if arr.ndim != len(s.shape):
+                raise BadInputError(f"input {s.name} has rank {arr.ndim}, the bundle expects {s.describe()}")
+            fixed = [i for i in range(arr.ndim) if i not in s.dynamic and arr.shape[i] != s.shape[i]]
+            if fixed:
+                raise BadInputError(
+                    f"input {s.name} has shape {arr.shape}, the bundle expects {s.describe()}",
+                    hint="only the named (dynamic) axes may change",
+                )
+            checked[s.name] = np.ascontiguousarray(arr.astype(s.dtype, copy=False))
+        return checked
+
+    def node_times(self, feeds: dict[str, np.ndarray], runs: int) -> list[dict[str, Any]]:
+        """Per-node times from the runtime's own profiler (empty where it has none).
+
+        Returns:
+            Dicts with ``node``, ``op_type``, ``scope`` (source module or ""), ``mean_ms``.
+        """
+        return []
+
+    def _load_impl(self) -> None:
+        raise NotImplementedError
+
+    def _run_impl(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+
+def open_runtime(bundle: str | Path | Bundle, threads: int = 0) -> Runtime:
+    """Open a bundle (verifying it) with the runtime its manifest names.
+
+    Raises:
+        BadInputError: The bundle fails verification.
+        RuntimeUnavailableError: The runtime's library is missing here.
+    """
+    if not isinstance(bundle, Bundle):
+        bundle = Bundle.open(bundle)
+    cls = RUNTIMES.get(bundle.manifest.runtime)
+    cls.available()
+    return cls(bundle, threads=threads)
+
+
+def check_bundle(bundle: str | Path | Bundle, extra: list[tuple[dict, dict]] = (), threads: int = 0):
+    """Run a bundle on its golden inputs and compare with the golden outputs.
+
+    Args:
+        bundle: The bundle (verified on open).
+        extra: More ``(inputs, reference outputs)`` pairs to check (e.g. another batch size).
+        threads: Runtime threads.
+
+    Returns:
+        The :class:`~edgesmith.parity.ParityResult`, at the runtime's tier.
+    """
+    from edgesmith.parity import compare
+
+    runtime = open_runtime(bundle, threads)
+    m = runtime.bundle.manifest
+    inputs, reference = runtime.bundle.golden()
+    classify = m.task in ("classifier", "lm")
+    result = compare(reference, runtime.run(inputs), precision=m.precision, tier=runtime.tier, classify=classify)
+    for feeds, ref in extra:
+        more = compare(ref, runtime.run(feeds), precision=m.precision, tier=runtime.tier, classify=classify)
+        batch = next(iter(feeds.values())).shape[0]
+        result.failures += [f"{f} (batch {batch})" for f in more.failures]
+        result.outputs += [dataclasses.replace(o, name=f"{o.name}@batch{batch}") for o in more.outputs]
+        result.passed = not result.failures
+    return result
+
+
+def _register_builtins() -> None:
+    from edgesmith.runtimes import onnxruntime, torch  # noqa: F401
+
+
+_register_builtins()

@@ -1,0 +1,125 @@
+"""ONNX Runtime loader for ``onnx`` bundles (CPU execution provider)."""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import re
+import tempfile
+from collections import defaultdict
+from typing import Any
+
+import numpy as np
+
+from edgesmith.errors import missing_extra
+from edgesmith.runtimes import RUNTIMES, Runtime
+
+
+def _ort():
+    try:
+        import onnxruntime
+    except ImportError:
+        raise missing_extra("onnxruntime", "all") from None
+    return onnxruntime
+
+
+def _options(threads: int, profile_prefix: str | None = None):
+    ort = _ort()
+    so = ort.SessionOptions()
+    if threads:
+        so.intra_op_num_threads = threads
+    so.log_severity_level = 3
+    if profile_prefix:
+        so.enable_profiling = True
+        so.profile_file_prefix = profile_prefix
+    return so
+
+
+@RUNTIMES.register("onnxruntime")
+class OnnxRuntime(Runtime):
+    """Runs ``model.onnx`` with ONNX Runtime (tier ``verified``)."""
+
+    name = "onnxruntime"
+    tier = "verified"
+
+    @classmethod
+    def available(cls) -> None:
+        _ort()
+
+    def _load_impl(self) -> None:
+        ort = _ort()
+        self.session = ort.InferenceSession(
+            str(self.bundle.model_path), _options(self.threads), providers=["CPUExecutionProvider"]
+        )
+        self._outputs = [o.name for o in self.session.get_outputs()]
+
+    def _run_impl(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return dict(zip(self._outputs, self.session.run(None, feeds)))
+
+    def node_times(self, feeds: dict[str, np.ndarray], runs: int) -> list[dict[str, Any]]:
+        """Per-node kernel times from ONNX Runtime's profiler, mapped to source modules.
+
+        The dynamo exporter records each node's module path (``name_scopes``);
+        nodes that ONNX Runtime fused or created keep only their op type.
+        """
+        ort = _ort()
+        scopes = _node_scopes(self.bundle.model_path)
+        with tempfile.TemporaryDirectory() as tmp:
+            session = ort.InferenceSession(
+                str(self.bundle.model_path), _options(self.threads, os.path.join(tmp, "ort")),
+                providers=["CPUExecutionProvider"],
+            )
+            session.run(None, feeds)  # warm-up, excluded below
+            session.end_profiling()
+            session = ort.InferenceSession(
+                str(self.bundle.model_path), _options(self.threads, os.path.join(tmp, "ort2")),
+                providers=["CPUExecutionProvider"],
+            )
+            for _ in range(runs):
+                session.run(None, feeds)
+            with open(session.end_profiling()) as f:
+                events = json.load(f)
+        total: dict[str, float] = defaultdict(float)
+        ops: dict[str, str] = {}
+        for ev in events:
+            if ev.get("cat") != "Node" or not ev.get("name", "").endswith("_kernel_time"):
+                continue
+            node = ev["name"][: -len("_kernel_time")]
+            total[node] += ev.get("dur", 0) / 1000.0
+            ops[node] = ev.get("args", {}).get("op_name", "")
+        return [
+            {"node": n, "op_type": ops[n], "scope": _scope_of(n, scopes), "mean_ms": t / max(runs, 1)}
+            for n, t in sorted(total.items(), key=lambda kv: -kv[1])
+        ]
+
+
+_ORT_SUFFIX = re.compile(r"(_nchwc|_token_\d+|_output_\d+)+$")
+
+
+def _scope_of(node: str, scopes: dict[str, str]) -> str:
+    """Source module of a profiled node, also for nodes ONNX Runtime renamed when fusing."""
+    base = _ORT_SUFFIX.sub("", node.removeprefix("fused ").strip())
+    for name in (node, base, f"node_{base}"):
+        if name in scopes:
+            return scopes[name]
+    return ""
+
+
+def _node_scopes(path) -> dict[str, str]:
+    """ONNX node name -> source module path, from the dynamo exporter's metadata."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    scopes = {}
+    for node in model.graph.node:
+        for prop in node.metadata_props:
+            if prop.key == "pkg.torch.onnx.name_scopes":
+                try:
+                    parts = [p for p in ast.literal_eval(prop.value) if p]
+                except (ValueError, SyntaxError):
+                    continue
+                # the last entry names the op itself; the one before is its module
+                if len(parts) >= 2:
+                    scopes[node.name] = parts[-2]
+    return scopes

@@ -1,0 +1,46 @@
+"""PyTorch loader for ``torch`` bundles (``model.pt2``), and for in-memory modules.
+
+The one runtime that imports torch (lazily): it is the reference the others are
+profiled against.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from edgesmith.errors import missing_extra
+from edgesmith.runtimes import RUNTIMES, Runtime
+
+
+def _torch():
+    try:
+        import torch
+    except ImportError:
+        raise missing_extra("torch", "all") from None
+    return torch
+
+
+@RUNTIMES.register("torch")
+class TorchRuntime(Runtime):
+    """Runs a ``torch.export`` program with PyTorch (tier ``verified``)."""
+
+    name = "torch"
+    tier = "verified"
+
+    @classmethod
+    def available(cls) -> None:
+        _torch()
+
+    def _load_impl(self) -> None:
+        torch = _torch()
+        if self.threads:
+            torch.set_num_threads(self.threads)
+        self.module = torch.export.load(str(self.bundle.model_path)).module()
+
+    def _run_impl(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        torch = _torch()
+        args = [torch.from_numpy(feeds[s.name]) for s in self.bundle.manifest.inputs]
+        with torch.inference_mode():
+            out = self.module(*args)
+        out = out if isinstance(out, (tuple, list)) else (out,)
+        return {s.name: t.numpy() for s, t in zip(self.bundle.manifest.outputs, out)}
