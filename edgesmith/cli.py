@@ -1,0 +1,500 @@
+"""The ``edgesmith`` command line: parse, call :mod:`edgesmith.api`, render with rich.
+
+No logic of its own. Data goes to stdout (``--json`` for scripts); progress and
+messages go to stderr. Errors map to exit codes in :func:`main`.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import traceback
+from pathlib import Path
+
+import click
+
+from edgesmith import errors
+
+
+def _console(stderr: bool = True):
+    from rich.console import Console
+
+    return Console(stderr=stderr, highlight=False)
+
+
+def _emit_json(data) -> None:
+    click.echo(json.dumps(data, indent=2, default=str))
+
+
+def _model_options(f):
+    """Options every command that takes a MODEL shares."""
+    f = click.option("--seq-len", type=int, help="Example sequence length for language models.")(f)
+    f = click.option("--gguf", metavar="FILE", help="GGUF file inside the checkpoint directory.")(f)
+    f = click.option("--weights", type=click.Path(dir_okay=False),
+                     help="Weights for a py: factory (safetensors, or torch file loaded weights_only).")(f)
+    f = click.option("--input", "inputs", multiple=True, metavar="NAME:SHAPE[:DTYPE]",
+                     help="Input spec, e.g. image:1x3x224x224:float32 (repeat per input).")(f)
+    return f
+
+
+def _load(model, inputs, weights, gguf, seq_len):
+    from edgesmith import api as es
+
+    with _console().status(f"loading {model}"):
+        return es.load(model, inputs=inputs, weights=weights, gguf=gguf, seq_len=seq_len)
+
+
+def _parity_row(table, name, result) -> None:
+    from edgesmith.parity import format_snr
+
+    w = result.worst
+    top1 = "—" if w is None or w.top1_agreement is None else f"{w.top1_agreement:.1%}"
+    status = "[green]PASS[/]" if result.passed else "[red]FAIL[/]"
+    table.add_row(name, result.tier, result.precision, f"{w.max_abs:.3g}" if w else "—",
+                  format_snr(w.snr_db) if w else "—", top1, status)
+
+
+def _parity_table():
+    from rich.table import Table
+
+    t = Table(title="parity")
+    for col in ("bundle", "tier", "precision", "max_abs", "SNR", "top-1", "result"):
+        t.add_column(col, justify="right" if col in ("max_abs", "SNR", "top-1") else "left")
+    return t
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="edgesmith")
+def cli():
+    """edgesmith: compact a trained PyTorch model, export it to edge targets, check parity, profile it.
+
+    \b
+    Quick start:
+      edgesmith demo
+      edgesmith export zoo:digits-cnn -p reparam --target onnx -o out
+      edgesmith verify out/digits-cnn.onnx
+      edgesmith profile out/digits-cnn.onnx -o profile.json
+      edgesmith report profile.json -o report.html
+
+    MODEL is path/model.pt2, a Hugging Face checkpoint directory, path/model.onnx,
+    py:package.module:factory (with --weights) or zoo:NAME.
+    """
+
+
+@cli.command()
+@click.option("-o", "--out", default="edgesmith-demo", show_default=True, type=click.Path(file_okay=False),
+              help="Output directory (the demo's own; reused on re-runs).")
+@click.option("--runs", default=200, show_default=True, help="Timed runs per bundle.")
+@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
+def demo(out, runs, as_json):
+    """Run zoo:digits-cnn through reparam, ONNX export, verify, host profile and report.
+
+    \b
+    Example:
+      edgesmith demo -o edgesmith-demo
+    """
+    from edgesmith.demo import run_demo
+
+    console = _console()
+    with console.status("demo") as status:
+        result = run_demo(out, runs=runs, step=lambda s: (status.update(s), console.print(f"[dim]-[/] {s}")))
+    if as_json:
+        _emit_json({"bundles": result["bundles"], "report": result["report"], "profile": result["profile"],
+                    "parity": {k: v.to_dict() for k, v in result["parity"].items()}})
+        return
+    table = _parity_table()
+    for name, res in result["parity"].items():
+        _parity_row(table, name, res)
+    console.print(table)
+    for e in result["doc"]["entries"]:
+        console.print(f"{e['name']}.{e['target']}: p50 {e['latency_ms']['p50']:.3f} ms on host (measured)")
+    console.print(f"[bold]report:[/] {result['report'][0]}")
+
+
+@cli.group()
+def models():
+    """Built-in models (zoo:NAME)."""
+
+
+@models.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def models_list(as_json):
+    """List the built-in models.
+
+    \b
+    Example:
+      edgesmith models list
+    """
+    from edgesmith.models.zoo import ZOO
+
+    rows = [{"name": f"zoo:{n}", "task": ZOO.get(n).task, "summary": ZOO.get(n).summary} for n in ZOO.names()]
+    if as_json:
+        return _emit_json(rows)
+    from rich.table import Table
+
+    t = Table("model", "task", "summary")
+    for r in rows:
+        t.add_row(r["name"], r["task"], r["summary"])
+    _console(stderr=False).print(t)
+
+
+@cli.group()
+def passes():
+    """Optimization passes (-p NAME:key=value)."""
+
+
+@passes.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def passes_list(as_json):
+    """List passes and their options.
+
+    \b
+    Example:
+      edgesmith passes list
+    """
+    from edgesmith.optimize import PASSES
+    from edgesmith.options import describe_options
+
+    rows = [{"name": n, "summary": (PASSES.get(n).__doc__ or "").strip().splitlines()[0],
+             "options": [dict(zip(("name", "type", "default"), o)) for o in describe_options(PASSES.get(n).Options)]}
+            for n in PASSES.names()]
+    if as_json:
+        return _emit_json(rows)
+    for r in rows:
+        opts = ", ".join(f"{o['name']}={o['default']} ({o['type']})" for o in r["options"]) or "no options"
+        click.echo(f"{r['name']}: {r['summary']}\n    options: {opts}")
+
+
+@cli.group()
+def targets():
+    """Export targets (--target NAME, -O key=value)."""
+
+
+@targets.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def targets_list(as_json):
+    """List export targets, their runtimes and options.
+
+    \b
+    Example:
+      edgesmith targets list
+    """
+    from edgesmith.export import EXPORTERS
+    from edgesmith.options import describe_options
+
+    rows = [{"name": n, "runtime": EXPORTERS.get(n).runtime, "precision": EXPORTERS.get(n).precision,
+             "options": [dict(zip(("name", "type", "default"), o)) for o in describe_options(EXPORTERS.get(n).Options)]}
+            for n in EXPORTERS.names()]
+    if as_json:
+        return _emit_json(rows)
+    for r in rows:
+        opts = ", ".join(f"{o['name']}={o['default']} ({o['type']})" for o in r["options"]) or "no options"
+        click.echo(f"{r['name']}: runtime {r['runtime']}, {r['precision']}\n    options: {opts}")
+
+
+@cli.command()
+@click.argument("model")
+@_model_options
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def inspect(model, inputs, weights, gguf, seq_len, as_json):
+    """Show a model's parameters, size, signature, FLOPs and op histogram.
+
+    \b
+    Example:
+      edgesmith inspect zoo:digits-cnn
+      edgesmith inspect py:mypkg.nets:build --weights net.pt --input x:1x3x32x32
+    """
+    from edgesmith import api as es
+
+    variant = _load(model, inputs, weights, gguf, seq_len)
+    with _console().status("counting FLOPs and ops"):
+        info = es.inspect(variant)
+    if as_json:
+        return _emit_json(info)
+    from rich.table import Table
+
+    from edgesmith.specs import TensorSpec
+
+    c = _console(stderr=False)
+    flops = "n/a (ONNX source)" if info["flops"] is None else f"{info['flops'] / 1e6:.2f} MFLOPs"
+    c.print(f"[bold]{info['name']}[/] ({info['task']}) from {info['source'].get('reference')}")
+    c.print(f"params {info['params']:,}  size {info['size_bytes'] / 2**20:.2f} MiB  {flops} per forward")
+    for kind in ("inputs", "outputs"):
+        c.print(f"{kind}: " + "; ".join(TensorSpec.from_dict(s).describe() for s in info[kind]))
+    t = Table("op", "count", title="op histogram")
+    for op, n in info["ops"].items():
+        t.add_row(op, str(n))
+    c.print(t)
+    for note in info["notes"]:
+        c.print(f"[yellow]note:[/] {note}")
+
+
+@cli.command()
+@click.argument("model")
+@_model_options
+@click.option("-p", "--pass", "pass_specs", multiple=True, required=True, metavar="PASS[:k=v,...]",
+              help="Pass to apply, in order (see `edgesmith passes list`).")
+@click.option("-o", "--out", required=True, type=click.Path(dir_okay=False), help="Output .pt2 file.")
+@click.option("--force", is_flag=True, help="Overwrite an existing output.")
+@click.option("--json", "as_json", is_flag=True, help="Print the pass reports as JSON.")
+def optimize(model, inputs, weights, gguf, seq_len, pass_specs, out, force, as_json):
+    """Apply passes to a model and save the variant as a .pt2 program.
+
+    The .pt2 keeps the passes applied, the signature and the example inputs, so
+    `edgesmith export OUT.pt2` continues from it.
+
+    \b
+    Example:
+      edgesmith optimize zoo:digits-cnn -p reparam -o digits-reparam.pt2
+    """
+    from edgesmith import api as es
+    from edgesmith.bundle import check_writable
+    from edgesmith.models import save_pt2
+
+    check_writable(Path(out), force)
+    variant = _load(model, inputs, weights, gguf, seq_len)
+    with _console().status("applying passes"):
+        variant = es.optimize(variant, pass_specs)
+        save_pt2(variant, out, force=force)
+    if as_json:
+        return _emit_json({"out": out, "passes": variant.passes})
+    for p in variant.passes:
+        click.echo(f"{p['name']}: {json.dumps(p['report'])} ({p['seconds']} s)")
+    click.echo(f"wrote {out}")
+
+
+@cli.command()
+@click.argument("model")
+@_model_options
+@click.option("-t", "--target", "targets_", multiple=True, default=("onnx",), show_default=True,
+              help="Target (repeatable), or `all` (see `edgesmith targets list`).")
+@click.option("-p", "--pass", "pass_specs", multiple=True, metavar="PASS[:k=v,...]", help="Pass to apply first.")
+@click.option("-O", "--option", "target_options", multiple=True, metavar="KEY=VALUE",
+              help="Target option, e.g. -O opset=20 -O dynamic=false.")
+@click.option("-o", "--out", default="out", show_default=True, type=click.Path(file_okay=False),
+              help="Output directory; bundles go to OUT/NAME.TARGET.")
+@click.option("--name", help="Bundle name (default: the model's).")
+@click.option("--force", is_flag=True, help="Overwrite existing bundles.")
+@click.option("--keep-failed", is_flag=True, help="Keep a bundle whose parity failed (exit code is still 4).")
+@click.option("--json", "as_json", is_flag=True, help="Print bundles and parity as JSON.")
+def export(model, inputs, weights, gguf, seq_len, targets_, pass_specs, target_options, out, name, force,
+           keep_failed, as_json):
+    """Export a model to one or more targets as verified bundles.
+
+    Each bundle holds the model, golden inputs/outputs and a manifest with the
+    parity result; a failed export leaves nothing behind.
+
+    \b
+    Example:
+      edgesmith export zoo:digits-cnn -p reparam --target onnx -o out
+      edgesmith export path/to/all-MiniLM-L6-v2 --target onnx -o out
+    """
+    from edgesmith import api as es
+    from edgesmith.export import EXPORTERS
+    from edgesmith.options import parse_key_values
+
+    names = EXPORTERS.names() if "all" in targets_ else list(dict.fromkeys(targets_))
+    for t in names:
+        EXPORTERS.get(t)
+    opts = parse_key_values(target_options, "-O")
+    variant = _load(model, inputs, weights, gguf, seq_len)
+    console = _console()
+    if pass_specs:
+        with console.status("applying passes"):
+            variant = es.optimize(variant, pass_specs)
+    results, failed = [], None
+    for t in names:
+        try:
+            with console.status(f"exporting {variant.name} to {t} and checking parity"):
+                bundle, parity = es.export(variant, out, target=t, name=name, options=opts if len(names) == 1 else
+                                           {k: v for k, v in opts.items()}, force=force, keep_failed=keep_failed)
+            results.append((str(bundle.path), parity))
+        except errors.ParityError as exc:
+            failed = failed or exc
+            results.append((t, exc.result))
+    if as_json:
+        _emit_json([{"bundle": b, "parity": p.to_dict() if p else None} for b, p in results])
+    else:
+        table = _parity_table()
+        for b, p in results:
+            _parity_row(table, b, p)
+        _console(stderr=False).print(table)
+        for note in variant.notes:
+            console.print(f"[yellow]note:[/] {note}")
+    if failed:
+        raise failed
+
+
+@cli.command()
+@click.argument("bundles", nargs=-1, required=True, type=click.Path())
+@click.option("--threads", default=0, help="Runtime threads (0 = runtime default).")
+@click.option("--json", "as_json", is_flag=True, help="Print parity results as JSON.")
+def verify(bundles, threads, as_json):
+    """Check bundles' files (sha256) and re-run their golden data on their runtime.
+
+    Exit code 4 if any bundle's outputs are out of tolerance.
+
+    \b
+    Example:
+      edgesmith verify out/digits-cnn.onnx
+    """
+    from edgesmith import api as es
+
+    results = {}
+    with _console().status("verifying"):
+        for b in bundles:
+            results[b] = es.verify(b, threads=threads)
+    if as_json:
+        _emit_json({b: r.to_dict() for b, r in results.items()})
+    else:
+        table = _parity_table()
+        for b, r in results.items():
+            _parity_row(table, b, r)
+        _console(stderr=False).print(table)
+    bad = [b for b, r in results.items() if not r.passed]
+    if bad:
+        raise errors.ParityError(f"parity failed for {', '.join(bad)}: "
+                                 + "; ".join(f for b in bad for f in results[b].failures))
+
+
+@cli.command()
+@click.argument("bundle", type=click.Path())
+@click.option("--inputs", "inputs_file", type=click.Path(dir_okay=False),
+              help=".npz with one array per input (default: the bundle's golden inputs).")
+@click.option("-o", "--out", type=click.Path(dir_okay=False), help="Write outputs to this .npz.")
+@click.option("--force", is_flag=True, help="Overwrite --out.")
+@click.option("--threads", default=0, help="Runtime threads (0 = runtime default).")
+@click.option("--json", "as_json", is_flag=True, help="Print output summaries as JSON.")
+def run(bundle, inputs_file, out, force, threads, as_json):
+    """Run a bundle on inputs with its runtime.
+
+    \b
+    Example:
+      edgesmith run out/digits-cnn.onnx --inputs digits.npz -o logits.npz
+    """
+    import numpy as np
+
+    from edgesmith import api as es
+    from edgesmith.bundle import Bundle, check_writable
+
+    if out:
+        check_writable(Path(out), force)
+    if inputs_file:
+        try:
+            with np.load(inputs_file, allow_pickle=False) as z:
+                feeds = {k: z[k] for k in z.files}
+        except (OSError, ValueError) as exc:
+            raise errors.BadInputError(f"cannot read inputs {inputs_file}: {exc}") from None
+    else:
+        feeds = Bundle.open(bundle).golden()[0]
+    outputs = es.run(bundle, feeds, threads=threads)
+    if out:
+        np.savez(out, **outputs)
+    summary = {k: {"shape": list(v.shape), "dtype": str(v.dtype), "mean": float(np.mean(v)),
+                   "argmax": np.argmax(v, axis=-1).ravel()[:16].tolist() if v.ndim else None}
+               for k, v in outputs.items()}
+    if as_json:
+        return _emit_json(summary)
+    for k, s in summary.items():
+        click.echo(f"{k}: shape {s['shape']} {s['dtype']}, mean {s['mean']:.4g}, argmax[:16] {s['argmax']}")
+    if out:
+        click.echo(f"wrote {out}")
+
+
+@cli.command()
+@click.argument("bundles", nargs=-1, required=True, type=click.Path())
+@click.option("--device", default="host", show_default=True, help="Device to profile on.")
+@click.option("-o", "--out", type=click.Path(dir_okay=False), help="Write the profile document (JSON).")
+@click.option("--force", is_flag=True, help="Overwrite --out.")
+@click.option("--runs", default=100, show_default=True, help="Timed runs.")
+@click.option("--warmup", default=10, show_default=True, help="Untimed warm-up runs.")
+@click.option("--threads", default=0, help="Runtime threads (0 = runtime default).")
+@click.option("--no-layers", is_flag=True, help="Skip the per-layer breakdown.")
+@click.option("--json", "as_json", is_flag=True, help="Print the profile document.")
+def profile(bundles, device, out, force, runs, warmup, threads, no_layers, as_json):
+    """Measure latency, memory and size of bundles (p50/p90/p99, per-layer time).
+
+    \b
+    Example:
+      edgesmith profile out/digits-cnn.onnx out/digits-cnn.torch --device host -o profile.json
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from edgesmith import api as es
+    from edgesmith.bundle import check_writable
+
+    if out:
+        check_writable(Path(out), force)
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  console=_console(), transient=True) as bar:
+        tasks = {b: bar.add_task(f"profiling {Path(b).name}", total=runs) for b in bundles}
+        doc = es.profile(bundles, device=device, warmup=warmup, runs=runs, threads=threads,
+                         layers=not no_layers, progress=lambda b, n: bar.update(tasks[b], completed=n))
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps(doc, indent=2))
+    if as_json:
+        return _emit_json(doc)
+    from rich.table import Table
+
+    t = Table(title=f"latency on {device} (measured)")
+    for col in ("bundle", "p50 ms", "p90 ms", "p99 ms", "mean±std ms", "load ms", "peak MiB", "size KiB"):
+        t.add_column(col, justify="left" if col == "bundle" else "right")
+    for e in doc["entries"]:
+        lat = e["latency_ms"]
+        t.add_row(f"{e['name']}.{e['target']}", f"{lat['p50']:.3f}", f"{lat['p90']:.3f}", f"{lat['p99']:.3f}",
+                  f"{lat['mean']:.3f}±{lat['std']:.3f}", f"{e['load_time_ms']:.0f}", f"{e['peak_memory_mb']:.1f}",
+                  f"{e['file_size_bytes'] / 1024:.0f}")
+    _console(stderr=False).print(t)
+    if out:
+        click.echo(f"wrote {out}")
+
+
+@cli.command()
+@click.argument("profiles", nargs=-1, required=True, type=click.Path())
+@click.option("-o", "--out", required=True, type=click.Path(dir_okay=False),
+              help="report.html (+ report.md beside it), report.md or merged .json.")
+@click.option("--force", is_flag=True, help="Overwrite existing files.")
+def report(profiles, out, force):
+    """Write a self-contained HTML (and Markdown) report from profile documents.
+
+    \b
+    Example:
+      edgesmith report profile.json -o report.html
+    """
+    from edgesmith import api as es
+
+    for path in es.report(profiles, out, force=force):
+        click.echo(f"wrote {path}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: run the CLI and map errors to exit codes (ARCHITECTURE.md)."""
+    try:
+        cli.main(args=argv, prog_name="edgesmith", standalone_mode=False)
+        return 0
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.ClickException as exc:  # usage errors from click itself
+        exc.show()
+        return 2
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        return 1
+    except errors.EdgesmithError as exc:
+        msg = f"error: {exc.message}" + (f"\n  hint: {exc.hint}" if exc.hint else "")
+        click.echo(click.style(msg, fg="red"), err=True)
+        return exc.exit_code
+    except Exception:
+        traceback.print_exc()
+        click.echo("edgesmith hit an internal error (a bug); please report the traceback above.", err=True)
+        return errors.EXIT_INTERNAL
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
+
+def entry() -> None:
+    """Console-script wrapper: exit with :func:`main`'s code."""
+    sys.exit(main())

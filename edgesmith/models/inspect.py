@@ -1,0 +1,69 @@
+"""``edgesmith inspect``: parameters, size, signature, FLOPs and op histogram of a model."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+
+def inspect_variant(variant) -> dict[str, Any]:
+    """Summarise a variant.
+
+    FLOPs are counted by PyTorch's ``FlopCounterMode`` on one forward pass of the
+    example inputs (matmuls and convolutions; MACs = FLOPs / 2). The op histogram
+    counts the aten ops of the ``torch.export`` graph, or the ONNX graph's ops.
+
+    Returns:
+        A JSON-ready dict: name, source, task, params, size_bytes, inputs, outputs,
+        flops (None for ONNX sources), ops (op -> count), passes, notes.
+    """
+    if variant.module is None:
+        params, size, flops, ops = _onnx_stats(variant.onnx_path)
+    else:
+        params, size, flops, ops = _torch_stats(variant)
+    return {
+        "name": variant.name,
+        "source": variant.source,
+        "task": variant.task,
+        "params": params,
+        "size_bytes": size,
+        "inputs": [s.to_dict() for s in variant.inputs],
+        "outputs": [s.to_dict() for s in variant.outputs],
+        "flops": flops,
+        "ops": dict(ops.most_common()),
+        "passes": variant.passes,
+        "notes": variant.notes,
+    }
+
+
+def _torch_stats(variant):
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from edgesmith.models.program import export_program
+
+    module = variant.module
+    tensors = {id(t): t for t in [*module.parameters(), *module.buffers()]}
+    params = sum(p.numel() for p in module.parameters())
+    size = sum(t.numel() * t.element_size() for t in tensors.values())
+    args = [torch.from_numpy(variant.example[s.name]) for s in variant.inputs]
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        module(*args)
+    program = export_program(variant)
+    ops = Counter(
+        getattr(n.target, "__name__", str(n.target)).replace(".default", "")
+        for n in program.graph.nodes if n.op == "call_function"
+    )
+    return params, size, int(counter.get_total_flops()), ops
+
+
+def _onnx_stats(path):
+    import numpy as np
+    import onnx
+
+    model = onnx.load(str(path))
+    params = sum(int(np.prod(t.dims)) for t in model.graph.initializer)
+    size = sum(onnx.numpy_helper.to_array(t).nbytes for t in model.graph.initializer)
+    ops = Counter(n.op_type for n in model.graph.node)
+    return params, size, None, ops
