@@ -85,7 +85,8 @@ def profile(bundles: Iterable[str | Path], *, device: str = "host", warmup: int 
     """Profile bundles on a device and return a profile document.
 
     Args:
-        bundles: Bundle directories.
+        bundles: Bundle directories; a plain ``.onnx`` file is packaged into a
+            temporary bundle first.
         device: ``host`` (measured).
         warmup: Untimed runs.
         runs: Timed runs.
@@ -97,11 +98,19 @@ def profile(bundles: Iterable[str | Path], *, device: str = "host", warmup: int 
     from edgesmith.profiles.measure import profile_bundle
     from edgesmith.profiles.profile import profile_document
 
+    import tempfile
+
     entries = []
-    for b in bundles:
-        cb = (lambda n, _b=str(b): progress(_b, n)) if progress else None
-        entries.append(profile_bundle(b, device=device, warmup=warmup, runs=runs, threads=threads,
-                                      layers=layers, progress=cb))
+    with tempfile.TemporaryDirectory(prefix="edgesmith-profile-") as tmp:
+        for b in bundles:
+            cb = (lambda n, _b=str(b): progress(_b, n)) if progress else None
+            path = b
+            if Path(b).suffix == ".onnx" and not Path(b).is_dir():
+                path = export(load(str(b)), tmp, target="onnx")[0].path
+            entry = profile_bundle(path, device=device, warmup=warmup, runs=runs, threads=threads,
+                                   layers=layers, progress=cb)
+            entry.bundle = str(b)
+            entries.append(entry)
     return profile_document(entries, fingerprint(threads))
 
 

@@ -114,7 +114,12 @@ def demo(out, runs, as_json):
 
 @cli.group()
 def models():
-    """Built-in models (zoo:NAME)."""
+    """Built-in models (zoo:NAME).
+
+    \b
+    Example:
+      edgesmith models list
+    """
 
 
 @models.command("list")
@@ -141,7 +146,12 @@ def models_list(as_json):
 
 @cli.group()
 def passes():
-    """Optimization passes (-p NAME:key=value)."""
+    """Optimization passes (-p NAME:key=value).
+
+    \b
+    Example:
+      edgesmith passes list
+    """
 
 
 @passes.command("list")
@@ -168,7 +178,12 @@ def passes_list(as_json):
 
 @cli.group()
 def targets():
-    """Export targets (--target NAME, -O key=value)."""
+    """Export targets (--target NAME, -O key=value).
+
+    \b
+    Example:
+      edgesmith targets list
+    """
 
 
 @targets.command("list")

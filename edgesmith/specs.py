@@ -15,7 +15,7 @@ import numpy as np
 from edgesmith.errors import UsageError
 
 _DTYPES = {"float32", "float16", "float64", "int64", "int32", "int8", "uint8", "bool"}
-_SPEC_RE = re.compile(r"^(?P<name>[A-Za-z_][\w.]*):(?P<shape>[0-9x]+)(?::(?P<dtype>\w+))?$")
+_SPEC_RE = re.compile(r"^(?P<name>[A-Za-z_][\w.]*):(?P<shape>\d+(?:x\d+)*)(?::(?P<dtype>\w+))?$")
 
 
 @dataclass(frozen=True)

@@ -96,7 +96,7 @@ def _check_accepts(variant) -> None:
     try:
         outputs = variant.run()
     except Exception as exc:
-        shapes = ", ".join(s.describe() for s in variant.inputs)
+        shapes = ", ".join(f"{s.name}:{'x'.join(map(str, s.shape))}:{s.dtype}" for s in variant.inputs)
         reason = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
         raise BadInputError(
             f"{variant.source.get('reference', variant.name)} rejects input {shapes}: {reason}",
@@ -211,12 +211,17 @@ def _load_factory(ref: str, weights, inputs):
 
 
 def _load_pt2(path: Path, inputs):
+    import logging
+
     import torch
 
     from edgesmith.bundle import sha256_file
     from edgesmith.models.variant import Variant, default_output_names
 
     extra = {PT2_META: ""}
+    export_log = logging.getLogger("torch.export")  # logs a traceback for unreadable files before raising
+    level = export_log.level
+    export_log.setLevel(logging.CRITICAL)
     try:
         program = torch.export.load(str(path), extra_files=extra)
     except Exception as exc:
@@ -224,6 +229,8 @@ def _load_pt2(path: Path, inputs):
             f"cannot read {path} as a torch.export program: {type(exc).__name__}: {str(exc)[:200]}",
             hint="save it with torch.export.save; the file may be truncated",
         ) from None
+    finally:
+        export_log.setLevel(level)
     meta = json.loads(extra[PT2_META]) if extra.get(PT2_META) else {}
     if meta:
         specs = [TensorSpec.from_dict(s) for s in meta["inputs"]]
@@ -302,8 +309,12 @@ def save_pt2(variant, path: str | Path, force: bool = False) -> Path:
         "example": base64.b64encode(buf.getvalue()).decode(),
     }
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    # torch.export.save warns about names not ending in .pt2; mkstemp makes the file private
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial.pt2", dir=path.parent)
     os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
     try:
         torch.export.save(program, tmp, extra_files={PT2_META: json.dumps(meta)})
         os.replace(tmp, path)

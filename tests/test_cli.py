@@ -1,0 +1,452 @@
+"""The command line end to end: happy paths, the demo, and every bad input with its exit code.
+
+Commands run in-process through :func:`edgesmith.cli.main` (which returns the exit
+code); a few run as real processes where the process exit status matters.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pickle
+import shlex
+import shutil
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgesmith import api as es
+from edgesmith.bundle import Bundle
+from edgesmith.cli import main
+
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}
+
+
+# ---------------------------------------------------------------- helpers
+
+def cli(capsys, *args) -> tuple[int, str, str]:
+    """Run the CLI in-process; return (exit code, stdout, stderr)."""
+    capsys.readouterr()
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def snapshot(root: Path) -> dict[str, bytes | None]:
+    """Every file (with its bytes) and directory under root."""
+    return {p.relative_to(root).as_posix(): (p.read_bytes() if p.is_file() else None)
+            for p in sorted(root.rglob("*"))}
+
+
+def assert_one_error(err: str, *names: str) -> str:
+    """stderr holds one ``error:`` line naming every given thing, and no traceback."""
+    assert "Traceback" not in err, err
+    lines = [ln for ln in err.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1, err
+    for name in names:
+        assert name in lines[0], (name, lines[0])
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory) -> dict[str, Path]:
+    """zoo:digits-cnn with reparam, exported once to onnx and torch."""
+    out = tmp_path_factory.mktemp("cli-export") / "out"
+    code = main(["export", "zoo:digits-cnn", "-p", "reparam", "--target", "onnx", "--target", "torch",
+                 "-o", str(out)])
+    assert code == 0
+    return {"out": out, "onnx": out / "digits-cnn.onnx", "torch": out / "digits-cnn.torch"}
+
+
+@pytest.fixture(scope="module")
+def optimized_pt2(tmp_path_factory) -> Path:
+    """A .pt2 written by ``edgesmith optimize`` (carries the edgesmith metadata)."""
+    path = tmp_path_factory.mktemp("cli-optimize") / "v.pt2"
+    assert main(["optimize", "zoo:digits-cnn", "-p", "reparam", "-o", str(path)]) == 0
+    return path
+
+
+@pytest.fixture
+def factory(tmp_path, monkeypatch) -> str:
+    """A py: factory module (unique name) on sys.path; returns the module name."""
+    name = f"es_nets_{uuid.uuid4().hex[:8]}"
+    (tmp_path / f"{name}.py").write_text(
+        "import torch\n\n"
+        "def conv3():\n"
+        "    torch.manual_seed(0)\n"
+        "    return torch.nn.Conv2d(3, 4, 3)\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return name
+
+
+@pytest.fixture
+def work(tmp_path, monkeypatch) -> Path:
+    """An empty working directory (the process's cwd) for a command that must write nothing."""
+    d = tmp_path / "work"
+    d.mkdir()
+    monkeypatch.chdir(d)
+    return d
+
+
+# ---------------------------------------------------------------- happy path
+
+def test_export_writes_both_bundles(exported):
+    for target in ("onnx", "torch"):
+        b = Bundle.open(exported[target])
+        assert b.manifest.target == target
+        assert b.manifest.parity["passed"] is True
+        assert [p["name"] for p in b.manifest.passes] == ["reparam"]
+        assert (exported[target] / "golden.npz").is_file()
+    assert sorted(p.name for p in exported["out"].iterdir()) == ["digits-cnn.onnx", "digits-cnn.torch"]
+
+
+def test_verify_both_bundles(capsys, exported):
+    code, out, err = cli(capsys, "verify", exported["onnx"], exported["torch"])
+    assert code == 0, err
+    assert "PASS" in out and "verified" in out
+    code, out, _ = cli(capsys, "verify", exported["onnx"], exported["torch"], "--json")
+    assert code == 0
+    doc = json.loads(out)
+    assert len(doc) == 2
+    assert all(r["passed"] and r["tier"] == "verified" for r in doc.values())
+
+
+def test_run_saves_outputs_equal_to_api(capsys, exported, tmp_path):
+    images = np.random.default_rng(1).random((3, 1, 8, 8), dtype=np.float32)  # batch 3: dynamic axis
+    np.savez(tmp_path / "x.npz", image=images)
+    for target in ("onnx", "torch"):
+        y = tmp_path / f"y-{target}.npz"
+        code, out, err = cli(capsys, "run", exported[target], "--inputs", tmp_path / "x.npz", "-o", y)
+        assert code == 0, err
+        assert y.is_file()
+        with np.load(y) as z:
+            got = {k: z[k] for k in z.files}
+        want = es.run(exported[target], {"image": images})
+        assert got.keys() == want.keys() == {"logits"}
+        assert got["logits"].shape == (3, 10)
+        np.testing.assert_array_equal(got["logits"], want["logits"])
+    code, out, _ = cli(capsys, "run", exported["onnx"], "--inputs", tmp_path / "x.npz", "--json")
+    assert code == 0
+    assert json.loads(out)["logits"]["shape"] == [3, 10]
+
+
+def test_profile_and_report(capsys, exported, tmp_path):
+    from edgesmith.profiles.profile import read_profile_document
+
+    prof = tmp_path / "prof.json"
+    code, out, err = cli(capsys, "profile", exported["onnx"], exported["torch"], "--runs", "20", "-o", prof)
+    assert code == 0, err
+    doc = read_profile_document(prof)
+    assert doc["kind"] == "edgesmith.profile"
+    assert [(e["name"], e["target"]) for e in doc["entries"]] == [("digits-cnn", "onnx"), ("digits-cnn", "torch")]
+    for e in doc["entries"]:
+        assert e["mode"] == "measured" and e["runs"] == 20 and len(e["samples_ms"]) == 20
+        assert e["latency_ms"]["p50"] > 0
+
+    html = tmp_path / "rep.html"
+    code, out, err = cli(capsys, "report", prof, "-o", html)
+    assert code == 0, err
+    md = tmp_path / "rep.md"
+    assert html.is_file() and md.is_file()
+    text = html.read_text()
+    assert text.lstrip().lower().startswith("<!doctype html") and "digits-cnn" in text
+    assert "digits-cnn" in md.read_text()
+
+
+def test_inspect_json(capsys):
+    from edgesmith.models import digits_cnn
+
+    code, out, err = cli(capsys, "inspect", "zoo:digits-cnn", "--json")
+    assert code == 0, err
+    info = json.loads(out)
+    assert info["params"] == sum(p.numel() for p in digits_cnn.build(pretrained=True).parameters())
+    assert 20_000 < info["params"] < 40_000
+    assert info["flops"] > 0
+    assert info["ops"].get("conv2d", 0) > 0
+    assert info["task"] == "classifier"
+    assert [s["name"] for s in info["inputs"]] == ["image"]
+
+
+def test_optimize_then_export_keeps_passes(capsys, optimized_pt2, tmp_path):
+    out = tmp_path / "out"
+    code, _, err = cli(capsys, "export", optimized_pt2, "--target", "onnx", "-o", out, "--json")
+    assert code == 0, err
+    (bundle,) = [p for p in out.iterdir()]
+    m = Bundle.open(bundle).manifest
+    assert [p["name"] for p in m.passes] == ["reparam"]
+    assert m.passes[0]["report"]["folded"] > 0
+    assert m.source["reference"] == "zoo:digits-cnn"
+    assert m.parity["passed"] and m.parity["tier"] == "verified"
+
+
+def test_optimize_refuses_existing_output(capsys, optimized_pt2, tmp_path):
+    dest = tmp_path / "v.pt2"
+    shutil.copy(optimized_pt2, dest)
+    before = dest.read_bytes()
+    code, _, err = cli(capsys, "optimize", "zoo:digits-cnn", "-p", "reparam", "-o", dest)
+    assert code == 3
+    assert_one_error(err, str(dest))
+    assert dest.read_bytes() == before
+
+
+@pytest.mark.parametrize("group,expected", [
+    ("models", {"zoo:digits-cnn"}),
+    ("passes", {"reparam"}),
+    ("targets", {"onnx", "torch"}),
+])
+def test_list_commands_json(capsys, group, expected):
+    code, out, err = cli(capsys, group, "list", "--json")
+    assert code == 0, err
+    rows = json.loads(out)
+    assert expected <= {r["name"] for r in rows}
+    code, out, _ = cli(capsys, group, "list")
+    assert code == 0
+    for name in expected:
+        assert name in out
+
+
+COMMANDS = [
+    [], ["demo"], ["models"], ["models", "list"], ["passes"], ["passes", "list"], ["targets"],
+    ["targets", "list"], ["inspect"], ["optimize"], ["export"], ["verify"], ["run"], ["profile"], ["report"],
+]
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "edgesmith")
+def test_help(capsys, command):
+    code, out, _ = cli(capsys, *command, "--help")
+    assert code == 0
+    assert "Usage:" in out
+    assert ("Quick start" in out) if not command else ("Example" in out)
+
+
+def test_help_and_version_in_a_real_process():
+    r = subprocess.run([sys.executable, "-m", "edgesmith.cli", "--help"], capture_output=True, text=True, env=ENV)
+    assert r.returncode == 0 and "edgesmith export" in r.stdout
+    r = subprocess.run([sys.executable, "-m", "edgesmith.cli", "--version"], capture_output=True, text=True, env=ENV)
+    assert r.returncode == 0 and "version" in r.stdout
+
+
+# ---------------------------------------------------------------- demo
+
+def test_demo_runs_and_reruns(capsys, tmp_path):
+    out = tmp_path / "demo"
+    code, _, err = cli(capsys, "demo", "-o", out, "--runs", "20")
+    assert code == 0, err
+    assert (out / "report.html").is_file() and (out / "report.md").is_file()
+    assert (out / "digits-cnn.onnx" / "manifest.json").is_file()
+    code, stdout, err = cli(capsys, "demo", "-o", out, "--runs", "20", "--json")
+    assert code == 0, err
+    doc = json.loads(stdout)
+    assert len(doc["bundles"]) == 2
+    assert all(p["passed"] and p["tier"] == "verified" for p in doc["parity"].values())
+    assert any(str(p).endswith("report.html") for p in doc["report"])
+
+
+def test_demo_refuses_foreign_directory(capsys, tmp_path):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep me")
+    before = snapshot(tmp_path)
+    code, _, err = cli(capsys, "demo", "-o", out, "--runs", "5")
+    assert code == 3
+    assert_one_error(err, str(out))
+    assert snapshot(tmp_path) == before
+
+
+# ---------------------------------------------------------------- bad inputs (exit 3)
+
+def test_nonexistent_model(capsys, work):
+    code, _, err = cli(capsys, "export", "missing/model.pt2", "-o", "out")
+    assert code == 3
+    assert_one_error(err, "missing/model.pt2")
+    assert snapshot(work) == {}
+
+
+def test_nonexistent_model_in_a_real_process(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "edgesmith.cli", "inspect", "nowhere.pt2"],
+                       capture_output=True, text=True, env=ENV, cwd=tmp_path)
+    assert r.returncode == 3
+    assert r.stdout == ""
+    assert_one_error(r.stderr, "nowhere.pt2")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_truncated_pt2(capsys, work, optimized_pt2):
+    data = optimized_pt2.read_bytes()
+    (work / "half.pt2").write_bytes(data[: len(data) // 2])
+    before = snapshot(work)
+    for command in (["export", "half.pt2", "-o", "out"], ["inspect", "half.pt2"]):
+        code, _, err = cli(capsys, *command)
+        assert code == 3
+        assert_one_error(err, "half.pt2")
+    # a real process: torch's own logging must not dump a traceback before the error
+    r = subprocess.run([sys.executable, "-m", "edgesmith.cli", "inspect", "half.pt2"],
+                       capture_output=True, text=True, env=ENV, cwd=work)
+    assert r.returncode == 3
+    assert_one_error(r.stderr, "half.pt2")
+    assert snapshot(work) == before
+
+
+class _Evil:
+    """Unpickling this runs a shell command (creates a sentinel file)."""
+
+    def __init__(self, sentinel: Path):
+        self.sentinel = sentinel
+
+    def __reduce__(self):
+        return (os.system, (f"touch {shlex.quote(str(self.sentinel))}",))
+
+
+@pytest.mark.parametrize("writer", ["torch.save", "pickle"])
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol:UserWarning")
+def test_weights_that_would_run_code_are_refused(capsys, tmp_path, work, factory, writer):
+    import torch
+
+    # the payload is live: plain unpickling runs it
+    control = tmp_path / "CONTROL"
+    pickle.loads(pickle.dumps(_Evil(control)))
+    assert control.exists()
+
+    sentinel = tmp_path / "SENTINEL"
+    evil = work / "evil.pt"
+    if writer == "torch.save":
+        torch.save({"weight": _Evil(sentinel), "bias": torch.zeros(4)}, evil)
+    else:
+        evil.write_bytes(pickle.dumps({"weight": _Evil(sentinel)}))
+    before = snapshot(work)
+    code, _, err = cli(capsys, "export", f"py:{factory}:conv3", "--weights", "evil.pt",
+                       "--input", "x:1x3x8x8", "-o", "out")
+    assert code == 3
+    line = assert_one_error(err, "evil.pt")
+    assert "refused" in line
+    assert not sentinel.exists(), "the pickle's code ran"
+    assert snapshot(work) == before
+
+
+def test_garbage_onnx(capsys, work):
+    (work / "model.onnx").write_bytes(os.urandom(64) + b"not an onnx model\n")
+    before = snapshot(work)
+    for command in (["inspect", "model.onnx"], ["export", "model.onnx", "-o", "out"],
+                    ["profile", "model.onnx", "-o", "prof.json"]):
+        code, _, err = cli(capsys, *command)
+        assert code == 3, command
+        assert_one_error(err, "model.onnx")
+    assert snapshot(work) == before
+
+
+def test_text_file_named_onnx(capsys, work):
+    (work / "model.onnx").write_text("hello, I am a text file\n")
+    code, _, err = cli(capsys, "inspect", "model.onnx")
+    assert code == 3
+    assert_one_error(err, "model.onnx")
+
+
+def test_input_shape_the_model_rejects(capsys, work, factory):
+    code, _, err = cli(capsys, "export", f"py:{factory}:conv3", "--input", "x:1x5x8x8", "-o", "out")
+    assert code == 3
+    assert_one_error(err, "x:1x5x8x8")
+    assert snapshot(work) == {}
+
+
+def test_input_shape_accepted_by_factory(capsys, tmp_path, factory):
+    code, out, err = cli(capsys, "inspect", f"py:{factory}:conv3", "--input", "x:1x3x8x8", "--json")
+    assert code == 0, err
+    assert json.loads(out)["params"] == 4 * 3 * 3 * 3 + 4
+
+
+def test_existing_bundle_needs_force(capsys, exported, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(exported["onnx"], out / "digits-cnn.onnx")
+    before = snapshot(tmp_path)
+    code, _, err = cli(capsys, "export", "zoo:digits-cnn", "-p", "reparam", "--target", "onnx", "-o", out)
+    assert code == 3
+    assert_one_error(err, "digits-cnn.onnx")
+    assert "--force" in err  # the hint says what to do
+    assert snapshot(tmp_path) == before
+
+    code, _, err = cli(capsys, "export", "zoo:digits-cnn", "--target", "onnx", "-o", out, "--force")
+    assert code == 0, err
+    assert Bundle.open(out / "digits-cnn.onnx").manifest.passes == []  # rewritten: no reparam now
+    assert sorted(p.name for p in out.iterdir()) == ["digits-cnn.onnx"]  # no staging leftovers
+
+
+def test_modified_bundle_is_refused(capsys, exported, tmp_path):
+    bundle = tmp_path / "b"
+    shutil.copytree(exported["onnx"], bundle)
+    with open(bundle / "model.onnx", "ab") as f:
+        f.write(b"\0tampered")
+    before = snapshot(tmp_path)
+    code, _, err = cli(capsys, "verify", bundle)
+    assert code == 3
+    line = assert_one_error(err, "model.onnx")
+    assert "modified" in line
+    for command in (["run", bundle, "-o", tmp_path / "y.npz"], ["profile", bundle, "-o", tmp_path / "p.json"]):
+        code, _, err = cli(capsys, *command)
+        assert code == 3, command
+        assert "modified" in assert_one_error(err, "model.onnx")
+    assert snapshot(tmp_path) == before
+
+
+def test_run_unreadable_inputs_file(capsys, exported, tmp_path):
+    (tmp_path / "x.npz").write_text("not an npz")
+    code, _, err = cli(capsys, "run", exported["onnx"], "--inputs", tmp_path / "x.npz", "-o", tmp_path / "y.npz")
+    assert code == 3
+    assert_one_error(err, "x.npz")
+    assert not (tmp_path / "y.npz").exists()
+
+
+def test_run_wrong_input_name(capsys, exported, tmp_path):
+    np.savez(tmp_path / "x.npz", pixels=np.zeros((1, 1, 8, 8), np.float32))
+    code, _, err = cli(capsys, "run", exported["onnx"], "--inputs", tmp_path / "x.npz")
+    assert code == 3
+    assert_one_error(err, "pixels", "image")
+
+
+# ---------------------------------------------------------------- usage errors (exit 2) and parity (4)
+
+@pytest.mark.parametrize("args,names", [
+    (["--target", "nope"], ["nope"]),
+    (["-p", "nope"], ["nope"]),
+    (["-p", "reparam:bogus=1"], ["bogus"]),
+    (["-p", "reparam:check=maybe"], ["maybe"]),
+    (["-O", "bogus=1"], ["bogus"]),
+    (["--input", "image:1xAx8"], ["image:1xAx8"]),
+    (["--input", "image:1x1x8x8:float99"], ["float99"]),
+], ids=["target", "pass", "pass-option", "pass-value", "target-option", "input-text", "input-dtype"])
+def test_usage_errors(capsys, work, args, names):
+    code, _, err = cli(capsys, "export", "zoo:digits-cnn", *args, "-o", "out")
+    assert code == 2
+    assert_one_error(err, *names)
+    assert snapshot(work) == {}
+
+
+def test_click_usage_error_exits_2(capsys):
+    code, _, err = cli(capsys, "export")
+    assert code == 2
+    assert "MODEL" in err
+    code, _, err = cli(capsys, "frobnicate")
+    assert code == 2
+
+
+def test_verify_wrong_golden_fails_parity(capsys, exported, tmp_path):
+    bundle = tmp_path / "b"
+    shutil.copytree(exported["onnx"], bundle)
+    with np.load(bundle / "golden.npz") as z:
+        arrays = {k: z[k] for k in z.files}
+    arrays = {k: (v + 3.0 if k.startswith("out.") else v) for k, v in arrays.items()}
+    np.savez(bundle / "golden.npz", **arrays)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest["files"]["golden.npz"]["sha256"] = hashlib.sha256((bundle / "golden.npz").read_bytes()).hexdigest()
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    Bundle.open(bundle)  # file verification passes
+
+    code, out, err = cli(capsys, "verify", bundle)
+    assert code == 4
+    assert "FAIL" in out
+    assert_one_error(err, "logits", str(bundle))
