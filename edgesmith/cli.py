@@ -19,7 +19,10 @@ from edgesmith import errors
 def _console(stderr: bool = True):
     from rich.console import Console
 
-    return Console(stderr=stderr, highlight=False)
+    stream = sys.stderr if stderr else sys.stdout
+    # piped output (logs, scripts) gets room for whole tables instead of rich's 80 columns
+    width = None if stream.isatty() else 120
+    return Console(stderr=stderr, highlight=False, width=width)
 
 
 def _emit_json(data) -> None:
@@ -60,7 +63,7 @@ def _parity_table():
     t = Table(title="parity")
     for col in ("bundle", "tier", "precision", "max_abs", "SNR", "top-1", "result"):
         t.add_column(col, justify="right" if col in ("max_abs", "SNR", "top-1") else "left",
-                     overflow="fold", min_width=8 if col == "bundle" else None)
+                     overflow="fold", min_width=22 if col == "bundle" else None)
     return t
 
 
@@ -164,16 +167,8 @@ def passes_list(as_json):
       edgesmith passes list
     """
     from edgesmith.optimize import PASSES
-    from edgesmith.options import describe_options
 
-    rows = [{"name": n, "summary": (PASSES.get(n).__doc__ or "").strip().splitlines()[0],
-             "options": [dict(zip(("name", "type", "default"), o)) for o in describe_options(PASSES.get(n).Options)]}
-            for n in PASSES.names()]
-    if as_json:
-        return _emit_json(rows)
-    for r in rows:
-        opts = ", ".join(f"{o['name']}={o['default']} ({o['type']})" for o in r["options"]) or "no options"
-        click.echo(f"{r['name']}: {r['summary']}\n    options: {opts}")
+    _list_with_options(PASSES, as_json, lambda cls: {"summary": (cls.__doc__ or "").strip().splitlines()[0]})
 
 
 @cli.group()
@@ -196,16 +191,23 @@ def targets_list(as_json):
       edgesmith targets list
     """
     from edgesmith.export import EXPORTERS
+
+    _list_with_options(EXPORTERS, as_json, lambda cls: {"runtime": cls.runtime, "precision": cls.precision})
+
+
+def _list_with_options(registry, as_json: bool, describe) -> None:
+    """Print a registry's entries with their options (``passes list``, ``targets list``)."""
     from edgesmith.options import describe_options
 
-    rows = [{"name": n, "runtime": EXPORTERS.get(n).runtime, "precision": EXPORTERS.get(n).precision,
-             "options": [dict(zip(("name", "type", "default"), o)) for o in describe_options(EXPORTERS.get(n).Options)]}
-            for n in EXPORTERS.names()]
+    rows = [{"name": n, **describe(registry.get(n)),
+             "options": [dict(zip(("name", "type", "default"), o)) for o in describe_options(registry.get(n).Options)]}
+            for n in registry.names()]
     if as_json:
         return _emit_json(rows)
     for r in rows:
+        about = ", ".join(str(v) for k, v in r.items() if k not in ("name", "options"))
         opts = ", ".join(f"{o['name']}={o['default']} ({o['type']})" for o in r["options"]) or "no options"
-        click.echo(f"{r['name']}: runtime {r['runtime']}, {r['precision']}\n    options: {opts}")
+        click.echo(f"{r['name']}: {about}\n    options: {opts}")
 
 
 @cli.command()
@@ -312,7 +314,7 @@ def export(model, inputs, weights, gguf, seq_len, targets_, pass_specs, target_o
     names = EXPORTERS.names() if "all" in targets_ else list(dict.fromkeys(targets_))
     for t in names:
         EXPORTERS.get(t)
-    opts = parse_key_values(target_options, "-O")
+    per_target = _split_target_options(parse_key_values(target_options, "-O"), names)
     variant = _load(model, inputs, weights, gguf, seq_len)
     console = _console()
     if pass_specs:
@@ -322,8 +324,8 @@ def export(model, inputs, weights, gguf, seq_len, targets_, pass_specs, target_o
     for t in names:
         try:
             with console.status(f"exporting {variant.name} to {t} and checking parity"):
-                bundle, parity = es.export(variant, out, target=t, name=name, options=opts if len(names) == 1 else
-                                           {k: v for k, v in opts.items()}, force=force, keep_failed=keep_failed)
+                bundle, parity = es.export(variant, out, target=t, name=name, options=per_target[t],
+                                           force=force, keep_failed=keep_failed)
             results.append((str(bundle.path), parity))
         except errors.ParityError as exc:
             failed = failed or exc
@@ -339,6 +341,21 @@ def export(model, inputs, weights, gguf, seq_len, targets_, pass_specs, target_o
             console.print(f"[yellow]note:[/] {note}")
     if failed:
         raise failed
+
+
+def _split_target_options(opts: dict[str, str], names: list[str]) -> dict[str, dict[str, str]]:
+    """Give each target the -O options it has; an option no chosen target has is an error."""
+    import dataclasses
+
+    from edgesmith.export import EXPORTERS
+
+    fields = {t: {f.name for f in dataclasses.fields(EXPORTERS.get(t).Options)} for t in names}
+    if len(names) == 1:
+        return {names[0]: opts}  # the exporter names an unknown key with its known ones
+    for key in opts:
+        if not any(key in f for f in fields.values()):
+            raise errors.UsageError(f"no chosen target has option {key!r}", hint="see `edgesmith targets list`")
+    return {t: {k: v for k, v in opts.items() if k in fields[t]} for t in names}
 
 
 @cli.command()

@@ -450,3 +450,17 @@ def test_verify_wrong_golden_fails_parity(capsys, exported, tmp_path):
     assert code == 4
     assert "FAIL" in out
     assert_one_error(err, "logits", str(bundle))
+
+
+def test_target_options_go_to_the_targets_that_have_them(capsys, tmp_path):
+    out = tmp_path / "out"
+    code, _, err = cli(capsys, "export", "zoo:digits-cnn", "-t", "onnx", "-t", "torch", "-O", "dynamic=false",
+                       "-o", out)
+    assert code == 0, err
+    assert Bundle.open(out / "digits-cnn.onnx").manifest.inputs[0].dynamic == {}
+    assert Bundle.open(out / "digits-cnn.torch").manifest.options == {"notes": []}
+    code, _, err = cli(capsys, "export", "zoo:digits-cnn", "-t", "onnx", "-t", "torch", "-O", "bogus=1",
+                       "-o", tmp_path / "other")
+    assert code == 2
+    assert_one_error(err, "bogus")
+    assert not (tmp_path / "other").exists()
