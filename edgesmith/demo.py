@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Callable
 
@@ -50,8 +51,6 @@ def run_demo(out: str | Path = "edgesmith-demo", runs: int = 200,
         parity[path.name] = es.verify(path)
     step(f"profile on host ({runs} runs each)")
     doc = es.profile(bundles, runs=runs)
-    import json
-
     profile_path = out / "profile.json"
     profile_path.write_text(json.dumps(doc, indent=2))
     step("write report")

@@ -58,6 +58,8 @@ def load_model(
 
     if ref.startswith("zoo:"):
         variant = ZOO.get(ref[4:]).load()
+        if inputs:
+            variant = _override_inputs(variant, inputs)
     elif ref.startswith("py:"):
         variant = _load_factory(ref, weights, inputs)
     else:
@@ -72,6 +74,8 @@ def load_model(
             from edgesmith.models.hf import load_hf
 
             variant = load_hf(path, gguf=gguf, seq_len=seq_len)
+            if inputs:
+                variant = _override_inputs(variant, inputs)
         elif path.suffix == ".pt2":
             variant = _load_pt2(path, inputs)
         elif path.suffix == ".onnx":
@@ -83,8 +87,6 @@ def load_model(
             )
     if weights is not None and not ref.startswith("py:"):
         raise UsageError("--weights only applies to py:module:factory models")
-    if inputs and not ref.startswith(("py:",)) and variant.module is not None and not ref.endswith(".pt2"):
-        variant = _override_inputs(variant, inputs)
     if name:
         variant.name = name
     _check_accepts(variant)

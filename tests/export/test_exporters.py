@@ -161,3 +161,17 @@ def test_wrong_artifact_kept_on_request(folded, tmp_path):
     assert bundle.manifest.parity["passed"] is False  # ...that says it failed
     assert bundle.manifest.parity["failures"]
     assert not check_bundle(kept).passed
+
+
+def test_external_data_is_part_of_the_bundle(folded, tmp_path):
+    """Weights stored beside model.onnx (as for models over 2 GB) are hashed and verified."""
+    bundle, parity = get_exporter("onnx", {"external_data": "true"}).export(folded, tmp_path)
+    assert parity.passed and parity.tier == "verified"
+    assert "model.onnx.data" in bundle.manifest.files
+    assert (bundle.path / "model.onnx.data").stat().st_size > (bundle.path / "model.onnx").stat().st_size
+    assert check_bundle(bundle.path).passed
+    with open(bundle.path / "model.onnx.data", "r+b") as f:
+        f.seek(100)
+        f.write(b"\x7f\x7f\x7f\x7f")
+    with pytest.raises(BadInputError, match="model.onnx.data was modified"):
+        Bundle.open(bundle.path)
