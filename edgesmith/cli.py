@@ -192,7 +192,7 @@ def targets_list(as_json):
     """
     from edgesmith.export import EXPORTERS
 
-    _list_with_options(EXPORTERS, as_json, lambda cls: {"runtime": cls.runtime, "precision": cls.precision})
+    _list_with_options(EXPORTERS, as_json, lambda cls: {"runtime": cls.runtime, "precision": cls().precision})
 
 
 def _list_with_options(registry, as_json: bool, describe) -> None:
@@ -320,27 +320,39 @@ def export(model, inputs, weights, gguf, seq_len, targets_, pass_specs, target_o
     if pass_specs:
         with console.status("applying passes"):
             variant = es.optimize(variant, pass_specs)
-    results, failed = [], None
+    results, first_error = [], None
     for t in names:
+        row = {"target": t, "bundle": None, "parity": None, "error": None}
         try:
             with console.status(f"exporting {variant.name} to {t} and checking parity"):
-                bundle, parity = es.export(variant, out, target=t, name=name, options=per_target[t],
-                                           force=force, keep_failed=keep_failed)
-            results.append((str(bundle.path), parity))
-        except errors.ParityError as exc:
-            failed = failed or exc
-            results.append((t, exc.result))
+                bundle, row["parity"] = es.export(variant, out, target=t, name=name, options=per_target[t],
+                                                  force=force, keep_failed=keep_failed)
+            row["bundle"] = str(bundle.path)
+        except errors.EdgesmithError as exc:
+            if len(names) == 1:
+                raise
+            # one target failing (an op it cannot take, a missing runtime) must not stop the others
+            first_error = first_error or exc
+            row["error"] = str(exc)
+            row["parity"] = getattr(exc, "result", None)
+        results.append(row)
     if as_json:
-        _emit_json([{"bundle": b, "parity": p.to_dict() if p else None} for b, p in results])
+        _emit_json([{**r, "parity": r["parity"].to_dict() if r["parity"] else None} for r in results])
     else:
         table = _parity_table()
-        for b, p in results:
-            _parity_row(table, b, p)
+        for r in results:
+            if r["parity"] is not None:
+                _parity_row(table, r["bundle"] or f"{variant.name}.{r['target']}", r["parity"])
+            else:
+                table.add_row(f"{variant.name}.{r['target']}", *["—"] * 5, "[red]ERROR[/]")
         _console(stderr=False).print(table)
+        for r in results:
+            if r["error"]:
+                console.print(f"[red]{r['target']}:[/] {r['error']}")
         for note in variant.notes:
             console.print(f"[yellow]note:[/] {note}")
-    if failed:
-        raise failed
+    if first_error:
+        raise first_error
 
 
 def _split_target_options(opts: dict[str, str], names: list[str]) -> dict[str, dict[str, str]]:

@@ -49,17 +49,22 @@ class Exporter:
 
     Subclasses set ``name`` (the target, equal to the module name), ``runtime``
     (the runtime registry key that runs the artifact), ``model_file`` and
-    ``Options``, and implement :meth:`_export_impl`.
+    ``Options`` (a ``precision`` field there selects the parity tolerance),
+    and implement :meth:`_export_impl`.
     """
 
     name: ClassVar[str] = ""
     runtime: ClassVar[str] = ""
     model_file: ClassVar[str] = ""
-    precision: ClassVar[str] = "fp32"
     Options: ClassVar[type] = ExportOptions
 
     def __init__(self, options: Any | None = None):
         self.options = options if options is not None else self.Options()
+
+    @property
+    def precision(self) -> str:
+        """Parity tolerance row: the options' ``precision`` field where it has one, else ``fp32``."""
+        return getattr(self.options, "precision", "fp32")
 
     def export(self, variant, out: str | Path, *, name: str | None = None, force: bool = False,
                keep_failed: bool = False) -> tuple[Bundle, Any]:
