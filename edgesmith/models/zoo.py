@@ -65,6 +65,7 @@ def _minilm():
     from edgesmith.models.offline import minilm_dir
 
     variant = load_hf(minilm_dir())
+    variant.name = "all-minilm-l6-v2"
     variant.source["reference"] = "zoo:all-minilm-l6-v2"
     return variant
 
@@ -75,6 +76,7 @@ def _smollm2():
 
     path = smollm2_gguf()
     variant = load_hf(path.parent, gguf=path.name, seq_len=64)
+    variant.name = "smollm2-135m"
     variant.source["reference"] = "zoo:smollm2-135m"
     return variant
 
