@@ -487,7 +487,8 @@ def profile(bundles, device, out, force, runs, warmup, threads, no_layers, as_js
         t.add_column(col, justify="left" if col == "bundle" else "right", overflow="fold")
     for e in doc["entries"]:
         lat = e["latency_ms"]
-        t.add_row(f"{e['name']}.{e['target']}", f"{lat['p50']:.3f}", f"{lat['p90']:.3f}", f"{lat['p99']:.3f}",
+        label = f"{e['name']}.{e['target']}" + (" (emulated: not a latency)" if e.get("timing") == "emulated" else "")
+        t.add_row(label, f"{lat['p50']:.3f}", f"{lat['p90']:.3f}", f"{lat['p99']:.3f}",
                   f"{lat['mean']:.3f}±{lat['std']:.3f}", f"{e['load_time_ms']:.0f}", f"{e['peak_memory_mb']:.1f}",
                   f"{e['file_size_bytes'] / 1024:.0f}")
     _console(stderr=False).print(t)

@@ -25,7 +25,7 @@ from edgesmith.registry import Registry
 
 EXPORTERS: Registry[type["Exporter"]] = Registry("exporter", "edgesmith.exporters")
 
-_VERSIONED = ("edgesmith", "torch", "onnx", "onnxruntime", "onnxscript", "numpy", "transformers")
+_VERSIONED = ("edgesmith", "torch", "onnx", "onnxruntime", "onnxscript", "numpy", "transformers", "mlx", "coremltools")
 
 
 def library_versions() -> dict[str, str]:
@@ -139,7 +139,7 @@ def get_exporter(target: str, options: dict[str, str] | None = None) -> Exporter
 
 
 def _register_builtins() -> None:
-    from edgesmith.export import onnx, torch  # noqa: F401
+    from edgesmith.export import coreml, mlx, onnx, torch  # noqa: F401
 
 
 _register_builtins()

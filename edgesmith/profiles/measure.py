@@ -135,4 +135,5 @@ def profile_bundle(
         batch=batch, load_time_ms=load_ms, peak_memory_mb=mem.peak_mb,
         file_size_bytes=runtime.bundle.size_bytes(), warmup=warmup, runs=runs, threads=threads,
         layers=layer_times, parity=m.parity, passes=m.passes, bundle=str(runtime.bundle.path),
+        timing=runtime.timing,
     )

@@ -96,6 +96,8 @@ class Profile:
         parity: The bundle's parity record (tier, passed, metrics), if any.
         passes: Passes applied to the variant.
         bundle: Path of the bundle profiled.
+        timing: ``measured`` (the target's runtime ran: a latency) or ``emulated`` (a stand-in
+            such as the Core ML evaluator off macOS ran: its timings are not a latency).
     """
 
     name: str
@@ -117,6 +119,7 @@ class Profile:
     parity: dict[str, Any] | None = None
     passes: list[dict[str, Any]] = field(default_factory=list)
     bundle: str = ""
+    timing: str = "measured"
 
     def to_dict(self) -> dict[str, Any]:
         """Return the JSON-ready form."""

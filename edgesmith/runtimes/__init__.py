@@ -27,10 +27,16 @@ class Runtime:
     Args:
         bundle: A verified bundle.
         threads: Intra-op threads (0 = the runtime's default).
+
+    Attributes:
+        tier: Parity tier of its results (may be set per instance in ``_load_impl``).
+        timing: ``measured`` when its timings are the target's latency; ``emulated`` when a
+            stand-in computes the outputs, so its timings are not a latency (profiles record it).
     """
 
     name: ClassVar[str] = ""
-    tier: ClassVar[str] = "verified"
+    tier: str = "verified"
+    timing: str = "measured"
 
     def __init__(self, bundle: Bundle, threads: int = 0):
         self.bundle = bundle
@@ -141,7 +147,7 @@ def check_bundle(bundle: str | Path | Bundle, extra: list[tuple[dict, dict]] = (
 
 
 def _register_builtins() -> None:
-    from edgesmith.runtimes import onnxruntime, torch  # noqa: F401
+    from edgesmith.runtimes import coreml, mlx, onnxruntime, torch  # noqa: F401
 
 
 _register_builtins()

@@ -1,0 +1,46 @@
+"""MLX loader for ``mlx`` bundles (``model.mlxfn``).
+
+MLX is Apple's array framework (Metal GPU on Apple silicon, CPU elsewhere,
+``mlx[cpu]`` on Linux). The bundle holds one function exported with
+``mx.export_function``, weights included; it is loaded with
+``mx.import_function`` and run on MLX's default device. Inputs go in the
+manifest's order, outputs are evaluated (``mx.eval``: MLX is lazy) and returned
+as numpy arrays. MLX has no intra-op thread setting, so ``threads`` is ignored.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from edgesmith.errors import missing_extra
+from edgesmith.runtimes import RUNTIMES, Runtime
+
+
+def _mx():
+    try:
+        import mlx.core as mx
+    except ImportError:
+        raise missing_extra("mlx", "mlx") from None
+    return mx
+
+
+@RUNTIMES.register("mlx")
+class MlxRuntime(Runtime):
+    """Runs ``model.mlxfn`` with MLX (tier ``verified``)."""
+
+    name = "mlx"
+    tier = "verified"
+
+    @classmethod
+    def available(cls) -> None:
+        _mx()
+
+    def _load_impl(self) -> None:
+        self._fn = _mx().import_function(str(self.bundle.model_path))
+
+    def _run_impl(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        mx = _mx()
+        m = self.bundle.manifest
+        outputs = self._fn(*[mx.array(feeds[s.name]) for s in m.inputs])
+        mx.eval(outputs)
+        return {s.name: np.array(o) for s, o in zip(m.outputs, outputs)}
