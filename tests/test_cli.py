@@ -464,3 +464,41 @@ def test_target_options_go_to_the_targets_that_have_them(capsys, tmp_path):
     assert code == 2
     assert_one_error(err, "bogus")
     assert not (tmp_path / "other").exists()
+
+
+GRID_SAMPLE_NET = '''
+import torch
+
+
+class Warp(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.grid = torch.nn.Parameter(torch.rand(1, 4, 4, 2) * 2 - 1)
+
+    def forward(self, x):
+        return torch.nn.functional.grid_sample(x, self.grid.expand(x.shape[0], -1, -1, -1), align_corners=False)
+
+
+def net():
+    torch.manual_seed(0)
+    return Warp()
+'''
+
+
+def test_target_all_reports_the_op_a_target_cannot_take(capsys, tmp_path, monkeypatch):
+    """grid_sample: ONNX and torch take it; MLX has no translation and the Core ML evaluator no `resample`."""
+    (tmp_path / "gsnet.py").write_text(GRID_SAMPLE_NET)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    out = tmp_path / "out"
+    code, stdout, err = cli(capsys, "export", "py:gsnet:net", "--input", "x:2x1x4x4", "--target", "all",
+                            "-o", out, "--json")
+    assert code == 3, err
+    rows = {r["target"]: r for r in json.loads(stdout)}
+    assert set(rows) == {"coreml", "mlx", "onnx", "torch"}
+    for ok in ("onnx", "torch"):
+        assert rows[ok]["error"] is None and rows[ok]["parity"]["passed"] and rows[ok]["parity"]["tier"] == "verified"
+        assert (out / f"net.{ok}" / "manifest.json").is_file()
+    assert "aten.grid_sampler_2d" in rows["mlx"]["error"]
+    assert "resample" in rows["coreml"]["error"]
+    assert not (out / "net.mlx").exists() and not (out / "net.coreml").exists()
+    assert_one_error(err, "resample")
