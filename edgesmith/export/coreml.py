@@ -13,19 +13,16 @@ macOS (tier ``verified``), the numpy ML-program evaluator elsewhere (``emulated`
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
-import io
-import logging
 import re
-import warnings
 from pathlib import Path
 
 import numpy as np
 
 from edgesmith.errors import BadInputError, UsageError, missing_extra
 from edgesmith.export import EXPORTERS, Exporter
+from edgesmith.quiet import quiet
 
 PRECISIONS = ("fp16", "fp32")
 COMPUTE_UNITS = {"all": "ALL", "cpu_only": "CPU_ONLY", "cpu_and_gpu": "CPU_AND_GPU", "cpu_and_ne": "CPU_AND_NE"}
@@ -65,23 +62,6 @@ class CoremlOptions:
                              hint="write it as coremltools does: iOS17, macOS14, tvOS17, watchOS10")
         if self.max_dim < 2:
             raise UsageError(f"target 'coreml': max_dim={self.max_dim} must be at least 2")
-
-
-@contextlib.contextmanager
-def _quiet():
-    """Silence coremltools' import messages, progress bars and warnings; errors still raise."""
-    loggers = [logging.getLogger(n) for n in ("coremltools", "torch.export", "torch._dynamo")]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
-                contextlib.redirect_stderr(io.StringIO()):
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        for lg, lvl in zip(loggers, levels):
-            lg.setLevel(lvl)
 
 
 def _coremltools():
@@ -129,7 +109,7 @@ class CoremlExporter(Exporter):
         if variant.module is None:
             raise BadInputError(f"{variant.name} is an ONNX model; the coreml target converts PyTorch models",
                                 hint="export from the PyTorch model (coremltools has no ONNX frontend)")
-        with _quiet():
+        with quiet("coremltools", "torch.export", "torch._dynamo", stdout=True, stderr=True):
             ct = _coremltools()
             target = self._target(ct)
             restore = _eval_mode(variant.module)

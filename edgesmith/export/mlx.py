@@ -30,20 +30,18 @@ then is it accepted. Parity then runs on the MLX runtime (tier ``verified``).
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
-import logging
 import subprocess
 import sys
 import tempfile
-import warnings
 from pathlib import Path
 
 import numpy as np
 
 from edgesmith.errors import BadInputError, missing_extra
 from edgesmith.export import EXPORTERS, Exporter
+from edgesmith.quiet import quiet
 
 
 @dataclasses.dataclass
@@ -67,20 +65,6 @@ def _mx():
     return mx
 
 
-@contextlib.contextmanager
-def _quiet():
-    """Silence torch.export's warnings while decomposing; errors still raise."""
-    logger = logging.getLogger("torch.export")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        logger.setLevel(level)
-
-
 @EXPORTERS.register("mlx")
 class MlxExporter(Exporter):
     """Variant -> ``model.mlxfn``, verified on MLX."""
@@ -99,7 +83,7 @@ class MlxExporter(Exporter):
         from edgesmith.specs import TensorSpec
 
         program = export_program(variant)
-        with _quiet():
+        with quiet("torch.export"):
             program = decompose(program)
         graph = MlxGraph(program, [s.dynamic for s in variant.inputs])
         path = stage / self.model_file

@@ -8,16 +8,13 @@ sources are re-saved as they are. Parity runs on ONNX Runtime (tier ``verified``
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import io
-import logging
 import re
-import warnings
 from pathlib import Path
 
 from edgesmith.errors import BadInputError
 from edgesmith.export import EXPORTERS, Exporter
+from edgesmith.quiet import quiet
 
 TWO_GB = 2 * 1024**3
 
@@ -37,22 +34,6 @@ class OnnxOptions:
     dynamic: bool = True
     optimize: bool = True
     external_data: bool | None = None
-
-
-@contextlib.contextmanager
-def _quiet():
-    """Silence the exporter's progress prints and warnings; errors still raise."""
-    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._dynamo", "onnxscript")]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        for lg, lvl in zip(loggers, levels):
-            lg.setLevel(lvl)
 
 
 @EXPORTERS.register("onnx")
@@ -77,7 +58,7 @@ class OnnxExporter(Exporter):
         import torch
 
         try:
-            with _quiet():
+            with quiet("torch.onnx", "torch.export", "torch._dynamo", "onnxscript", stdout=True):
                 onnx_program = torch.onnx.export(
                     program, dynamo=True, opset_version=self.options.opset,
                     input_names=[s.name for s in variant.inputs],
@@ -91,7 +72,7 @@ class OnnxExporter(Exporter):
             ) from exc
         size = sum(t.numel() * t.element_size() for t in program.state_dict.values())
         big = size > TWO_GB if self.options.external_data is None else self.options.external_data
-        with _quiet():
+        with quiet("torch.onnx", "torch.export", "torch._dynamo", "onnxscript", stdout=True):
             onnx_program.save(str(path), external_data=big)
 
     def _program(self, variant):

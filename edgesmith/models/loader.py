@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from edgesmith.errors import BadInputError, UsageError
+from edgesmith.quiet import quiet
 from edgesmith.specs import TensorSpec, example_array
 
 PT2_META = "edgesmith.json"
@@ -221,18 +222,14 @@ def _load_pt2(path: Path, inputs):
     from edgesmith.models.variant import Variant, default_output_names
 
     extra = {PT2_META: ""}
-    export_log = logging.getLogger("torch.export")  # logs a traceback for unreadable files before raising
-    level = export_log.level
-    export_log.setLevel(logging.CRITICAL)
     try:
-        program = torch.export.load(str(path), extra_files=extra)
+        with quiet("torch.export", level=logging.CRITICAL):  # it logs a traceback for unreadable files
+            program = torch.export.load(str(path), extra_files=extra)
     except Exception as exc:
         raise BadInputError(
             f"cannot read {path} as a torch.export program: {type(exc).__name__}: {str(exc)[:200]}",
             hint="save it with torch.export.save; the file may be truncated",
         ) from None
-    finally:
-        export_log.setLevel(level)
     meta = json.loads(extra[PT2_META]) if extra.get(PT2_META) else {}
     if meta:
         specs = [TensorSpec.from_dict(s) for s in meta["inputs"]]

@@ -14,29 +14,16 @@ coremltools, which imports torch only if it is installed.
 
 from __future__ import annotations
 
-import contextlib
-import logging
 import sys
 
 import numpy as np
 
 from edgesmith.errors import BadInputError
+from edgesmith.quiet import quiet
 from edgesmith.runtimes import RUNTIMES, Runtime
 
 # Core ML multi-array data types (FeatureTypes.proto ArrayDataType) -> numpy
 _ARRAY_DTYPES = {65568: np.float32, 65552: np.float16, 65600: np.float64, 131104: np.int32}
-
-
-@contextlib.contextmanager
-def _quiet_logs():
-    """coremltools logs a warning per missing native library when imported; keep errors only."""
-    logger = logging.getLogger("coremltools")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
 
 
 def native_coreml():
@@ -44,7 +31,7 @@ def native_coreml():
     if sys.platform != "darwin":
         return None
     try:
-        with _quiet_logs():
+        with quiet("coremltools"):
             import coremltools
             from coremltools.models import model as ct_model
     except ImportError:

@@ -180,12 +180,13 @@ def converted(tmp_path_factory):
 
 def _convert(name: str, precision: str, root):
     """Convert a case with coremltools (as the coreml exporter does); return its program, feeds and torch outputs."""
-    from edgesmith.export.coreml import _decompositions, _quiet
+    from edgesmith.export.coreml import _decompositions
+    from edgesmith.quiet import quiet
 
     case = FP16 if name == "fp16" else CASES[name]
     module = _Fn(case.fn, case.modules()).eval()
     args = case.inputs()
-    with _quiet():
+    with quiet("coremltools", "torch.export", "torch._dynamo", stdout=True, stderr=True):
         import coremltools as ct
 
         dims = {i: torch.export.Dim(f"d{i}", min=2) for i in case.dynamic}
