@@ -107,8 +107,11 @@ def main(argv=None) -> int:
                 t0 = time.perf_counter()
                 if pad:
                     variant.example = _pad_tokens(variant, pad)
-                rows.append(bench(variant, label, batch, args.rounds, args.runs, tmp))
-                print(f"# {label} batch {batch}: done in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+                row = bench(variant, label, batch, args.rounds, args.runs, tmp)
+                rows.append(row)
+                # each row as soon as it is measured, so a long run that is stopped keeps what it had
+                times = ", ".join(f"{k} {v:.3f} ms" for k, v in row["p50_ms"].items())
+                print(f"# {label} batch {batch}: {times} ({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
     print(f"Machine: {env['cpu']}, {env['cores_usable']} cores, {env['os']}; torch "
           f"{env['libraries'].get('torch')} ({torch.get_num_threads()} threads); "
           + ", ".join(f"{RUNTIME_LABEL[t]}" for t in TARGETS) + " with default threads\n")
