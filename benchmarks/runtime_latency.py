@@ -7,7 +7,7 @@ processes hits all alike. The table reports the median over all timed runs of
 each runner and its speed-up over eager (eager p50 / runner p50).
 
 Usage (from the repo root, after `make install`):
-    .venv/bin/python benchmarks/runtime_latency.py [--rounds 10] [--runs 30] [--models digits,minilm,smollm2]
+    .venv/bin/python benchmarks/runtime_latency.py [--rounds 5] [--runs 20] [--models digits,minilm,smollm2]
 """
 
 from __future__ import annotations
@@ -92,8 +92,8 @@ def bench(variant, label, batch, rounds, runs, out_dir):
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--rounds", type=int, default=10, help="interleaved rounds per model")
-    ap.add_argument("--runs", type=int, default=30, help="timed runs per runner per round")
+    ap.add_argument("--rounds", type=int, default=5, help="interleaved rounds per model")
+    ap.add_argument("--runs", type=int, default=20, help="timed runs per runner per round")
     ap.add_argument("--models", default=",".join(CASES), help=f"comma-separated subset of {','.join(CASES)}")
     ap.add_argument("--json", help="also write the results to this JSON file")
     args = ap.parse_args(argv)
