@@ -7,6 +7,8 @@ CLI is a bug and exits with code 1 and a traceback.
 
 from __future__ import annotations
 
+import importlib
+
 
 class EdgesmithError(Exception):
     """Base class of every error a user can cause or fix.
@@ -95,3 +97,19 @@ def missing_extra(package: str, extra: str) -> RuntimeUnavailableError:
     return RuntimeUnavailableError(
         f"{package} is not installed", hint=f"pip install 'edgesmith[{extra}]'"
     )
+
+
+def require(module: str, extra: str):
+    """Import an optional library, or raise the missing-extra error (exit code 5).
+
+    Args:
+        module: Dotted module to import, e.g. ``mlx.core``.
+        extra: The edgesmith extra that installs it, e.g. ``mlx``.
+
+    Returns:
+        The imported module.
+    """
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise missing_extra(module.split(".")[0], extra) from None

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgesmith.errors import BadInputError, UsageError, missing_extra
+from edgesmith.errors import BadInputError, UsageError, require
 from edgesmith.export import EXPORTERS, Exporter
 from edgesmith.quiet import quiet
 
@@ -64,13 +64,6 @@ class CoremlOptions:
             raise UsageError(f"target 'coreml': max_dim={self.max_dim} must be at least 2")
 
 
-def _coremltools():
-    try:
-        import coremltools
-    except ImportError:
-        raise missing_extra("coremltools", "coreml") from None
-    return coremltools
-
 
 def _eval_mode(module):
     """Put a module in eval mode; return a function restoring each submodule's flag."""
@@ -110,7 +103,7 @@ class CoremlExporter(Exporter):
             raise BadInputError(f"{variant.name} is an ONNX model; the coreml target converts PyTorch models",
                                 hint="export from the PyTorch model (coremltools has no ONNX frontend)")
         with quiet("coremltools", "torch.export", "torch._dynamo", stdout=True, stderr=True):
-            ct = _coremltools()
+            ct = require("coremltools", "coreml")
             target = self._target(ct)
             restore = _eval_mode(variant.module)
             try:

@@ -39,7 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgesmith.errors import BadInputError, missing_extra
+from edgesmith.errors import BadInputError, require
 from edgesmith.export import EXPORTERS, Exporter
 from edgesmith.quiet import quiet
 
@@ -57,13 +57,6 @@ class MlxOptions:
     shapeless: bool = True
 
 
-def _mx():
-    try:
-        import mlx.core as mx
-    except ImportError:
-        raise missing_extra("mlx", "mlx") from None
-    return mx
-
 
 @EXPORTERS.register("mlx")
 class MlxExporter(Exporter):
@@ -75,7 +68,7 @@ class MlxExporter(Exporter):
     Options = MlxOptions
 
     def _export_impl(self, variant, stage: Path) -> None:
-        _mx()
+        require("mlx.core", "mlx")
         if variant.module is None:
             raise BadInputError(f"{variant.name} is an ONNX model; the mlx target needs a PyTorch model")
         from edgesmith.export.mlx_graph import MlxGraph, decompose
@@ -217,7 +210,7 @@ def _resized(variant, lengths: dict[str, int]) -> dict[str, np.ndarray]:
 
 def _save(fn, path: Path, variant, example: dict[str, np.ndarray], shapeless: bool) -> None:
     """Trace ``fn`` on the example and write it, with the signature as metadata."""
-    mx = _mx()
+    mx = require("mlx.core", "mlx")
     args = [mx.array(example[s.name]) for s in variant.inputs]
     metadata = json.dumps({"inputs": [s.name for s in variant.inputs], "outputs": [s.name for s in variant.outputs],
                            "shapeless": shapeless})

@@ -12,16 +12,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from edgesmith.errors import missing_extra
+from edgesmith.errors import require
 from edgesmith.runtimes import RUNTIMES, Runtime
 
-
-def _mx():
-    try:
-        import mlx.core as mx
-    except ImportError:
-        raise missing_extra("mlx", "mlx") from None
-    return mx
 
 
 @RUNTIMES.register("mlx")
@@ -33,13 +26,14 @@ class MlxRuntime(Runtime):
 
     @classmethod
     def available(cls) -> None:
-        _mx()
+        require("mlx.core", "mlx")
 
     def _load_impl(self) -> None:
-        self._fn = _mx().import_function(str(self.bundle.model_path))
+        self._mx = require("mlx.core", "mlx")
+        self._fn = self._mx.import_function(str(self.bundle.model_path))
 
     def _run_impl(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        mx = _mx()
+        mx = self._mx
         m = self.bundle.manifest
         outputs = self._fn(*[mx.array(feeds[s.name]) for s in m.inputs])
         mx.eval(outputs)

@@ -12,20 +12,13 @@ from typing import Any
 
 import numpy as np
 
-from edgesmith.errors import missing_extra
+from edgesmith.errors import require
 from edgesmith.runtimes import RUNTIMES, Runtime
 
 
-def _ort():
-    try:
-        import onnxruntime
-    except ImportError:
-        raise missing_extra("onnxruntime", "all") from None
-    return onnxruntime
-
 
 def _options(threads: int, profile_prefix: str | None = None):
-    ort = _ort()
+    ort = require("onnxruntime", "all")
     so = ort.SessionOptions()
     if threads:
         so.intra_op_num_threads = threads
@@ -45,10 +38,10 @@ class OnnxRuntime(Runtime):
 
     @classmethod
     def available(cls) -> None:
-        _ort()
+        require("onnxruntime", "all")
 
     def _load_impl(self) -> None:
-        ort = _ort()
+        ort = require("onnxruntime", "all")
         self.session = ort.InferenceSession(
             str(self.bundle.model_path), _options(self.threads), providers=["CPUExecutionProvider"]
         )
@@ -61,25 +54,25 @@ class OnnxRuntime(Runtime):
         """Per-node kernel times from ONNX Runtime's profiler, mapped to source modules.
 
         The dynamo exporter records each node's module path (``name_scopes``);
-        nodes that ONNX Runtime fused or created keep only their op type.
+        nodes that ONNX Runtime fused or created keep only their op type. One
+        profiling session runs ``runs + 1`` times; the first (warm-up) run's
+        events are dropped by their time stamps.
         """
-        ort = _ort()
+        ort = require("onnxruntime", "all")
         scopes = _node_scopes(self.bundle.model_path)
         with tempfile.TemporaryDirectory() as tmp:
             session = ort.InferenceSession(
                 str(self.bundle.model_path), _options(self.threads, os.path.join(tmp, "ort")),
                 providers=["CPUExecutionProvider"],
             )
-            session.run(None, feeds)  # warm-up, excluded below
-            session.end_profiling()
-            session = ort.InferenceSession(
-                str(self.bundle.model_path), _options(self.threads, os.path.join(tmp, "ort2")),
-                providers=["CPUExecutionProvider"],
-            )
-            for _ in range(runs):
+            for _ in range(runs + 1):  # the first run warms up and is left out below
                 session.run(None, feeds)
             with open(session.end_profiling()) as f:
                 events = json.load(f)
+        warmup = next((e for e in events if e.get("name") == "model_run"), None)
+        if warmup is not None:
+            end = warmup["ts"] + warmup.get("dur", 0)
+            events = [e for e in events if not warmup["ts"] <= e.get("ts", -1) <= end]
         total: dict[str, float] = defaultdict(float)
         ops: dict[str, str] = {}
         for ev in events:

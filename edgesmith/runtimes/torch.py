@@ -8,16 +8,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from edgesmith.errors import missing_extra
+from edgesmith.errors import require
 from edgesmith.runtimes import RUNTIMES, Runtime
 
-
-def _torch():
-    try:
-        import torch
-    except ImportError:
-        raise missing_extra("torch", "all") from None
-    return torch
 
 
 @RUNTIMES.register("torch")
@@ -29,16 +22,16 @@ class TorchRuntime(Runtime):
 
     @classmethod
     def available(cls) -> None:
-        _torch()
+        require("torch", "all")
 
     def _load_impl(self) -> None:
-        torch = _torch()
+        self._torch = torch = require("torch", "all")
         if self.threads:
             torch.set_num_threads(self.threads)
         self.module = torch.export.load(str(self.bundle.model_path)).module()
 
     def _run_impl(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        torch = _torch()
+        torch = self._torch
         args = [torch.from_numpy(feeds[s.name]) for s in self.bundle.manifest.inputs]
         with torch.inference_mode():
             out = self.module(*args)
