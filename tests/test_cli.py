@@ -14,7 +14,6 @@ import shlex
 import shutil
 import subprocess
 import sys
-import uuid
 from pathlib import Path
 
 import numpy as np
@@ -72,17 +71,15 @@ def optimized_pt2(tmp_path_factory) -> Path:
 
 
 @pytest.fixture
-def factory(tmp_path, monkeypatch) -> str:
+def factory(py_module) -> str:
     """A py: factory module (unique name) on sys.path; returns the module name."""
-    name = f"es_nets_{uuid.uuid4().hex[:8]}"
-    (tmp_path / f"{name}.py").write_text(
+    return py_module(
         "import torch\n\n"
         "def conv3():\n"
         "    torch.manual_seed(0)\n"
-        "    return torch.nn.Conv2d(3, 4, 3)\n"
+        "    return torch.nn.Conv2d(3, 4, 3)\n",
+        prefix="es_nets",
     )
-    monkeypatch.syspath_prepend(str(tmp_path))
-    return name
 
 
 @pytest.fixture
@@ -485,12 +482,11 @@ def net():
 '''
 
 
-def test_target_all_reports_the_op_a_target_cannot_take(capsys, tmp_path, monkeypatch):
+def test_target_all_reports_the_op_a_target_cannot_take(capsys, tmp_path, py_module):
     """grid_sample: ONNX and torch take it; MLX has no translation and the Core ML evaluator no `resample`."""
-    (tmp_path / "gsnet.py").write_text(GRID_SAMPLE_NET)
-    monkeypatch.syspath_prepend(str(tmp_path))
+    module = py_module(GRID_SAMPLE_NET, prefix="es_gsnet")
     out = tmp_path / "out"
-    code, stdout, err = cli(capsys, "export", "py:gsnet:net", "--input", "x:2x1x4x4", "--target", "all",
+    code, stdout, err = cli(capsys, "export", f"py:{module}:net", "--input", "x:2x1x4x4", "--target", "all",
                             "-o", out, "--json")
     assert code == 3, err
     rows = {r["target"]: r for r in json.loads(stdout)}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 
 import numpy as np
 import pytest
@@ -92,9 +91,8 @@ def test_truncated_pt2_is_bad_input(tmp_path):
 # ---------------------------------------------------------------- py:module:factory
 
 @pytest.fixture
-def factory(tmp_path, monkeypatch) -> str:
-    name = f"es_loader_nets_{uuid.uuid4().hex[:8]}"
-    (tmp_path / f"{name}.py").write_text(
+def factory(py_module) -> str:
+    return py_module(
         "import torch\n\n"
         "class Net(torch.nn.Module):\n"
         "    def __init__(self):\n"
@@ -107,10 +105,9 @@ def factory(tmp_path, monkeypatch) -> str:
         "    torch.manual_seed(0)\n"
         "    return Net()\n\n"
         "def not_a_module():\n"
-        "    return 42\n"
+        "    return 42\n",
+        prefix="es_loader_nets",
     )
-    monkeypatch.syspath_prepend(str(tmp_path))
-    return name
 
 
 def _trained_state(factory: str) -> dict[str, torch.Tensor]:

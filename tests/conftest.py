@@ -1,0 +1,24 @@
+"""Fixtures shared across the test tree."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+
+@pytest.fixture
+def py_module(tmp_path, monkeypatch):
+    """Write Python source as a uniquely named module on sys.path (for ``py:module:factory``).
+
+    Returns:
+        ``write(source, prefix="es_mod") -> module name``.
+    """
+
+    def write(source: str, prefix: str = "es_mod") -> str:
+        name = f"{prefix}_{uuid.uuid4().hex[:8]}"
+        (tmp_path / f"{name}.py").write_text(source)
+        monkeypatch.syspath_prepend(str(tmp_path))
+        return name
+
+    return write
