@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 from edgesmith.options import build_options, parse_key_values
 from edgesmith.registry import Registry
 
-PASSES: Registry[type["Pass"]] = Registry("pass", "edgesmith.passes")
+PASSES: Registry[type[Pass]] = Registry("pass", "edgesmith.passes")
 
 
 @dataclasses.dataclass
