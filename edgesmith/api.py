@@ -39,11 +39,21 @@ def load(model: str, *, weights: str | None = None, inputs: Iterable[str | Tenso
     return load_model(model, weights=weights, inputs=specs or None, gguf=gguf, seq_len=seq_len, name=name)
 
 
-def optimize(variant, passes: Iterable[str]):
-    """Apply passes given as ``NAME[:key=value,...]`` (``edgesmith passes list``)."""
+def optimize(variant, passes: Iterable[str], *, defaults: dict[str, Any] | None = None,
+             progress: Callable[[str, int, int], None] | None = None):
+    """Apply passes given as ``NAME[:key=value,...]`` (``edgesmith passes list``).
+
+    Args:
+        variant: From :func:`load`.
+        passes: Pass specs, applied in order.
+        defaults: Values for options a spec leaves unset, given to each pass that has the option,
+            e.g. ``{"data": "digits.npz", "checkpoint": "student.ckpt", "resume": True}`` for ``distill``.
+        progress: ``(description, completed, total)`` callback of long passes (``distill``).
+    """
     from edgesmith.optimize import apply_passes
 
-    return apply_passes(variant, list(passes))
+    text = {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in (defaults or {}).items()}
+    return apply_passes(variant, list(passes), text, progress)
 
 
 def export(variant, out: str | Path, *, target: str = "onnx", name: str | None = None,
@@ -121,6 +131,41 @@ def report(profiles: Iterable[dict[str, Any] | str | Path], out: str | Path, for
 
     docs = [p if isinstance(p, dict) else read_profile_document(p) for p in profiles]
     return write_report(docs, out, force=force)
+
+
+def models(patterns: Iterable[str] = (), details: bool = False,
+           progress: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
+    """The built-in models: ``{"name", "task", "summary", "options"}`` each.
+
+    Args:
+        patterns: Shell-style name patterns (``lsnet-*``); all models if empty.
+        details: Also count parameters and MACs (batch 1; backbones at 224x224 with 1000 classes)
+            and give the paper's figures where the model has a paper (see
+            :func:`edgesmith.models.complexity.zoo_complexity`); loads every model.
+        progress: Called with each model's name before it is counted.
+    """
+    import dataclasses
+    import fnmatch
+
+    from edgesmith.errors import UsageError
+    from edgesmith.models.complexity import zoo_complexity
+    from edgesmith.models.zoo import ZOO
+
+    patterns = [p.removeprefix("zoo:").replace("_", "-") for p in patterns]
+    names = [n for n in ZOO.names() if not patterns or any(fnmatch.fnmatch(n, p) for p in patterns)]
+    if not names:
+        raise UsageError(f"no zoo model matches {' '.join(patterns)}", hint="see edgesmith models list")
+    rows = []
+    for name in names:
+        entry = ZOO.get(name)
+        options = [f.name for f in dataclasses.fields(entry.Options)] if entry.Options else []
+        row = {"name": f"zoo:{name}", "task": entry.task, "summary": entry.summary, "options": options}
+        if details:
+            if progress:
+                progress(name)
+            row.update(zoo_complexity(entry))
+        rows.append(row)
+    return rows
 
 
 def inspect(variant) -> dict[str, Any]:

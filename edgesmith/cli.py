@@ -126,25 +126,54 @@ def models():
 
 
 @models.command("list")
+@click.argument("patterns", nargs=-1)
+@click.option("--details", is_flag=True,
+              help="Count parameters and MACs (batch 1; backbones at 224x224, 1000 classes) beside the paper's figures.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def models_list(as_json):
-    """List the built-in models.
+def models_list(patterns, details, as_json):
+    """List the built-in models, or those matching PATTERNS (zoo:NAME; backbones take
+    options: zoo:NAME:key=value,...).
 
     \b
-    Example:
+    Examples:
       edgesmith models list
+      edgesmith models list --details 'lsnet-*' 'efficientformer-*'
+      edgesmith inspect zoo:lsnet-t:num_classes=10,image_size=96
     """
-    from edgesmith.models.zoo import ZOO
+    from edgesmith import api as es
 
-    rows = [{"name": f"zoo:{n}", "task": ZOO.get(n).task, "summary": ZOO.get(n).summary} for n in ZOO.names()]
+    with _console().status("counting parameters and MACs") as status:
+        rows = es.models(patterns, details=details, progress=lambda n: status.update(f"counting {n}"))
     if as_json:
         return _emit_json(rows)
     from rich.table import Table
 
-    t = Table("model", "task", "summary")
+    t = Table("model", "task", "summary") if not details else Table(
+        "model", "task", "params", "paper", "MACs", "paper", "input")
     for r in rows:
-        t.add_row(r["name"], r["task"], r["summary"])
+        if not details:
+            t.add_row(r["name"], r["task"], r["summary"])
+            continue
+        t.add_row(r["name"], r["task"], _millions(r["params"]), _vs_paper(r["params"], r["paper_params"]),
+                  _giga(r["macs"]), _vs_paper(r["macs"], r["paper_macs"], giga=True), r["input"])
     _console(stderr=False).print(t)
+    if any(r.get("options") for r in rows):
+        click.echo("options of the backbones: " + ", ".join(next(r["options"] for r in rows if r["options"])))
+
+
+def _millions(n: int) -> str:
+    return f"{n / 1e6:.2f}M"
+
+
+def _giga(n: int) -> str:
+    return f"{n / 1e9:.3f}G"
+
+
+def _vs_paper(ours: int, paper: int | None, giga: bool = False) -> str:
+    if paper is None:
+        return "-"
+    figure = f"{paper / 1e9:g}G" if giga else f"{paper / 1e6:g}M"
+    return f"{figure} ({(ours - paper) / paper:+.1%})"
 
 
 @cli.group()
@@ -253,31 +282,47 @@ def inspect(model, inputs, weights, gguf, seq_len, as_json):
 @click.option("-p", "--pass", "pass_specs", multiple=True, required=True, metavar="PASS[:k=v,...]",
               help="Pass to apply, in order (see `edgesmith passes list`).")
 @click.option("-o", "--out", required=True, type=click.Path(dir_okay=False), help="Output .pt2 file.")
-@click.option("--force", is_flag=True, help="Overwrite an existing output.")
+@click.option("--data", type=click.Path(exists=True),
+              help="Training data for passes that train (distill): an image folder (one sub-folder per class) or .npz.")
+@click.option("--resume", is_flag=True, help="Continue a distillation from its checkpoint (OUT.ckpt/).")
+@click.option("--force", is_flag=True, help="Overwrite an existing output (and start a checkpointed run over).")
 @click.option("--json", "as_json", is_flag=True, help="Print the pass reports as JSON.")
-def optimize(model, inputs, weights, gguf, seq_len, pass_specs, out, force, as_json):
+def optimize(model, inputs, weights, gguf, seq_len, pass_specs, out, data, resume, force, as_json):
     """Apply passes to a model and save the variant as a .pt2 program.
 
     The .pt2 keeps the passes applied, the signature and the example inputs, so
-    `edgesmith export OUT.pt2` continues from it.
+    `edgesmith export OUT.pt2` continues from it. A distillation writes a
+    checkpoint to OUT.ckpt/ after every epoch; --resume continues from it.
 
     \b
-    Example:
+    Examples:
       edgesmith optimize zoo:digits-cnn -p reparam -o digits-reparam.pt2
+      edgesmith optimize zoo:digits-cnn -p distill:student=lsnet_t,width=0.25,epochs=30 \\
+          --data digits.npz -o digits-lsnet.pt2
     """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
     from edgesmith import api as es
     from edgesmith.bundle import check_writable
     from edgesmith.models import save_pt2
 
     check_writable(Path(out), force)
     variant = _load(model, inputs, weights, gguf, seq_len)
-    with _console().status("applying passes"):
-        variant = es.optimize(variant, pass_specs)
+    defaults = {"checkpoint": str(Path(out).with_suffix(".ckpt")), "resume": resume, "force": force}
+    if data:
+        defaults["data"] = data
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  console=_console(), transient=True) as bar:
+        task = bar.add_task("applying passes", total=None)
+        variant = es.optimize(variant, pass_specs, defaults=defaults,
+                              progress=lambda d, n, total: bar.update(task, description=d, completed=n, total=total))
+        bar.update(task, description=f"saving {out}")
         save_pt2(variant, out, force=force)
     if as_json:
         return _emit_json({"out": out, "passes": variant.passes})
     for p in variant.passes:
-        click.echo(f"{p['name']}: {json.dumps(p['report'])} ({p['seconds']} s)")
+        report = {k: v for k, v in p["report"].items() if k != "history"}
+        click.echo(f"{p['name']}: {json.dumps(report)} ({p['seconds']} s)")
     click.echo(f"wrote {out}")
 
 

@@ -29,3 +29,34 @@ def count_macs(module, *inputs) -> int:
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         module(*inputs)
     return counter.get_total_flops() // 2
+
+
+def zoo_complexity(entry) -> dict:
+    """Parameters and MACs of a zoo model at batch 1, beside its paper's figures.
+
+    Backbones are built with their default options (224x224, 1000 classes, the
+    setting papers report) on PyTorch's meta device, so no weights are allocated;
+    other models are loaded and run on their example input.
+
+    Returns:
+        ``{"params", "macs", "input", "paper_params", "paper_macs"}`` (paper figures None if unknown).
+    """
+    import torch
+
+    if entry.build is not None:
+        with torch.device("meta"):
+            module = entry.build().eval()
+            x = torch.empty(1, 3, 224, 224)
+        args = [x]
+    else:
+        variant = entry.load()
+        module = variant.module
+        args = [torch.from_numpy(variant.example[s.name][:1]) for s in variant.inputs]
+    paper = entry.paper or (None, None)
+    return {
+        "params": count_params(module),
+        "macs": count_macs(module, *args),
+        "input": ", ".join("x".join(map(str, a.shape)) for a in args),
+        "paper_params": int(paper[0] * 1e6) if paper[0] is not None else None,
+        "paper_macs": int(paper[1] * 1e9) if paper[1] is not None else None,
+    }

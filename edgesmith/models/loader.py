@@ -55,10 +55,10 @@ def load_model(
         BadInputError: Missing or unreadable model, unsafe weights, rejected input shape.
         UsageError: A malformed reference.
     """
-    from edgesmith.models.zoo import ZOO
+    from edgesmith.models.zoo import load_zoo
 
     if ref.startswith("zoo:"):
-        variant = ZOO.get(ref[4:]).load()
+        variant = load_zoo(ref[4:])
         if inputs:
             variant = _override_inputs(variant, inputs)
     elif ref.startswith("py:"):

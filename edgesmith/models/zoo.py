@@ -1,9 +1,14 @@
-"""Built-in models, referenced as ``zoo:NAME`` (``edgesmith models list``)."""
+"""Built-in models, referenced as ``zoo:NAME`` or ``zoo:NAME:key=value,...`` (``edgesmith models list``).
+
+The backbones (EfficientFormer, LSNet) take options: ``zoo:lsnet-t:num_classes=10,image_size=96``.
+Underscores in a name are read as hyphens (``lsnet_t`` is ``lsnet-t``).
+"""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 from edgesmith.registry import Registry
 
@@ -16,16 +21,50 @@ class ZooEntry:
         name: The ``zoo:`` name.
         summary: One line for ``models list``.
         task: ``classifier``, ``encoder``, ``lm`` or ``generic``.
-        load: Returns the variant (pretrained where weights ship).
+        load: Returns the variant (pretrained where weights ship); takes the fields of ``Options``.
+        Options: Dataclass of the model's options, or None if it takes none.
+        paper: ``(params in millions, GMACs)`` as the model's paper reports them, if it does.
+        build: For backbones, ``build(**options) -> nn.Module`` without the variant around it.
     """
 
     name: str
     summary: str
     task: str
-    load: Callable[[], object]
+    load: Callable[..., object]
+    Options: type | None = None
+    paper: tuple[float, float] | None = None
+    build: Callable[..., Any] | None = None
 
 
 ZOO: Registry[ZooEntry] = Registry("zoo model", "edgesmith.zoo")
+
+
+def parse_zoo_reference(ref: str) -> tuple[ZooEntry, Any]:
+    """``NAME[:key=value,...]`` (without ``zoo:``) -> (entry, filled options or None).
+
+    Raises:
+        UsageError: Unknown model (listing the known ones), options given to a model without any,
+            an unknown option or a bad value.
+    """
+    from edgesmith.errors import UsageError
+    from edgesmith.options import build_options, parse_key_values
+
+    name, _, rest = ref.partition(":")
+    name = name.strip().replace("_", "-")
+    entry = ZOO.get(name)
+    owner = f"zoo:{name}"
+    values = parse_key_values(filter(None, (p.strip() for p in rest.split(","))), owner)
+    if entry.Options is None:
+        if values:
+            raise UsageError(f"{owner} takes no options, got {', '.join(values)}")
+        return entry, None
+    return entry, build_options(entry.Options, values, owner)
+
+
+def load_zoo(ref: str):
+    """Load ``NAME[:key=value,...]`` into a variant."""
+    entry, options = parse_zoo_reference(ref)
+    return entry.load() if options is None else entry.load(**dataclasses.asdict(options))
 
 
 def _digits_cnn():
@@ -93,3 +132,99 @@ ZOO.register("smollm2-135m")(ZooEntry(
     "lm",
     _smollm2,
 ))
+
+
+@dataclass
+class BackboneOptions:
+    """Options of the zoo's image backbones (random init: no ImageNet weights exist offline).
+
+    Attributes:
+        num_classes: Classifier outputs.
+        image_size: Height and width of the square input (a multiple of 32).
+        in_chans: Input channels.
+        batch: Batch size of the example input (the batch axis stays dynamic).
+    """
+
+    num_classes: int = 1000
+    image_size: int = 224
+    in_chans: int = 3
+    batch: int = 1
+
+    def __post_init__(self):
+        from edgesmith.errors import UsageError
+
+        for key in ("num_classes", "image_size", "in_chans", "batch"):
+            if getattr(self, key) < 1:
+                raise UsageError(f"backbone option {key}={getattr(self, key)} must be at least 1")
+
+
+def _backbone_variant(zoo_name: str, module, options: BackboneOptions):
+    import numpy as np
+    import torch
+
+    from edgesmith.models.variant import Variant
+    from edgesmith.specs import TensorSpec
+
+    shape = (options.batch, options.in_chans, options.image_size, options.image_size)
+    image = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    with torch.no_grad():
+        out = module(torch.from_numpy(image))
+    opts = ",".join(f"{k}={v}" for k, v in dataclasses.asdict(options).items()
+                    if v != getattr(BackboneOptions, k))
+    return Variant(
+        name=zoo_name,
+        module=module,
+        inputs=[TensorSpec("image", shape, "float32", {0: "batch"})],
+        outputs=[TensorSpec("logits", tuple(out.shape), "float32", {0: "batch"})],
+        example={"image": image},
+        source={"reference": f"zoo:{zoo_name}" + (f":{opts}" if opts else ""), "format": "zoo", "sha256": ""},
+        task="classifier",
+    )
+
+
+def scale_stages(widths, depths, width: float = 1.0, depth: float = 1.0):
+    """Stage widths times ``width`` (multiples of 8, at least 8) and depths times ``depth`` (a
+    non-empty stage keeps a block); ``(None, None)`` at 1.0 so the model's own config applies."""
+    if width == 1.0 and depth == 1.0:
+        return None, None
+    return ([max(8, round(w * width / 8) * 8) for w in widths],
+            [0 if d == 0 else max(1, round(d * depth)) for d in depths])
+
+
+def _register_backbones() -> None:
+    """One zoo entry per row of ``backbones.yaml`` (the model code is imported only when one is built)."""
+    import importlib
+    from pathlib import Path
+
+    import yaml
+
+    table = yaml.safe_load((Path(__file__).parent / "backbones.yaml").read_text())
+
+    def make(zoo_name: str, row: dict):
+        def build(num_classes=1000, image_size=224, in_chans=3, width=1.0, depth=1.0):
+            mod = importlib.import_module(f"edgesmith.models.{row['module']}")
+            config = mod.CONFIGS[row["key"]]
+            widths, depths = scale_stages(config["widths"], config["depths"], width, depth)
+            return mod.build(row["key"], num_classes=num_classes, image_size=image_size, in_chans=in_chans,
+                             widths=widths, depths=depths)
+
+        def load(num_classes=1000, image_size=224, in_chans=3, batch=1):
+            options = BackboneOptions(num_classes, image_size, in_chans, batch)
+            return _backbone_variant(zoo_name, build(num_classes, image_size, in_chans), options)
+
+        return build, load
+
+    for zoo_name, row in table.items():
+        build, load = make(zoo_name, row)
+        ZOO.register(zoo_name)(ZooEntry(
+            zoo_name,
+            f"{row['label']} image backbone ({row['paper']}), random init",
+            "classifier",
+            load,
+            Options=BackboneOptions,
+            paper=(row["params_m"], row["gmacs"]),
+            build=build,
+        ))
+
+
+_register_backbones()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar
 
 from edgesmith.options import build_options, parse_key_values
 from edgesmith.registry import Registry
@@ -31,8 +31,10 @@ class Pass:
     name: ClassVar[str] = ""
     Options: ClassVar[type] = PassOptions
 
-    def __init__(self, options: Any | None = None):
+    def __init__(self, options: Any | None = None,
+                 progress: Callable[[str, int, int], None] | None = None):
         self.options = options if options is not None else self.Options()
+        self.progress = progress  # (description, completed, total), for passes that take a while
 
     def apply(self, variant):
         """Return a new variant with this pass applied and recorded.
@@ -68,8 +70,13 @@ class Pass:
         raise NotImplementedError
 
 
-def parse_pass_spec(spec: str) -> Pass:
+def parse_pass_spec(spec: str, defaults: dict[str, str] | None = None) -> Pass:
     """Build a pass from ``NAME[:key=value,...]``.
+
+    Args:
+        spec: The pass and its options.
+        defaults: Values for options the spec does not set, used only by passes that
+            have such an option (``edgesmith optimize --data`` fills ``distill``'s ``data``).
 
     Raises:
         UsageError: For an unknown pass, an unknown key (listing the known ones)
@@ -79,18 +86,23 @@ def parse_pass_spec(spec: str) -> Pass:
     cls = PASSES.get(name.strip())
     owner = f"pass {name.strip()!r}"
     values = parse_key_values(filter(None, (p.strip() for p in rest.split(","))), owner)
+    fields = {f.name for f in dataclasses.fields(cls.Options)}
+    values = {**{k: v for k, v in (defaults or {}).items() if k in fields}, **values}
     return cls(build_options(cls.Options, values, owner))
 
 
-def apply_passes(variant, specs: list[str]):
-    """Apply passes given as ``NAME[:k=v,...]`` strings, in order."""
+def apply_passes(variant, specs: list[str], defaults: dict[str, str] | None = None,
+                 progress: Callable[[str, int, int], None] | None = None):
+    """Apply passes given as ``NAME[:k=v,...]`` strings, in order (``defaults`` as in :func:`parse_pass_spec`)."""
     for spec in specs:
-        variant = parse_pass_spec(spec).apply(variant)
+        step = parse_pass_spec(spec, defaults)
+        step.progress = progress
+        variant = step.apply(variant)
     return variant
 
 
 def _register_builtins() -> None:
-    from edgesmith.optimize import reparam  # noqa: F401
+    from edgesmith.optimize import distill, reparam  # noqa: F401
 
 
 _register_builtins()
