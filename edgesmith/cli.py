@@ -154,9 +154,14 @@ def models_list(patterns, details, as_json):
         if not details:
             t.add_row(r["name"], r["task"], r["summary"])
             continue
-        t.add_row(r["name"], r["task"], _millions(r["params"]), _vs_paper(r["params"], r["paper_params"]),
+        mark = "*" if r["params_as_paper"] != r["params"] else ""
+        t.add_row(r["name"], r["task"], _millions(r["params_as_paper"]) + mark,
+                  _vs_paper(r["params_as_paper"], r["paper_params"]),
                   _giga(r["macs"]), _vs_paper(r["macs"], r["paper_macs"], giga=True), r["input"])
     _console(stderr=False).print(t)
+    if any(r.get("params_as_paper", 0) != r.get("params", 0) for r in rows):
+        click.echo("* counted as the paper counts (BatchNorm, LayerScale and bias tables left out); "
+                   "--json has every parameter as params")
     if any(r.get("options") for r in rows):
         click.echo("options of the backbones: " + ", ".join(next(r["options"] for r in rows if r["options"])))
 

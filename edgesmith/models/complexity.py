@@ -39,7 +39,9 @@ def zoo_complexity(entry) -> dict:
     other models are loaded and run on their example input.
 
     Returns:
-        ``{"params", "macs", "input", "paper_params", "paper_macs"}`` (paper figures None if unknown).
+        ``{"params", "params_as_paper", "macs", "input", "paper_params", "paper_macs"}``:
+        ``params_as_paper`` counts the way the model's paper does (all parameters unless the
+        paper leaves some out); paper figures are None where the model has none.
     """
     import torch
 
@@ -53,8 +55,10 @@ def zoo_complexity(entry) -> dict:
         module = variant.module
         args = [torch.from_numpy(variant.example[s.name][:1]) for s in variant.inputs]
     paper = entry.paper or (None, None)
+    params = count_params(module)
     return {
-        "params": count_params(module),
+        "params": params,
+        "params_as_paper": entry.count_as_paper(module) if entry.count_as_paper else params,
         "macs": count_macs(module, *args),
         "input": ", ".join("x".join(map(str, a.shape)) for a in args),
         "paper_params": int(paper[0] * 1e6) if paper[0] is not None else None,

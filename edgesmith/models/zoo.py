@@ -25,6 +25,8 @@ class ZooEntry:
         Options: Dataclass of the model's options, or None if it takes none.
         paper: ``(params in millions, GMACs)`` as the model's paper reports them, if it does.
         build: For backbones, ``build(**options) -> nn.Module`` without the variant around it.
+        count_as_paper: For backbones whose paper counts parameters its own way (EfficientFormer's
+            profiler leaves out BatchNorm, LayerScale and bias tables), that count of a built module.
     """
 
     name: str
@@ -34,6 +36,7 @@ class ZooEntry:
     Options: type | None = None
     paper: tuple[float, float] | None = None
     build: Callable[..., Any] | None = None
+    count_as_paper: Callable[[Any], int] | None = None
 
 
 ZOO: Registry[ZooEntry] = Registry("zoo model", "edgesmith.zoo")
@@ -212,10 +215,16 @@ def _register_backbones() -> None:
             options = BackboneOptions(num_classes, image_size, in_chans, batch)
             return _backbone_variant(zoo_name, build(num_classes, image_size, in_chans), options)
 
-        return build, load
+        def count_as_paper(module):
+            from edgesmith.models.complexity import count_params
+
+            mod = importlib.import_module(f"edgesmith.models.{row['module']}")
+            return getattr(mod, "paper_param_count", count_params)(module)
+
+        return build, load, count_as_paper
 
     for zoo_name, row in table.items():
-        build, load = make(zoo_name, row)
+        build, load, count_as_paper = make(zoo_name, row)
         ZOO.register(zoo_name)(ZooEntry(
             zoo_name,
             f"{row['label']} image backbone ({row['paper']}), random init",
@@ -224,6 +233,7 @@ def _register_backbones() -> None:
             Options=BackboneOptions,
             paper=(row["params_m"], row["gmacs"]),
             build=build,
+            count_as_paper=count_as_paper,
         ))
 
 

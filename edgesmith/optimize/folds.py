@@ -143,6 +143,13 @@ def _finish(gm, changes):
     if changes:
         gm.graph.eliminate_dead_code()
         gm.delete_all_unused_submodules()
+        # Weights no node reads any more: folded away, or made by a fold and replaced by a later one
+        # (BN, then LayerScale, into one conv). Left in place they would count and be saved.
+        used = {n.target for n in gm.graph.nodes if n.op == "get_attr"}
+        for name, _ in [*gm.named_parameters(), *gm.named_buffers()]:
+            if name not in used:
+                owner, _, attr = name.rpartition(".")
+                delattr(gm.get_submodule(owner) if owner else gm, attr)
         gm.recompile()
     return changes
 

@@ -11,7 +11,8 @@ from edgesmith import api as es
 from edgesmith.errors import BadInputError, UsageError
 from edgesmith.optimize.data import load_image_data
 
-STUDENT = "distill:student=lsnet_t,width=0.25,depth=0.1,image_size=32"
+# A narrow LSNet-T: widths 16/32/64/96, depths 0/1/2/2 (RepVGG+SE, LS convolution and attention blocks).
+STUDENT = "distill:student=lsnet_t,width=0.25,depth=0.25,image_size=32"
 
 
 @pytest.fixture(scope="module")
@@ -37,8 +38,10 @@ def teacher():
 
 def test_narrow_lsnet_reaches_95_percent(digits_npz, teacher, tmp_path):
     """Acceptance: a narrow LSNet-style student distilled from digits-cnn, >= 95% test accuracy."""
-    student = es.optimize(teacher, [f"{STUDENT},epochs=8"], defaults={"data": str(digits_npz[0])})
+    student = es.optimize(teacher, [f"{STUDENT},epochs=20"], defaults={"data": str(digits_npz[0])})
     report = student.passes[-1]["report"]
+    kinds = {type(m).__name__ for m in student.module.modules()}
+    assert {"LSConv", "Attention", "RepDepthwise"} <= kinds, kinds
     assert report["test_images"] == 360 and report["train_images"] == 1437
     assert report["accuracy"] >= 0.95, report
     assert report["agreement"] >= 0.95, report

@@ -158,6 +158,8 @@ def test_fold_is_exact(case):
     assert report["folded"] == sum(expected.values())
     ops = _ops(folded.module)
     assert not gone & set(ops), ops
+    used = {n.target for n in folded.module.graph.nodes if n.op == "get_attr"}
+    assert {n for n, _ in folded.module.named_parameters()} <= used  # no weight left behind by a fold
     if case == "bn-padded-conv":
         assert "batch_norm" in ops  # a padded conv after BN must keep the BN: the fold would not be exact
 
