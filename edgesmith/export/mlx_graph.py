@@ -216,13 +216,21 @@ class Context:
         """``fn(x, axis=axes, keepdims=keepdims)``, safe over dynamic axes.
 
         A shapeless MLX function crashes reducing an axis that is 1 long at run time
-        (MLX 0.32), so each dynamic reduced axis first gets one ``neutral`` element.
+        (MLX 0.32), so each dynamic reduced axis first gets one ``neutral`` element, and
+        static 1-long axes are squeezed rather than reduced.
         """
         if self.shapeless:
             in_sym = self.arg_shape(0) if in_sym is None else in_sym
             for a in axes:
                 if not _is_static(in_sym[a]):
                     x = self.pad(x, a, 0, 1, neutral)
+            # Static 1-long axes crash it too: reducing them is the identity, so squeeze them instead.
+            ones = [a for a in axes if _is_static(in_sym[a]) and in_sym[a] == 1]
+            if ones:
+                rest = [a for a in axes if a not in ones]
+                if rest:
+                    x = fn(x, axis=rest, keepdims=True)
+                return x if keepdims else mx.squeeze(x, axis=axes)
         return fn(x, axis=axes, keepdims=keepdims)
 
     # -- shape changes ------------------------------------------------------------------------

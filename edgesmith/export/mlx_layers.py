@@ -222,3 +222,53 @@ def adaptive_avg_pool2d(ctx, x, output_size):
     kernel = [n // o for n, o in zip(size, out)]
     total, count = _pool(ctx, x, kernel, kernel, 0, 1, False, "sum")
     return total / count
+
+
+# -- resizing -------------------------------------------------------------------------------------
+def _out_sizes(x, output_size, scale_factors):
+    """Output sizes and the input/output coordinate ratio per spatial axis, as torch computes them."""
+    sizes = x.shape[2:]
+    if output_size:
+        return list(output_size), [n / o for n, o in zip(sizes, output_size)]
+    return [math.floor(n * s) for n, s in zip(sizes, scale_factors)], [1 / s for s in scale_factors]
+
+
+def _resize(x, matrices):
+    """Apply per-axis interpolation matrices (out, in) to the last two axes as matmuls.
+
+    Matmuls rather than gathers: a shapeless MLX function keeps the batch dynamic
+    through a broadcast matmul, while a gather's output shape gets fixed at export.
+    """
+    m_h, m_w = (mx.array(m.astype(np.float32)).astype(x.dtype) for m in matrices)
+    return mx.matmul(m_h, mx.matmul(x, m_w.T))
+
+
+@translates("aten.upsample_bilinear2d.vec")
+def upsample_bilinear2d(ctx, x, output_size, align_corners, scale_factors=None):
+    """Bilinear resize of the last two axes (torch's source-coordinate rules)."""
+    out, ratios = _out_sizes(x, output_size, scale_factors)
+    matrices = []
+    for n_in, n_out, ratio in zip(x.shape[2:], out, ratios):
+        o = np.arange(n_out, dtype=np.float64)
+        if align_corners:
+            src = o * ((n_in - 1) / (n_out - 1)) if n_out > 1 else np.zeros_like(o)
+        else:
+            src = np.maximum((o + 0.5) * ratio - 0.5, 0.0)
+        lo = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
+        hi = np.minimum(lo + 1, n_in - 1)
+        m = np.zeros((n_out, n_in))
+        np.add.at(m, (np.arange(n_out), lo), 1 - (src - lo))
+        np.add.at(m, (np.arange(n_out), hi), src - lo)
+        matrices.append(m)
+    return _resize(x, matrices)
+
+
+@translates("aten.upsample_nearest2d.vec")
+def upsample_nearest2d(ctx, x, output_size, scale_factors=None):
+    """Nearest-neighbour resize of the last two axes (torch's ``nearest``: floor of o * in / out)."""
+    out, ratios = _out_sizes(x, output_size, scale_factors)
+    matrices = []
+    for n_in, n_out, ratio in zip(x.shape[2:], out, ratios):
+        src = np.minimum(np.floor(np.arange(n_out) * ratio).astype(np.int64), n_in - 1)
+        matrices.append(np.eye(n_in)[src])
+    return _resize(x, matrices)

@@ -205,6 +205,14 @@ CASES: dict[str, Case] = {
         lambda x: (F.avg_pool2d(x, 2), F.avg_pool2d(x, 3, 2, 1), F.avg_pool2d(x, 3, 2, 1, count_include_pad=False),
                    F.avg_pool2d(x, 2, divisor_override=3)), [f32(2, 3, 8, 8)]),
     "aten._adaptive_avg_pool2d.default": Case(lambda x: F.adaptive_avg_pool2d(x, (2, 4)), [f32(2, 3, 8, 8)]),
+    "aten.upsample_bilinear2d.vec": Case(
+        lambda x: (F.interpolate(x, size=(11, 4), mode="bilinear"),
+                   F.interpolate(x, size=(16, 16), mode="bilinear", align_corners=True),
+                   F.interpolate(x, scale_factor=1.5, mode="bilinear"),
+                   F.interpolate(x, size=(1, 3), mode="bilinear")), [f32(2, 3, 8, 6)]),
+    "aten.upsample_nearest2d.vec": Case(
+        lambda x: (F.interpolate(x, size=(12, 5), mode="nearest"),
+                   F.interpolate(x, scale_factor=2.0, mode="nearest")), [f32(2, 3, 8, 6)]),
     # shapes and indexing
     "aten.sym_size.int": Case(lambda x: x.view(x.shape[0], -1), [f32(2, 3, 4)]),
     "aten._assert_tensor_metadata.default": Case(lambda x: x.to(torch.int32), [f32(3, 4, lo=-9, hi=9)]),
@@ -300,7 +308,24 @@ def test_every_op_has_a_case():
 
 @pytest.mark.parametrize("op", sorted(OPS))
 def test_op_matches_torch(op, tmp_path):
-    case = CASES[op]
+    _check(op, CASES[op], tmp_path)
+
+
+# Reductions over axes that are statically 1 long (a global pool on a 1x1 map) crashed MLX's
+# shapeless functions; they are squeezed instead.
+EXTRA = {
+    "mean over 1x1": ("aten.mean.dim", Case(lambda x: (x.mean((2, 3)), x.mean(-1, keepdim=True)), [f32(2, 3, 1, 1)])),
+    "sum over 1 and 4": ("aten.sum.dim_IntList", Case(lambda x: x.sum((2, 3)), [f32(2, 3, 1, 4)])),
+    "amax over 1": ("aten.amax.default", Case(lambda x: x.amax(2), [f32(2, 3, 1)])),
+}
+
+
+@pytest.mark.parametrize("label", list(EXTRA))
+def test_reduction_over_static_ones(label, tmp_path):
+    _check(*EXTRA[label], tmp_path)
+
+
+def _check(op, case, tmp_path):
     variant = _variant(op.split(".")[1], _Fn(case.fn), case.inputs, case.dynamic)
     wants_dynamic = any(s.dynamic for s in variant.inputs)
     program = decompose(export_program(variant))

@@ -142,3 +142,21 @@ def test_student_trains_deterministically(digits_npz, teacher):
     x = torch.from_numpy(teacher.example["image"])
     with torch.no_grad():
         torch.testing.assert_close(runs[0].module(x), runs[1].module(x))
+
+
+def test_cli_checkpoints_next_to_the_output_and_resumes(digits_npz, tmp_path, capsys):
+    from edgesmith.cli import main
+
+    out = tmp_path / "student.pt2"
+    args = ["optimize", "zoo:digits-cnn", "-p", f"{STUDENT},epochs=1,batch_size=48",
+            "--data", str(digits_npz[1]), "-o", str(out)]
+    assert main(args) == 0
+    assert out.is_file() and (tmp_path / "student.ckpt" / "last.pt").is_file()
+    assert '"epochs_run": 1' in capsys.readouterr().out
+    assert main(args) == 3  # the output exists: refused without --force
+    assert "--force" in capsys.readouterr().err
+    assert main([*args, "--force", "--resume"]) == 0  # continues from the checkpoint: nothing left to run
+    assert '"epochs_run": 0' in capsys.readouterr().out
+    student = es.load(str(out))
+    assert student.inputs[0].shape[1:] == (1, 8, 8) and student.run()["logits"].shape[-1] == 10
+    assert [p["name"] for p in student.passes] == ["distill"]
