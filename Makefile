@@ -26,6 +26,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/runtime_latency.py
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/backbone_latency.py
 
 clean:
 	rm -rf $(VENV) edgesmith-demo
