@@ -13,22 +13,24 @@ def count_params(module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-def count_macs(module, *inputs) -> int:
-    """Multiply-accumulates of one forward pass on ``inputs``.
+def count_flops(module, *inputs) -> int:
+    """FLOPs of one forward pass on ``inputs`` (PyTorch's ``FlopCounterMode``: a multiply-add is two).
 
     Args:
         module: The torch module (put in eval mode by the caller).
         *inputs: Example tensors, passed positionally.
-
-    Returns:
-        MACs (torch's FLOP counter halved: it counts a multiply-add as two FLOPs).
     """
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         module(*inputs)
-    return counter.get_total_flops() // 2
+    return int(counter.get_total_flops())
+
+
+def count_macs(module, *inputs) -> int:
+    """Multiply-accumulates of one forward pass on ``inputs`` (:func:`count_flops` halved)."""
+    return count_flops(module, *inputs) // 2
 
 
 def zoo_complexity(entry) -> dict:

@@ -38,24 +38,21 @@ def inspect_variant(variant) -> dict[str, Any]:
 
 def _torch_stats(variant):
     import torch
-    from torch.utils.flop_counter import FlopCounterMode
 
+    from edgesmith.models.complexity import count_flops, count_params
     from edgesmith.models.program import export_program
 
     module = variant.module
     tensors = {id(t): t for t in [*module.parameters(), *module.buffers()]}
-    params = sum(p.numel() for p in module.parameters())
+    params = count_params(module)
     size = sum(t.numel() * t.element_size() for t in tensors.values())
-    args = [torch.from_numpy(variant.example[s.name]) for s in variant.inputs]
-    counter = FlopCounterMode(display=False)
-    with torch.no_grad(), counter:
-        module(*args)
+    flops = count_flops(module, *[torch.from_numpy(variant.example[s.name]) for s in variant.inputs])
     program = export_program(variant)
     ops = Counter(
         getattr(n.target, "__name__", str(n.target)).replace(".default", "")
         for n in program.graph.nodes if n.op == "call_function"
     )
-    return params, size, int(counter.get_total_flops()), ops
+    return params, size, flops, ops
 
 
 def _onnx_stats(path):

@@ -162,6 +162,7 @@ class Distill(Pass):
         history: list[dict] = []
         start_epoch = self._restore(student, optimizer, schedule, generator, history)
 
+        teacher_pred = _logits(teacher, x_test).argmax(1)  # fixed: the teacher does not train
         started = time.perf_counter()
         for epoch in range(start_epoch, opts.epochs):
             student.train()
@@ -186,13 +187,12 @@ class Distill(Pass):
                 self._progress(f"distill epoch {epoch + 1}/{opts.epochs} loss {total / (step + 1):.3f}",
                                epoch * steps + step + 1, opts.epochs * steps)
             student.eval()
-            agreement = float((_logits(student, x_test).argmax(1) == _logits(teacher, x_test).argmax(1)).float().mean())
+            agreement = float((_logits(student, x_test).argmax(1) == teacher_pred).float().mean())
             history.append({"epoch": epoch + 1, "loss": round(total / steps, 5), "test_agreement": round(agreement, 4)})
             self._save(student, optimizer, schedule, generator, history)
 
         student.eval()
         student_pred = _logits(student, x_test).argmax(1)
-        teacher_pred = _logits(teacher, x_test).argmax(1)
         report = {
             "student": opts.student.replace("_", "-"),
             "image_size": size,
