@@ -19,7 +19,7 @@ feature-map size it is resized bilinearly (bicubic does not convert to Core ML),
 at any input size. Shapes are only read as Python ints: ``torch.export`` keeps the batch dynamic.
 
 Like the authors' models, ours carry a distillation head; eval output is the mean of both heads.
-``PAPER`` figures count parameters as :func:`paper_param_count` does.
+The papers' figures (``backbones.yaml``) count parameters as :func:`paper_param_count` does.
 """
 
 from __future__ import annotations
@@ -46,13 +46,6 @@ CONFIGS: dict[str, dict] = {
               "mlp_ratios": ["4444", "4444", "443333334444", "44333344"]},
     "v2_l": {"version": 2, "widths": [40, 80, 192, 384], "depths": [5, 5, 15, 10], "attn_blocks": 6,
              "mlp_ratios": ["44444", "44444", "444433333334444", "4443333444"]},
-}
-
-# (parameters in millions, GMACs) at 224x224 and 1000 classes: V1 paper Table 1; V2 paper Table 2
-# and the authors' README.
-PAPER: dict[str, tuple[float, float]] = {
-    "l1": (12.3, 1.3), "l3": (31.3, 3.9), "l7": (82.1, 10.2),
-    "v2_s0": (3.5, 0.40), "v2_s1": (6.1, 0.65), "v2_s2": (12.6, 1.25), "v2_l": (26.1, 2.56),
 }
 
 LAYER_SCALE_INIT = 1e-5
@@ -362,7 +355,7 @@ def paper_param_count(model: nn.Module) -> int:
         model: A model from :func:`build`.
 
     Returns:
-        The count, comparable with ``PAPER[name][0] * 1e6``.
+        The count, comparable with the paper's figure in ``backbones.yaml``.
     """
     layers = (nn.Conv2d, nn.Linear, nn.LayerNorm)
     return sum(p.numel() for m in model.modules() if isinstance(m, layers) for p in m.parameters())

@@ -12,7 +12,7 @@ code: github.com/jameslahm/lsnet), so parameter names differ but counts match. T
 SKA is a GPU-only Triton kernel; :func:`small_kernel_aggregate` computes the same sum from
 padding, slicing and broadcasting, which every exporter (ONNX, Core ML, MLX) understands.
 
-Counts: ``PAPER`` holds the paper's rounded figures. They leave out the distillation head
+Counts: ``backbones.yaml`` holds the paper's rounded figures. They leave out the distillation head
 (the ``*_distill`` models add a second BN + Linear classifier: the authors' T log shows
 11,409,832 parameters without it, exactly this module's count, and 11,795,600 with it). They
 fit what the authors' ``flops.py`` measures after folding BN into the convs: folded, T/S/B
@@ -46,7 +46,6 @@ CONFIGS: dict[str, dict] = {
 }
 
 # (parameters in millions, GMACs) at 224x224, 1000 classes, as the paper and the official README print them.
-PAPER: dict[str, tuple[float, float]] = {"t": (11.4, 0.3), "s": (16.1, 0.5), "b": (23.2, 1.3)}
 
 
 def small_kernel_aggregate(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:

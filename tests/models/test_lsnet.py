@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from edgesmith.errors import UsageError
 from edgesmith.models import lsnet
 from edgesmith.models.complexity import count_macs, count_params
+from edgesmith.models.zoo import ZOO
 
 # Parameter counts printed in the authors' training logs (logs/lsnet_{t,s}.log, no distillation head).
 LOGGED_PARAMS = {"t": 11_409_832, "s": 16_146_304}
@@ -42,7 +43,7 @@ def test_counts_match_paper(name):
     with torch.device("meta"):  # shapes are all the counts need
         model = lsnet.build(name)
         image = torch.zeros(1, 3, 224, 224)
-    paper_params, paper_gmacs = lsnet.PAPER[name]
+    paper_params, paper_gmacs = ZOO.get("lsnet-" + name.replace("_", "-")).paper
     params = count_params(model)
     assert abs(params / 1e6 - paper_params) <= 0.01 * paper_params
     if name in LOGGED_PARAMS:
