@@ -104,12 +104,18 @@ def profile(bundles: Iterable[str | Path], *, device: str = "host", warmup: int 
         layers: Collect per-layer times.
         progress: Called as ``progress(bundle_name, runs_done)``.
     """
+    import tempfile
+
+    from edgesmith.devices.catalog import get_device
     from edgesmith.devices.host import fingerprint
+    from edgesmith.errors import UsageError
     from edgesmith.profiles.measure import profile_bundle
     from edgesmith.profiles.profile import profile_document
 
-    import tempfile
-
+    target_device = get_device(device)  # an unknown name fails here, with the closest known ones
+    if target_device.name != "host":
+        raise UsageError(f"device {device!r} is not this machine, and edgesmith cannot predict latency yet",
+                         hint="profile with --device host; prediction from the device's figures is planned")
     entries = []
     with tempfile.TemporaryDirectory(prefix="edgesmith-profile-") as tmp:
         for b in bundles:
@@ -166,6 +172,20 @@ def models(patterns: Iterable[str] = (), details: bool = False,
             row.update(zoo_complexity(entry))
         rows.append(row)
     return rows
+
+
+def devices(device_files: Iterable[str | Path] = ()) -> list:
+    """The host, the catalog's devices and the user's device files, as :class:`~edgesmith.devices.catalog.Device`."""
+    from edgesmith.devices.catalog import list_devices
+
+    return list_devices(list(device_files))
+
+
+def device(name: str, device_files: Iterable[str | Path] = ()):
+    """One device by name (``host``, a catalog name, or one defined in ``device_files``)."""
+    from edgesmith.devices.catalog import get_device
+
+    return get_device(name, list(device_files))
 
 
 def inspect(variant) -> dict[str, Any]:
