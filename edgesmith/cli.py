@@ -14,19 +14,9 @@ from pathlib import Path
 import click
 
 from edgesmith import errors
-
-
-def _console(stderr: bool = True):
-    from rich.console import Console
-
-    stream = sys.stderr if stderr else sys.stdout
-    # piped output (logs, scripts) gets room for whole tables instead of rich's 80 columns
-    width = None if stream.isatty() else 120
-    return Console(stderr=stderr, highlight=False, width=width)
-
-
-def _emit_json(data) -> None:
-    click.echo(json.dumps(data, indent=2, default=str))
+from edgesmith.cli_common import console as _console
+from edgesmith.cli_common import emit_json as _emit_json
+from edgesmith.cli_devices import devices
 
 
 def _model_options(f):
@@ -181,81 +171,7 @@ def _vs_paper(ours: int, paper: int | None, giga: bool = False) -> str:
     return f"{figure} ({(ours - paper) / paper:+.1%})"
 
 
-@cli.group()
-def devices():
-    """Devices to profile on or predict for (catalog + host + --device-file).
-
-    \b
-    Example:
-      edgesmith devices list
-    """
-
-
-_device_file_option = click.option(
-    "--device-file", "device_files", multiple=True, type=click.Path(exists=True, dir_okay=False),
-    help="A YAML device file of your own (same format as `edgesmith devices show NAME --yaml`); repeatable.")
-
-
-@devices.command("list")
-@_device_file_option
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def devices_list(device_files, as_json):
-    """List the devices: the host, the catalog, and any --device-file.
-
-    \b
-    Example:
-      edgesmith devices list --device-file my-board.yaml
-    """
-    from edgesmith import api as es
-
-    rows = es.devices(device_files)
-    if as_json:
-        return _emit_json([d.to_dict() for d in rows])
-    from rich.table import Table
-
-    t = Table("device", "kind", "peak TFLOP/s (TOPS int)", "GB/s", "GB", "W", "targets")
-    for d in rows:
-        peaks = ", ".join(f"{k} {v:g}" for k, v in d.peak_tflops.items()) or "measured here"
-        t.add_row(d.name, d.kind, peaks, _opt(d.memory_bandwidth_gbs), _opt(d.memory_gb), _opt(d.power_w),
-                  ", ".join(d.targets))
-    _console(stderr=False).print(t)
-
-
-def _opt(value) -> str:
-    return "-" if value is None else f"{value:g}"
-
-
-@devices.command("show")
-@click.argument("name")
-@_device_file_option
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-@click.option("--yaml", "as_yaml", is_flag=True, help="Print the device file (a template for your own).")
-def devices_show(name, device_files, as_json, as_yaml):
-    """Show one device's figures and their sources.
-
-    \b
-    Examples:
-      edgesmith devices show jetson-orin-nano
-      edgesmith devices show jetson-orin-nano --yaml > my-board.yaml
-    """
-    from edgesmith import api as es
-
-    data = es.device(name, device_files).to_dict()
-    origin = data.pop("origin")
-    if as_json:
-        return _emit_json({**data, "origin": origin})
-    if as_yaml:
-        import yaml
-
-        click.echo(yaml.safe_dump(data, sort_keys=False, width=100), nl=False)
-        return
-    for key, value in data.items():
-        if isinstance(value, dict):
-            value = ", ".join(f"{k} {v:g}" for k, v in value.items()) or "-"
-        elif isinstance(value, list):
-            value = "\n  " + "\n  ".join(value) if key == "sources" else ", ".join(value)
-        click.echo(f"{key}: {'-' if value is None else value}")
-    click.echo(f"file: {origin or 'detected at run time'}")
+cli.add_command(devices)
 
 
 @cli.group()
@@ -382,7 +298,13 @@ def optimize(model, inputs, weights, gguf, seq_len, pass_specs, out, data, resum
       edgesmith optimize zoo:digits-cnn -p distill:student=lsnet_t,width=0.25,epochs=30 \\
           --data digits.npz -o digits-lsnet.pt2
     """
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
 
     from edgesmith import api as es
     from edgesmith.bundle import check_writable
