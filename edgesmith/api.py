@@ -14,7 +14,7 @@ Example::
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -89,45 +89,82 @@ def run(bundle: str | Path, inputs: dict[str, np.ndarray], threads: int = 0) -> 
     return open_runtime(bundle, threads=threads).run(inputs)
 
 
-def profile(bundles: Iterable[str | Path], *, device: str = "host", warmup: int = 10, runs: int = 100,
-            threads: int = 0, layers: bool = True,
-            progress: Callable[[str, int], None] | None = None) -> dict[str, Any]:
-    """Profile bundles on a device and return a profile document.
+def profile(bundles: Iterable[str | Path], *, device: str | Sequence[str] = "host", warmup: int = 10,
+            runs: int = 100, threads: int = 0, layers: bool = True,
+            progress: Callable[[str, int], None] | None = None, device_files: Sequence[str | Path] = (),
+            recalibrate: bool = False) -> dict[str, Any]:
+    """Profile bundles on devices and return a profile document.
+
+    On ``host`` a bundle is measured, and where it has an ONNX graph the host prediction rides
+    along with its error. On any other device (a catalog name or one from ``device_files``) the
+    latency is predicted from the graph's per-op FLOPs and bytes (mode ``predicted``); see
+    :mod:`edgesmith.profiles.predict`.
 
     Args:
         bundles: Bundle directories; a plain ``.onnx`` file is packaged into a
             temporary bundle first.
-        device: ``host`` (measured).
+        device: One device name or several.
         warmup: Untimed runs.
         runs: Timed runs.
         threads: Runtime threads (0 = default).
         layers: Collect per-layer times.
-        progress: Called as ``progress(bundle_name, runs_done)``.
+        progress: Called as ``progress(bundle, runs_done)``.
+        device_files: The user's own device files.
+        recalibrate: Measure the host's calibration again instead of reading the cache.
+
+    Raises:
+        UsageError: An unknown device (with the closest names), or a bundle without an ONNX graph
+            on a device that can only be predicted.
     """
     import tempfile
 
     from edgesmith.devices.catalog import get_device
     from edgesmith.devices.host import fingerprint
     from edgesmith.errors import UsageError
+    from edgesmith.profiles.calibrate import host_calibration
     from edgesmith.profiles.measure import profile_bundle
+    from edgesmith.profiles.predict import predict_bundle, predicted_profile
     from edgesmith.profiles.profile import profile_document
 
-    target_device = get_device(device)  # an unknown name fails here, with the closest known ones
-    if target_device.name != "host":
-        raise UsageError(f"device {device!r} is not this machine, and edgesmith cannot predict latency yet",
-                         hint="profile with --device host; prediction from the device's figures is planned")
+    names = [device] if isinstance(device, str) else list(device)
+    targets = [get_device(n, device_files) for n in names]  # an unknown name fails here, before any work
+    calibration = None
+
+    def host_calibration_once():
+        nonlocal calibration
+        if calibration is None:
+            calibration = host_calibration(threads, refresh=recalibrate)
+        return calibration
+
     entries = []
     with tempfile.TemporaryDirectory(prefix="edgesmith-profile-") as tmp:
         for b in bundles:
-            cb = (lambda n, _b=str(b): progress(_b, n)) if progress else None
             path = b
             if Path(b).suffix == ".onnx" and not Path(b).is_dir():
                 path = export(load(str(b)), tmp, target="onnx")[0].path
-            entry = profile_bundle(path, device=device, warmup=warmup, runs=runs, threads=threads,
-                                   layers=layers, progress=cb)
-            entry.bundle = str(b)
-            entries.append(entry)
-    return profile_document(entries, fingerprint(threads))
+            for target_device in targets:
+                if target_device.name == "host":
+                    cb = (lambda n, _b=str(b): progress(_b, n)) if progress else None
+                    entry = profile_bundle(path, device="host", warmup=warmup, runs=runs, threads=threads,
+                                           layers=layers, progress=cb)
+                    try:
+                        prediction, _ = predict_bundle(path, target_device, host_calibration_once())
+                    except UsageError:
+                        prediction = None  # no ONNX graph: measured only
+                    if prediction is not None and entry.timing == "measured":
+                        entry.prediction = prediction.to_dict()
+                        p50 = entry.latency_ms.p50
+                        entry.prediction["error"] = (prediction.latency_ms - p50) / p50 if p50 else None
+                else:
+                    entry = predicted_profile(path, target_device, host_calibration_once())
+                    if progress:
+                        progress(str(b), runs)
+                entry.bundle = str(b)
+                entries.append(entry)
+    doc = profile_document(entries, fingerprint(threads))
+    if calibration is not None:
+        doc["calibration"] = {k: v for k, v in calibration.to_dict().items() if k != "suite"}
+    return doc
 
 
 def report(profiles: Iterable[dict[str, Any] | str | Path], out: str | Path, force: bool = False) -> list[Path]:

@@ -82,3 +82,41 @@ def devices_show(name, device_files, as_json, as_yaml):
             value = "\n  " + "\n  ".join(value) if key == "sources" else ", ".join(value)
         click.echo(f"{key}: {'-' if value is None else value}")
     click.echo(f"file: {origin or 'detected at run time'}")
+
+
+@devices.command("calibrate")
+@click.option("--threads", default=0, help="ONNX Runtime threads the calibration applies to (0 = runtime default).")
+@click.option("--refresh", is_flag=True, help="Measure again even when a cached calibration exists.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (with every suite op's timing).")
+def devices_calibrate(threads, refresh, as_json):
+    """Measure (or show the cached) host calibration the latency predictor uses.
+
+    A suite of one-op ONNX graphs sized like the zoo models' layers runs in ONNX
+    Runtime; the host's GEMM peak, memory bandwidth, per-op-class efficiencies and
+    overheads come from their kernel times. Cached per machine, ONNX Runtime version
+    and thread count in $EDGESMITH_CACHE (default ~/.cache/edgesmith).
+
+    \b
+    Example:
+      edgesmith devices calibrate --refresh
+    """
+    from edgesmith.profiles.calibrate import host_calibration
+
+    with console().status("calibrating the host (a few seconds)"):
+        cal = host_calibration(threads, refresh=refresh)
+    if as_json:
+        return emit_json(cal.to_dict())
+    from rich.table import Table
+
+    out = console(stderr=False)
+    out.print(f"host: {cal.machine.get('cpu', '?')}, {cal.machine.get('cores_usable', '?')} cores, "
+              f"onnxruntime {cal.machine.get('onnxruntime', '?')}, threads {cal.threads or 'default'}")
+    out.print(f"GEMM peak {cal.peak_gflops:.1f} GFLOP/s, bandwidth {cal.bandwidth_gbs:.1f} GB/s, "
+              f"{cal.op_overhead_us:.2f} us per node, kernel floor {cal.kernel_floor_us:.1f} us, "
+              f"{cal.run_overhead_us:.1f} us per run; suite median error {cal.spread:.0%}")
+    t = Table(title="efficiency per op class (share of the roofline reached)")
+    t.add_column("class")
+    t.add_column("efficiency", justify="right")
+    for cls, eff in cal.efficiency.items():
+        t.add_row(cls, f"{eff:.2f}")
+    out.print(t)

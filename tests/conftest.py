@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 import uuid
 
 import pytest
+
+# The host calibration the latency predictor caches: one per test session, never the user's own
+# (subprocesses such as the README's commands inherit it).
+os.environ.setdefault("EDGESMITH_CACHE", tempfile.mkdtemp(prefix="edgesmith-test-cache-"))
 
 
 @pytest.fixture

@@ -98,6 +98,11 @@ class Profile:
         bundle: Path of the bundle profiled.
         timing: ``measured`` (the target's runtime ran: a latency) or ``emulated`` (a stand-in
             such as the Core ML evaluator off macOS ran: its timings are not a latency).
+        prediction: The roofline prediction (:class:`edgesmith.profiles.predict.Prediction` fields:
+            ``latency_ms``, ``low_ms``, ``high_ms``, ``flops``, ``bytes``, ``by_class``, ``notes``...).
+            In a ``predicted`` entry it is the entry's latency (``latency_ms`` holds the point
+            estimate, ``samples_ms`` is empty); in a ``measured`` entry it is the prediction for the
+            same device, with ``error`` = (predicted - measured p50) / measured p50.
     """
 
     name: str
@@ -120,6 +125,7 @@ class Profile:
     passes: list[dict[str, Any]] = field(default_factory=list)
     bundle: str = ""
     timing: str = "measured"
+    prediction: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Return the JSON-ready form."""
