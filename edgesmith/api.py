@@ -95,8 +95,8 @@ def profile(bundles: Iterable[str | Path], *, device: str | Sequence[str] = "hos
             recalibrate: bool = False) -> dict[str, Any]:
     """Profile bundles on devices and return a profile document.
 
-    On ``host`` a bundle is measured, and where it has an ONNX graph the host prediction rides
-    along with its error. On any other device (a catalog name or one from ``device_files``) the
+    On ``host`` a bundle is measured, and an ONNX Runtime bundle (the runtime the host
+    calibration times) also gets its host prediction beside the measurement, with the error. On any other device (a catalog name or one from ``device_files``) the
     latency is predicted from the graph's per-op FLOPs and bytes (mode ``predicted``); see
     :mod:`edgesmith.profiles.predict`.
 
@@ -147,11 +147,13 @@ def profile(bundles: Iterable[str | Path], *, device: str | Sequence[str] = "hos
                     cb = (lambda n, _b=str(b): progress(_b, n)) if progress else None
                     entry = profile_bundle(path, device="host", warmup=warmup, runs=runs, threads=threads,
                                            layers=layers, progress=cb)
-                    try:
-                        prediction, _ = predict_bundle(path, target_device, host_calibration_once())
-                    except UsageError:
-                        prediction = None  # no ONNX graph: measured only
-                    if prediction is not None and entry.timing == "measured":
+                    prediction = None
+                    if entry.runtime == "onnxruntime":  # the host calibration is ONNX Runtime's
+                        try:
+                            prediction, _ = predict_bundle(path, target_device, host_calibration_once())
+                        except UsageError:
+                            prediction = None  # no ONNX graph: measured only
+                    if prediction is not None:
                         entry.prediction = prediction.to_dict()
                         p50 = entry.latency_ms.p50
                         entry.prediction["error"] = (prediction.latency_ms - p50) / p50 if p50 else None

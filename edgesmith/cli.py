@@ -81,7 +81,11 @@ def cli():
 @click.option("--runs", default=200, show_default=True, help="Timed runs per bundle.")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
 def demo(out, runs, as_json):
-    """Run zoo:digits-cnn through reparam, ONNX export, verify, host profile and report.
+    """Run zoo:digits-cnn and its reparam variant through export, verify, profile and report.
+
+    The same pipeline as `edgesmith run examples/demo.yaml`: both variants go to ONNX
+    and torch (parity checked), are measured on this machine and predicted on a Jetson
+    Orin Nano, an Apple A17 Pro Neural Engine and a Raspberry Pi 5, into one report.
 
     \b
     Example:
@@ -100,8 +104,7 @@ def demo(out, runs, as_json):
     for name, res in result["parity"].items():
         _parity_row(table, name, res)
     console.print(table)
-    for e in result["doc"]["entries"]:
-        console.print(f"{e['name']}.{e['target']}: p50 {e['latency_ms']['p50']:.3f} ms on host (measured)")
+    _console(stderr=False).print(_profile_table(result["doc"]))
     console.print(f"[bold]report:[/] {result['report'][0]}")
 
 
@@ -452,20 +455,30 @@ def verify(bundles, threads, as_json):
 
 
 @cli.command()
-@click.argument("bundle", type=click.Path())
+@click.argument("target", metavar="BUNDLE|RECIPE.yaml", type=click.Path())
 @click.option("--inputs", "inputs_file", type=click.Path(dir_okay=False),
-              help=".npz with one array per input (default: the bundle's golden inputs).")
-@click.option("-o", "--out", type=click.Path(dir_okay=False), help="Write outputs to this .npz.")
-@click.option("--force", is_flag=True, help="Overwrite --out.")
+              help="Bundle: .npz with one array per input (default: the bundle's golden inputs).")
+@click.option("-o", "--out", type=click.Path(),
+              help="Bundle: write outputs to this .npz. Recipe: output folder (default: the recipe's out).")
+@click.option("--force", is_flag=True, help="Overwrite --out (a recipe's bundles, profile and report).")
 @click.option("--threads", default=0, help="Runtime threads (0 = runtime default).")
-@click.option("--json", "as_json", is_flag=True, help="Print output summaries as JSON.")
-def run(bundle, inputs_file, out, force, threads, as_json):
-    """Run a bundle on inputs with its runtime.
+@click.option("--check", is_flag=True, help="Recipe: validate it and print the plan, run nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print output summaries (recipe: the results) as JSON.")
+def run(target, inputs_file, out, force, threads, check, as_json):
+    """Run a bundle on inputs with its runtime, or a whole pipeline from a recipe.
+
+    A recipe (.yaml) names the model, the variants' passes, the targets, the devices
+    and the report (see examples/ and `edgesmith.recipe`); it is validated before
+    anything runs.
 
     \b
-    Example:
+    Examples:
       edgesmith run out/digits-cnn.onnx --inputs digits.npz -o logits.npz
+      edgesmith run examples/demo.yaml -o demo-out
     """
+    if Path(target).suffix in (".yaml", ".yml"):
+        return _run_recipe(target, out, force, check, as_json)
+    bundle = target
     import numpy as np
 
     from edgesmith import api as es
@@ -497,20 +510,32 @@ def run(bundle, inputs_file, out, force, threads, as_json):
 
 @cli.command()
 @click.argument("bundles", nargs=-1, required=True, type=click.Path())
-@click.option("--device", default="host", show_default=True, help="Device to profile on.")
+@click.option("-d", "--device", "device_names", multiple=True, default=("host",), show_default=True,
+              help="Device: host (measured, with the host prediction beside it) or a catalog name "
+                   "(predicted); repeat for several. See edgesmith devices list.")
+@click.option("--device-file", "device_files", multiple=True, type=click.Path(dir_okay=False),
+              help="Your own device file (YAML, as edgesmith devices show NAME --yaml prints); repeatable.")
 @click.option("-o", "--out", type=click.Path(dir_okay=False), help="Write the profile document (JSON).")
 @click.option("--force", is_flag=True, help="Overwrite --out.")
 @click.option("--runs", default=100, show_default=True, help="Timed runs.")
 @click.option("--warmup", default=10, show_default=True, help="Untimed warm-up runs.")
 @click.option("--threads", default=0, help="Runtime threads (0 = runtime default).")
 @click.option("--no-layers", is_flag=True, help="Skip the per-layer breakdown.")
+@click.option("--recalibrate", is_flag=True, help="Measure the host calibration again instead of using the cache.")
 @click.option("--json", "as_json", is_flag=True, help="Print the profile document.")
-def profile(bundles, device, out, force, runs, warmup, threads, no_layers, as_json):
-    """Measure latency, memory and size of bundles (p50/p90/p99, per-layer time).
+def profile(bundles, device_names, device_files, out, force, runs, warmup, threads, no_layers, recalibrate,
+            as_json):
+    """Measure latency, memory and size of bundles here, or predict them on other devices.
+
+    On host each bundle is measured (p50/p90/p99, per-layer time) and its host
+    prediction is shown beside the measurement with the error. On a catalog device the
+    latency is predicted from the graph's per-op FLOPs and bytes (a roofline calibrated
+    on this machine), with an uncertainty band, and labelled predicted.
 
     \b
-    Example:
-      edgesmith profile out/digits-cnn.onnx out/digits-cnn.torch --device host -o profile.json
+    Examples:
+      edgesmith profile out/digits-cnn.onnx out/digits-cnn.torch -o profile.json
+      edgesmith profile out/lsnet-t.onnx -d host -d jetson-orin-nano -d apple-a17-pro-ane
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
@@ -522,27 +547,67 @@ def profile(bundles, device, out, force, runs, warmup, threads, no_layers, as_js
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                   console=_console(), transient=True) as bar:
         tasks = {b: bar.add_task(f"profiling {Path(b).name}", total=runs) for b in bundles}
-        doc = es.profile(bundles, device=device, warmup=warmup, runs=runs, threads=threads,
-                         layers=not no_layers, progress=lambda b, n: bar.update(tasks[b], completed=n))
+        doc = es.profile(bundles, device=list(device_names), warmup=warmup, runs=runs, threads=threads,
+                         layers=not no_layers, progress=lambda b, n: bar.update(tasks[b], completed=n),
+                         device_files=device_files, recalibrate=recalibrate)
     if out:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(out).write_text(json.dumps(doc, indent=2))
     if as_json:
         return _emit_json(doc)
-    from rich.table import Table
-
-    t = Table(title=f"latency on {device} (measured)")
-    for col in ("bundle", "p50 ms", "p90 ms", "p99 ms", "mean±std ms", "load ms", "peak MiB", "size KiB"):
-        t.add_column(col, justify="left" if col == "bundle" else "right", overflow="fold")
-    for e in doc["entries"]:
-        lat = e["latency_ms"]
-        label = f"{e['name']}.{e['target']}" + (" (emulated: not a latency)" if e.get("timing") == "emulated" else "")
-        t.add_row(label, f"{lat['p50']:.3f}", f"{lat['p90']:.3f}", f"{lat['p99']:.3f}",
-                  f"{lat['mean']:.3f}±{lat['std']:.3f}", f"{e['load_time_ms']:.0f}", f"{e['peak_memory_mb']:.1f}",
-                  f"{e['file_size_bytes'] / 1024:.0f}")
-    _console(stderr=False).print(t)
+    _console(stderr=False).print(_profile_table(doc))
     if out:
         click.echo(f"wrote {out}")
+
+
+def _run_recipe(path, out, force, check, as_json):
+    from edgesmith.recipe import load_recipe, run_recipe
+
+    recipe = load_recipe(path)
+    if check:
+        plan = {"model": recipe.model, "variants": [{"name": v.name, "passes": v.passes} for v in recipe.variants],
+                "targets": recipe.targets, "devices": recipe.devices, "out": str(out or recipe.out)}
+        if as_json:
+            return _emit_json(plan)
+        click.echo(f"{path}: valid; {len(recipe.variants)} variant(s) x {len(recipe.targets)} target(s) "
+                   f"on {', '.join(recipe.devices)} -> {plan['out']}")
+        return None
+    with _console().status("running the recipe") as status:
+        results = run_recipe(recipe, out=out, force=force, step=lambda s: status.update(s))
+    if as_json:
+        return _emit_json({"out": str(results["out"]), "bundles": [str(b) for b in results["bundles"]],
+                           "parity": {k: v.to_dict() for k, v in results["parity"].items()},
+                           "profile": str(results["profile"]), "report": [str(p) for p in results["report"]]})
+    table = _parity_table()
+    for name, result in results["parity"].items():
+        _parity_row(table, name, result)
+    _console(stderr=False).print(table)
+    _console(stderr=False).print(_profile_table(results["doc"]))
+    for p in [results["profile"], *results["report"]]:
+        click.echo(f"wrote {p}")
+    return None
+
+
+def _profile_table(doc: dict):
+    from rich.table import Table
+
+    t = Table(title="latency per device (measured: ran here; predicted: roofline from the device's figures)")
+    for col in ("bundle", "device", "mode", "p50 ms", "p90 ms", "predicted ms (band)", "error", "load ms",
+                "peak MiB", "size KiB"):
+        t.add_column(col, justify="left" if col in ("bundle", "device", "mode") else "right", overflow="fold")
+    for e in doc["entries"]:
+        lat, pred = e["latency_ms"], e.get("prediction")
+        label = f"{e['name']}.{e['target']}"
+        band = f"{pred['latency_ms']:.3f} ({pred['low_ms']:.3f}-{pred['high_ms']:.3f})" if pred else "-"
+        error = f"{pred['error']:+.0%}" if pred and pred.get("error") is not None else "-"
+        if e["mode"] == "predicted":
+            t.add_row(label, e["device"], "predicted", "-", "-", band, "-", "-", f"~{e['peak_memory_mb']:.1f}",
+                      f"{e['file_size_bytes'] / 1024:.0f}")
+            continue
+        mode = "measured" + (" (emulated: not a latency)" if e.get("timing") == "emulated" else "")
+        t.add_row(label, e["device"], mode, f"{lat['p50']:.3f}", f"{lat['p90']:.3f}", band, error,
+                  f"{e['load_time_ms']:.0f}", f"{e['peak_memory_mb']:.1f}", f"{e['file_size_bytes'] / 1024:.0f}")
+    return t
 
 
 @cli.command()

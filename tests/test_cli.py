@@ -237,10 +237,14 @@ def test_demo_runs_and_reruns(capsys, tmp_path):
     assert code == 0, err
     assert (out / "report.html").is_file() and (out / "report.md").is_file()
     assert (out / "digits-cnn.onnx" / "manifest.json").is_file()
+    assert (out / "digits-cnn-reparam.onnx" / "manifest.json").is_file()
     code, stdout, err = cli(capsys, "demo", "-o", out, "--runs", "20", "--json")
     assert code == 0, err
     doc = json.loads(stdout)
-    assert len(doc["bundles"]) == 2
+    assert len(doc["bundles"]) == 4
+    profile = json.loads((out / "profile.json").read_text())
+    devices = {e["device"]: e["mode"] for e in profile["entries"]}
+    assert devices.pop("host") == "measured" and len(devices) >= 3 and set(devices.values()) == {"predicted"}
     assert all(p["passed"] and p["tier"] == "verified" for p in doc["parity"].values())
     assert any(str(p).endswith("report.html") for p in doc["report"])
 

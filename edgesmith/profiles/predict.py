@@ -210,18 +210,33 @@ def predict(graph: GraphCost, device: Device, calibration: Calibration) -> Predi
                       notes=notes, op_ms=op_ms)
 
 
-def bundle_graph(bundle) -> Any:
-    """The ONNX graph a bundle's prediction reads: its ``model.onnx`` (onnx and tensorrt bundles have one).
+def bundle_graph(bundle) -> tuple[Any, str | None]:
+    """The ONNX graph a bundle's prediction reads, and a note when it is not the bundle's own.
+
+    onnx and tensorrt bundles carry ``model.onnx``. For a torch, coreml or mlx bundle the graph of
+    the same variant's onnx bundle beside it (``NAME.onnx``, same source and passes) is used: the
+    computation is the same, only the file format differs.
 
     Raises:
-        UsageError: A bundle without an ONNX graph (torch, coreml, mlx), with what to do instead.
+        UsageError: No ONNX graph in the bundle nor beside it, with what to do instead.
     """
-    for rel in ("model.onnx",):
-        path = bundle.path / rel
-        if path.is_file():
-            return path
+    from edgesmith.bundle import Bundle
+    from edgesmith.errors import EdgesmithError
+
+    own = bundle.path / "model.onnx"
+    if own.is_file():
+        return own, None
+    sibling = bundle.path.parent / f"{bundle.manifest.name}.onnx"
+    if (sibling / "model.onnx").is_file():
+        try:
+            other = Bundle.open(sibling)
+        except EdgesmithError:
+            other = None
+        if (other is not None and other.manifest.source == bundle.manifest.source
+                and other.manifest.passes == bundle.manifest.passes):
+            return other.model_path, f"graph read from {sibling.name}, the same variant's onnx bundle"
     raise UsageError(f"bundle {bundle.path.name} ({bundle.manifest.target}) has no ONNX graph to predict from",
-                     hint=f"export the same variant with -t onnx and profile that bundle on the device "
+                     hint=f"export the same variant with -t onnx next to it and profile again "
                           f"(edgesmith export {bundle.manifest.source.get('reference', 'MODEL')} -t onnx)")
 
 
@@ -236,8 +251,11 @@ def predict_bundle(bundle_path, device: Device, calibration: Calibration,
     from edgesmith.profiles.cost import graph_costs
 
     bundle = Bundle.open(bundle_path)
-    graph = graph_costs(bundle_graph(bundle), inputs if inputs is not None else bundle.golden()[0])
+    path, note = bundle_graph(bundle)
+    graph = graph_costs(path, inputs if inputs is not None else bundle.golden()[0])
     prediction = predict(graph, device, calibration)
+    if note:
+        prediction.notes.append(note)
     if device.targets and bundle.manifest.target not in device.targets:
         prediction.notes.append(f"the graph of the {bundle.manifest.target} bundle, as {device.name} would run "
                                 f"it exported to {' or '.join(device.targets)}")

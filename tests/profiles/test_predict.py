@@ -181,12 +181,18 @@ def test_profile_measures_the_host_and_predicts_devices(digits_bundles):
     assert doc["calibration"]["peak_gflops"] > 0 and "suite" not in doc["calibration"]
 
 
-def test_a_bundle_without_an_onnx_graph_is_measured_but_not_predicted(digits_bundles):
-    doc = es.profile([digits_bundles["torch"]], device="host", runs=3, warmup=1)
-    assert doc["entries"][0]["prediction"] is None
+def test_a_bundle_without_an_onnx_graph_borrows_its_onnx_siblings(digits_bundles, tmp_path):
+    doc = es.profile([digits_bundles["torch"]], device=["host", "jetson-orin-nano"], runs=3, warmup=1)
+    measured, predicted = doc["entries"]
+    assert measured["prediction"] is None  # the host calibration is ONNX Runtime's, not torch's
+    assert any("digits-cnn.onnx, the same variant's onnx bundle" in n for n in predicted["prediction"]["notes"])
+    alone, _ = es.export(es.load("zoo:digits-cnn"), tmp_path, target="torch")
     with pytest.raises(UsageError, match="no ONNX graph") as err:
-        es.profile([digits_bundles["torch"]], device="jetson-orin-nano", runs=3)
+        es.profile([alone.path], device="jetson-orin-nano", runs=3)
     assert "-t onnx" in err.value.hint
+    es.export(es.optimize(es.load("zoo:digits-cnn"), ["reparam"]), tmp_path, target="onnx")
+    with pytest.raises(UsageError, match="no ONNX graph"):  # an onnx bundle of another variant is not used
+        es.profile([alone.path], device="jetson-orin-nano", runs=3)
     prediction, _ = predict_bundle(digits_bundles["onnx"], get_device("apple-a17-pro-ane"), _calibration())
     assert any("would run it exported to coreml" in n for n in prediction.notes)
 
