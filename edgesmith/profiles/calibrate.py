@@ -14,15 +14,21 @@ Runtime; its profiler gives each op's kernel time. From them:
   the thread pool costs however small (added to every op that is not a view);
 - ``run_overhead_us``: what a run costs beyond its nodes;
 - ``spread``: how far the calibrated roofline misses the suite's own kernel
-  times (median absolute relative error), the base of the uncertainty band.
+  times (median absolute relative error), the base of the uncertainty band;
+- ``graph_factor``: measured / predicted whole-run time of a made-up reference
+  network (convs, depthwise blocks, attention; not a zoo model): what ops cost
+  inside a model beyond their one-op times (caches that a lone op keeps warm,
+  layout changes, thread hand-offs). Predictions for CPUs are scaled by it.
 
 Every op is timed in two sessions and the faster kept (other work on a shared
-machine only slows ops down). Calibration takes a few seconds and is cached per machine, ONNX Runtime version
-and thread count in ``$EDGESMITH_CACHE`` (default ``~/.cache/edgesmith``).
+machine only slows ops down). Calibration takes a few seconds and is cached per
+machine, ONNX Runtime version and thread count in ``$EDGESMITH_CACHE`` (default
+``~/.cache/edgesmith``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -38,7 +44,7 @@ import numpy as np
 from edgesmith.errors import require
 from edgesmith.profiles.cost import CLASSES, op_class
 
-CALIBRATION_VERSION = 3
+CALIBRATION_VERSION = 4
 _RUNS = 30
 
 
@@ -54,6 +60,8 @@ class Calibration:
     run_overhead_us: float
     spread: float
     threads: int
+    graph_factor: float = 1.0
+    reference: dict[str, float] = field(default_factory=dict)
     machine: dict[str, Any] = field(default_factory=dict)
     suite: list[dict[str, Any]] = field(default_factory=list)
     version: int = CALIBRATION_VERSION
@@ -176,6 +184,82 @@ def _chain_model(n: int):
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)], ir_version=9)
 
 
+def _reference_net():
+    """A small made-up vision transformer hybrid (convs, depthwise blocks, attention, MLP, head).
+
+    Not any zoo model: what its whole-run time says beyond the sum of its ops' times (caches
+    that one-op graphs keep warm, layout changes between ops, thread hand-offs) becomes the
+    calibration's ``graph_factor``.
+    """
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(2)
+    inits, nodes = [], []
+    count = iter(range(10_000))
+
+    def w(*shape):
+        name = f"w{next(count)}"
+        inits.append(numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32) * 0.05, name))
+        return name
+
+    def node(op, inputs, **attrs):
+        out = f"v{next(count)}"
+        nodes.append(helper.make_node(op, inputs, [out], name=f"n_{out}", **attrs))
+        return out
+
+    def conv(x, c_in, c_out, k=3, stride=1, groups=1):
+        return node("Conv", [x, w(c_out, c_in // groups, k, k), w(c_out)], kernel_shape=[k, k],
+                    strides=[stride, stride], pads=[k // 2] * 4, group=groups)
+
+    def block(x, c):
+        y = conv(x, c, c, 3, groups=c)
+        y = node("Gelu", [conv(y, c, 4 * c, 1)])
+        return node("Add", [x, conv(y, 4 * c, c, 1)])
+
+    x = node("Relu", [conv("image", 3, 32, 3, 2)])
+    x = node("Relu", [conv(x, 32, 64, 3, 2)])
+    x = block(block(x, 64), 64)
+    x = conv(x, 64, 128, 3, 2)
+    x = block(block(x, 128), 128)
+    x = conv(x, 128, 256, 3, 2)  # 14x14 tokens
+    shape = numpy_helper.from_array(np.array([1, 256, 196], np.int64), "tok_shape")
+    inits.append(shape)
+    t = node("Transpose", [node("Reshape", [x, "tok_shape"])], perm=[0, 2, 1])
+    for _ in range(2):
+        h = node("LayerNormalization", [t, w(256), w(256)], axis=-1)
+        q, k, v = (node("MatMul", [h, w(256, 256)]) for _ in range(3))
+        scores = node("Softmax", [node("Mul", [node("MatMul", [q, node("Transpose", [k], perm=[0, 2, 1])]),
+                                               w(1)])], axis=-1)
+        t = node("Add", [t, node("MatMul", [node("MatMul", [scores, v]), w(256, 256)])])
+        h = node("LayerNormalization", [t, w(256), w(256)], axis=-1)
+        h = node("Gelu", [node("Add", [node("MatMul", [h, w(256, 1024)]), w(1024)])])
+        t = node("Add", [t, node("MatMul", [h, w(1024, 256)])])
+    pooled = node("ReduceMean", [t, "axes"], keepdims=0)
+    inits.append(numpy_helper.from_array(np.array([1], np.int64), "axes"))
+    logits = node("Gemm", [pooled, w(1000, 256), w(1000)], transB=1)
+    graph = helper.make_graph(nodes, "reference", [helper.make_tensor_value_info("image", TensorProto.FLOAT,
+                                                                                  [1, 3, 224, 224])],
+                              [helper.make_tensor_value_info(logits, TensorProto.FLOAT, None)], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)], ir_version=9)
+
+
+def _graph_factor(calibration: "Calibration", threads: int, tmp: str) -> tuple[float, float, float]:
+    """(measured / predicted, measured ms, predicted ms) of the reference net's whole run."""
+    import onnx
+
+    from edgesmith.devices.catalog import host_device
+    from edgesmith.profiles.cost import graph_costs
+    from edgesmith.profiles.predict import predict
+
+    model = _reference_net()
+    path = Path(tmp) / "reference.onnx"
+    onnx.save(model, path)
+    feeds = {"image": np.random.default_rng(3).standard_normal((1, 3, 224, 224)).astype(np.float32)}
+    measured = min(_wall_us(model, feeds, threads, runs=30) for _ in range(2)) / 1e3
+    predicted = predict(graph_costs(path, feeds), host_device(), calibration).latency_ms
+    return measured / predicted, measured, predicted
+
+
 def _session(model, threads: int, profile_prefix: str | None = None):
     ort = require("onnxruntime", "all")
     so = ort.SessionOptions()
@@ -264,10 +348,16 @@ def run_calibration(threads: int = 0, progress: Callable[[str], None] | None = N
     host = fingerprint(threads)
     machine = {k: host[k] for k in ("cpu", "cores_usable", "machine", "os")}
     machine["onnxruntime"] = host["libraries"].get("onnxruntime", "")
-    return Calibration(peak_gflops=peak_gflops, bandwidth_gbs=bandwidth_gbs, efficiency=efficiency,
-                       op_overhead_us=op_overhead_us, kernel_floor_us=floor_ms * 1e3,
-                       run_overhead_us=run_overhead_us,
-                       spread=float(statistics.median(errors)), threads=threads, machine=machine, suite=rows)
+    calibration = Calibration(peak_gflops=peak_gflops, bandwidth_gbs=bandwidth_gbs, efficiency=efficiency,
+                              op_overhead_us=op_overhead_us, kernel_floor_us=floor_ms * 1e3,
+                              run_overhead_us=run_overhead_us, spread=float(statistics.median(errors)),
+                              threads=threads, machine=machine, suite=rows)
+    if progress:
+        progress("reference net")
+    with tempfile.TemporaryDirectory(prefix="edgesmith-calib-") as tmp:
+        factor, measured, predicted = _graph_factor(calibration, threads, tmp)
+    return dataclasses.replace(calibration, graph_factor=factor,
+                               reference={"measured_ms": measured, "predicted_ms": predicted})
 
 
 def roofline_ms(flops: float, nbytes: float, gflops: float, gbs: float) -> float:

@@ -13,6 +13,8 @@ Where the figures come from:
 
 - the host: ``peak`` and ``bandwidth`` measured by the calibration suite
   (:mod:`edgesmith.profiles.calibrate`), with its per-class efficiencies and overheads;
+- CPUs (the host and catalog CPUs): op times scaled by the calibration's
+  ``graph_factor`` (a whole reference network against the sum of its one-op times);
 - a catalog device: its data-sheet peak for the graph's precision and its memory
   bandwidth, derated by :data:`ATTAINABLE` (the share of a data-sheet figure that
   a large GEMM or a streaming copy reaches in practice), with the host's per-class
@@ -197,6 +199,12 @@ def predict(graph: GraphCost, device: Device, calibration: Calibration) -> Predi
         by_class[c.op_class] += t
         flops += c.flops
         nbytes += c.bytes
+    factor = calibration.graph_factor if device.kind == "cpu" else 1.0
+    if factor != 1.0:
+        op_ms = {k: v * factor for k, v in op_ms.items()}
+        by_class = {k: v * factor for k, v in by_class.items()}
+        compute_ms *= factor
+        notes.append(f"op times x {factor:.2f}, the calibration's reference-network factor (CPU)")
     total_ops = sum(op_ms.values())
     latency = total_ops + run_us / 1e3
     u = max(calibration.spread, MIN_BAND) + (0.0 if device.name == "host" else TRANSFER_BAND[device.kind])

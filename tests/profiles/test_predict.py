@@ -120,6 +120,10 @@ def test_roofline_on_the_host_and_on_a_device(tmp_path):
                                           "run_overhead_us": 30.0})
     # a band wider than the host's: the host's efficiencies are an assumption on another device
     assert pred.high_ms / pred.latency_ms > host.high_ms / host.latency_ms
+    # the reference-network factor scales CPU predictions only
+    doubled = dataclasses.replace(cal, graph_factor=2.0)
+    assert predict(graph, get_device("host"), doubled).latency_ms == pytest.approx(2 * host.latency_ms)
+    assert predict(graph, orin, doubled).latency_ms == pytest.approx(pred.latency_ms)
     faster = dataclasses.replace(orin, name="orin-2x", memory_bandwidth_gbs=orin.memory_bandwidth_gbs * 2,
                                  peak_tflops={k: v * 2 for k, v in orin.peak_tflops.items()})
     assert predict(graph, faster, cal).latency_ms < pred.latency_ms
@@ -158,6 +162,7 @@ def test_real_calibration_measures_this_machine():
     assert cal.peak_gflops > 1 and cal.bandwidth_gbs > 0.5
     assert set(CLASSES) <= set(cal.efficiency) and all(0.01 <= e <= 4 for e in cal.efficiency.values())
     assert cal.op_overhead_us > 0 and len(cal.suite) > 30
+    assert 0.2 < cal.graph_factor < 5 and cal.reference["measured_ms"] > 0
     assert all(r["kernel_ms"] > 0 for r in cal.suite)
 
 
