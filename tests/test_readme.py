@@ -28,7 +28,8 @@ def test_quick_start_is_the_two_make_commands():
 def test_readme_examples_run(tmp_path):
     bash, python = _blocks("bash"), _blocks("python")
     assert len(bash) >= 3 and python
-    (tmp_path / "scripts").symlink_to(README.parent / "scripts")  # the examples run from the repo root
+    for folder in ("scripts", "examples"):  # the examples run from the repo root
+        (tmp_path / folder).symlink_to(README.parent / folder)
     for block in bash:
         proc = subprocess.run(["bash", "-euo", "pipefail", "-c", block], cwd=tmp_path, env=_env(),
                               capture_output=True, text=True, timeout=600)
@@ -37,6 +38,7 @@ def test_readme_examples_run(tmp_path):
     assert (tmp_path / "out" / "digits-reparam.onnx" / "manifest.json").is_file()
     assert (tmp_path / "out" / "digits-lsnet.onnx" / "manifest.json").is_file()
     assert (tmp_path / "out" / "lsnet-t.mlx" / "manifest.json").is_file()
+    assert (tmp_path / "out-recipe" / "report.html").is_file()
     for block in python:
         proc = subprocess.run([sys.executable, "-c", block], cwd=tmp_path, env=_env(),
                               capture_output=True, text=True, timeout=600)
