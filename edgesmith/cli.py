@@ -16,7 +16,10 @@ import click
 from edgesmith import errors
 from edgesmith.cli_common import console as _console
 from edgesmith.cli_common import emit_json as _emit_json
+from edgesmith.cli_common import parity_row as _parity_row
+from edgesmith.cli_common import parity_table as _parity_table
 from edgesmith.cli_devices import devices
+from edgesmith.cli_profile import profile, profile_table, report, run_recipe_file
 
 
 def _model_options(f):
@@ -35,26 +38,6 @@ def _load(model, inputs, weights, gguf, seq_len):
 
     with _console().status(f"loading {model}"):
         return es.load(model, inputs=inputs, weights=weights, gguf=gguf, seq_len=seq_len)
-
-
-def _parity_row(table, name, result) -> None:
-    from edgesmith.parity import format_snr
-
-    w = result.worst
-    top1 = "—" if w is None or w.top1_agreement is None else f"{w.top1_agreement:.1%}"
-    status = "[green]PASS[/]" if result.passed else "[red]FAIL[/]"
-    table.add_row(Path(name).name, result.tier, result.precision, f"{w.max_abs:.3g}" if w else "—",
-                  format_snr(w.snr_db) if w else "—", top1, status)
-
-
-def _parity_table():
-    from rich.table import Table
-
-    t = Table(title="parity")
-    for col in ("bundle", "tier", "precision", "max_abs", "SNR", "top-1", "result"):
-        t.add_column(col, justify="right" if col in ("max_abs", "SNR", "top-1") else "left",
-                     overflow="fold", min_width=22 if col == "bundle" else None)
-    return t
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -104,7 +87,7 @@ def demo(out, runs, as_json):
     for name, res in result["parity"].items():
         _parity_row(table, name, res)
     console.print(table)
-    _console(stderr=False).print(_profile_table(result["doc"]))
+    _console(stderr=False).print(profile_table(result["doc"]))
     console.print(f"[bold]report:[/] {result['report'][0]}")
 
 
@@ -175,6 +158,8 @@ def _vs_paper(ours: int, paper: int | None, giga: bool = False) -> str:
 
 
 cli.add_command(devices)
+cli.add_command(profile)
+cli.add_command(report)
 
 
 @cli.group()
@@ -477,7 +462,7 @@ def run(target, inputs_file, out, force, threads, check, as_json):
       edgesmith run examples/demo.yaml -o demo-out
     """
     if Path(target).suffix in (".yaml", ".yml"):
-        return _run_recipe(target, out, force, check, as_json)
+        return run_recipe_file(target, out, force, check, as_json)
     bundle = target
     import numpy as np
 
@@ -506,126 +491,6 @@ def run(target, inputs_file, out, force, threads, check, as_json):
         click.echo(f"{k}: shape {s['shape']} {s['dtype']}, mean {s['mean']:.4g}, argmax[:16] {s['argmax']}")
     if out:
         click.echo(f"wrote {out}")
-
-
-@cli.command()
-@click.argument("bundles", nargs=-1, required=True, type=click.Path())
-@click.option("-d", "--device", "device_names", multiple=True, default=("host",), show_default=True,
-              help="Device: host (measured, with the host prediction beside it) or a catalog name "
-                   "(predicted); repeat for several. See edgesmith devices list.")
-@click.option("--device-file", "device_files", multiple=True, type=click.Path(dir_okay=False),
-              help="Your own device file (YAML, as edgesmith devices show NAME --yaml prints); repeatable.")
-@click.option("-o", "--out", type=click.Path(dir_okay=False), help="Write the profile document (JSON).")
-@click.option("--force", is_flag=True, help="Overwrite --out.")
-@click.option("--runs", default=100, show_default=True, help="Timed runs.")
-@click.option("--warmup", default=10, show_default=True, help="Untimed warm-up runs.")
-@click.option("--threads", default=0, help="Runtime threads (0 = runtime default).")
-@click.option("--no-layers", is_flag=True, help="Skip the per-layer breakdown.")
-@click.option("--recalibrate", is_flag=True, help="Measure the host calibration again instead of using the cache.")
-@click.option("--json", "as_json", is_flag=True, help="Print the profile document.")
-def profile(bundles, device_names, device_files, out, force, runs, warmup, threads, no_layers, recalibrate,
-            as_json):
-    """Measure latency, memory and size of bundles here, or predict them on other devices.
-
-    On host each bundle is measured (p50/p90/p99, per-layer time) and its host
-    prediction is shown beside the measurement with the error. On a catalog device the
-    latency is predicted from the graph's per-op FLOPs and bytes (a roofline calibrated
-    on this machine), with an uncertainty band, and labelled predicted.
-
-    \b
-    Examples:
-      edgesmith profile out/digits-cnn.onnx out/digits-cnn.torch -o profile.json
-      edgesmith profile out/lsnet-t.onnx -d host -d jetson-orin-nano -d apple-a17-pro-ane
-    """
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-
-    from edgesmith import api as es
-    from edgesmith.bundle import check_writable
-
-    if out:
-        check_writable(Path(out), force)
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  console=_console(), transient=True) as bar:
-        tasks = {b: bar.add_task(f"profiling {Path(b).name}", total=runs) for b in bundles}
-        doc = es.profile(bundles, device=list(device_names), warmup=warmup, runs=runs, threads=threads,
-                         layers=not no_layers, progress=lambda b, n: bar.update(tasks[b], completed=n),
-                         device_files=device_files, recalibrate=recalibrate)
-    if out:
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        Path(out).write_text(json.dumps(doc, indent=2))
-    if as_json:
-        return _emit_json(doc)
-    _console(stderr=False).print(_profile_table(doc))
-    if out:
-        click.echo(f"wrote {out}")
-
-
-def _run_recipe(path, out, force, check, as_json):
-    from edgesmith.recipe import load_recipe, run_recipe
-
-    recipe = load_recipe(path)
-    if check:
-        plan = {"model": recipe.model, "variants": [{"name": v.name, "passes": v.passes} for v in recipe.variants],
-                "targets": recipe.targets, "devices": recipe.devices, "out": str(out or recipe.out)}
-        if as_json:
-            return _emit_json(plan)
-        click.echo(f"{path}: valid; {len(recipe.variants)} variant(s) x {len(recipe.targets)} target(s) "
-                   f"on {', '.join(recipe.devices)} -> {plan['out']}")
-        return None
-    with _console().status("running the recipe") as status:
-        results = run_recipe(recipe, out=out, force=force, step=lambda s: status.update(s))
-    if as_json:
-        return _emit_json({"out": str(results["out"]), "bundles": [str(b) for b in results["bundles"]],
-                           "parity": {k: v.to_dict() for k, v in results["parity"].items()},
-                           "profile": str(results["profile"]), "report": [str(p) for p in results["report"]]})
-    table = _parity_table()
-    for name, result in results["parity"].items():
-        _parity_row(table, name, result)
-    _console(stderr=False).print(table)
-    _console(stderr=False).print(_profile_table(results["doc"]))
-    for p in [results["profile"], *results["report"]]:
-        click.echo(f"wrote {p}")
-    return None
-
-
-def _profile_table(doc: dict):
-    from rich.table import Table
-
-    t = Table(title="latency per device (measured: ran here; predicted: roofline from the device's figures)")
-    for col in ("bundle", "device", "mode", "p50 ms", "p90 ms", "predicted ms (band)", "error", "load ms",
-                "peak MiB", "size KiB"):
-        t.add_column(col, justify="left" if col in ("bundle", "device", "mode") else "right", overflow="fold")
-    for e in doc["entries"]:
-        lat, pred = e["latency_ms"], e.get("prediction")
-        label = f"{e['name']}.{e['target']}"
-        band = f"{pred['latency_ms']:.3f} ({pred['low_ms']:.3f}-{pred['high_ms']:.3f})" if pred else "-"
-        error = f"{pred['error']:+.0%}" if pred and pred.get("error") is not None else "-"
-        if e["mode"] == "predicted":
-            t.add_row(label, e["device"], "predicted", "-", "-", band, "-", "-", f"~{e['peak_memory_mb']:.1f}",
-                      f"{e['file_size_bytes'] / 1024:.0f}")
-            continue
-        mode = "measured" + (" (emulated: not a latency)" if e.get("timing") == "emulated" else "")
-        t.add_row(label, e["device"], mode, f"{lat['p50']:.3f}", f"{lat['p90']:.3f}", band, error,
-                  f"{e['load_time_ms']:.0f}", f"{e['peak_memory_mb']:.1f}", f"{e['file_size_bytes'] / 1024:.0f}")
-    return t
-
-
-@cli.command()
-@click.argument("profiles", nargs=-1, required=True, type=click.Path())
-@click.option("-o", "--out", required=True, type=click.Path(dir_okay=False),
-              help="report.html (+ report.md beside it), report.md or merged .json.")
-@click.option("--force", is_flag=True, help="Overwrite existing files.")
-def report(profiles, out, force):
-    """Write a self-contained HTML (and Markdown) report from profile documents.
-
-    \b
-    Example:
-      edgesmith report profile.json -o report.html
-    """
-    from edgesmith import api as es
-
-    for path in es.report(profiles, out, force=force):
-        click.echo(f"wrote {path}")
 
 
 def main(argv: list[str] | None = None) -> int:
