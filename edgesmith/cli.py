@@ -20,6 +20,7 @@ from edgesmith.cli_common import parity_row as _parity_row
 from edgesmith.cli_common import parity_table as _parity_table
 from edgesmith.cli_devices import devices
 from edgesmith.cli_profile import profile, profile_table, report, run_recipe_file
+from edgesmith.cli_sweep import sweep
 
 
 def _model_options(f):
@@ -160,6 +161,7 @@ def _vs_paper(ours: int, paper: int | None, giga: bool = False) -> str:
 cli.add_command(devices)
 cli.add_command(profile)
 cli.add_command(report)
+cli.add_command(sweep)
 
 
 @cli.group()

@@ -214,16 +214,50 @@ def load_recipe(path: str | Path) -> Recipe:
     return recipe
 
 
-def _variant_name(base: str, variant: Variant) -> str:
+def variant_name(base: str, variant: Variant) -> str:
+    """A variant's bundle name: its own, else the base name and its passes' names (``digits-cnn-reparam``)."""
     if variant.name:
         return variant.name
     return "-".join([base, *(spec.partition(":")[0] for spec in variant.passes)])
 
 
+def build_bundles(recipe: Recipe, out: Path, force: bool = False, step: Callable[[str], None] = lambda s: None,
+                  progress: Callable[[str, int, int], None] | None = None) -> tuple[list[Path], dict[str, Any]]:
+    """Load the recipe's model, make each variant, export it to each target (parity checked).
+
+    Returns:
+        The bundle paths, and the parity result of each bundle by its folder name.
+
+    Raises:
+        EdgesmithError: A step failed (load, pass, export, parity).
+    """
+    from edgesmith import api as es
+
+    step(f"load {recipe.model}")
+    source = es.load(recipe.model, weights=recipe.weights, inputs=recipe.inputs, gguf=recipe.gguf,
+                     seq_len=recipe.seq_len, name=recipe.name)
+    base = recipe.name or source.name
+    bundles, parity = [], {}
+    defaults = {"data": recipe.data} if recipe.data else None
+    for variant in recipe.variants:
+        name = variant_name(base, variant)
+        current = source
+        if variant.passes:
+            step(f"{name}: {' -> '.join(variant.passes)}")
+            current = es.optimize(source, variant.passes, defaults=defaults, progress=progress)
+        for target in recipe.targets:
+            step(f"{name}: export to {target} and check parity")
+            bundle, result = es.export(current, out, target=target, name=name, force=force,
+                                       options=recipe.target_options.get(target))
+            bundles.append(bundle.path)
+            parity[bundle.path.name] = result
+    return bundles, parity
+
+
 def run_recipe(recipe: Recipe, out: str | Path | None = None, force: bool = False,
                step: Callable[[str], None] = lambda s: None,
                progress: Callable[[str, int, int], None] | None = None) -> dict[str, Any]:
-    """Run a validated recipe.
+    """Run a validated recipe: bundles, one profile document (``profile.json``), one report.
 
     Args:
         recipe: From :func:`load_recipe`.
@@ -245,24 +279,7 @@ def run_recipe(recipe: Recipe, out: str | Path | None = None, force: bool = Fals
     profile_path = out / "profile.json"
     if profile_path.exists() and not force:
         raise OutputExistsError(f"{profile_path} exists", hint="pass --force to run the recipe over it")
-    step(f"load {recipe.model}")
-    source = es.load(recipe.model, weights=recipe.weights, inputs=recipe.inputs, gguf=recipe.gguf,
-                     seq_len=recipe.seq_len, name=recipe.name)
-    base = recipe.name or source.name
-    bundles, parity = [], {}
-    defaults = {"data": recipe.data} if recipe.data else None
-    for variant in recipe.variants:
-        name = _variant_name(base, variant)
-        current = source
-        if variant.passes:
-            step(f"{name}: {' -> '.join(variant.passes)}")
-            current = es.optimize(source, variant.passes, defaults=defaults, progress=progress)
-        for target in recipe.targets:
-            step(f"{name}: export to {target} and check parity")
-            bundle, result = es.export(current, out, target=target, name=name, force=force,
-                                       options=recipe.target_options.get(target))
-            bundles.append(bundle.path)
-            parity[bundle.path.name] = result
+    bundles, parity = build_bundles(recipe, out, force, step, progress)
     step(f"profile on {', '.join(recipe.devices)}")
     doc = es.profile(bundles, device=recipe.devices, runs=recipe.runs, warmup=recipe.warmup,
                      threads=recipe.threads, layers=recipe.layers, device_files=recipe.device_files)

@@ -241,11 +241,16 @@ def bundle_graph(bundle) -> tuple[Any, str | None]:
         except EdgesmithError:
             other = None
         if (other is not None and other.manifest.source == bundle.manifest.source
-                and other.manifest.passes == bundle.manifest.passes):
+                and _pass_params(other.manifest.passes) == _pass_params(bundle.manifest.passes)):
             return other.model_path, f"graph read from {sibling.name}, the same variant's onnx bundle"
     raise UsageError(f"bundle {bundle.path.name} ({bundle.manifest.target}) has no ONNX graph to predict from",
                      hint=f"export the same variant with -t onnx next to it and profile again "
                           f"(edgesmith export {bundle.manifest.source.get('reference', 'MODEL')} -t onnx)")
+
+
+def _pass_params(passes: list[dict[str, Any]]) -> list[tuple[str, Any]]:
+    """What defines a variant: its passes' names and parameters (not their timings or reports)."""
+    return [(p.get("name"), p.get("params")) for p in passes]
 
 
 def predict_bundle(bundle_path, device: Device, calibration: Calibration,
