@@ -268,7 +268,7 @@ def merge(results: list[JobResult], jobs: list[Recipe], device_files: Sequence[s
     doc["entries"] = [e for d in docs for e in d["entries"]]
     if docs and "calibration" in docs[0]:
         doc["calibration"] = docs[0]["calibration"]
-    for result, job in zip(results, jobs):
+    for result, job in zip(results, jobs, strict=True):
         others = [d for d in job.devices if d != "host"]
         if not result.ok or not others:
             continue

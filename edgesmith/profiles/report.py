@@ -23,6 +23,7 @@ from typing import Any, Callable
 from edgesmith.errors import OutputExistsError, UsageError
 from edgesmith.profiles import svg
 from edgesmith.profiles.profile import PROFILE_SCHEMA_VERSION
+from edgesmith.profiles.report_devices import Section, device_sections, latency_cell
 
 TITLE = "edgesmith profile report"
 TOP_LAYERS = 15
@@ -130,6 +131,10 @@ def _summary_row(e: dict[str, Any]) -> list[_Cell]:
     tier, result, cls = _parity(e.get("parity"))
     parity: _Cell = "—" if not e.get("parity") else (f"{tier}: {result}", cls)
     passes = ", ".join(str(p.get("name", "?")) for p in e.get("passes", [])) or "—"
+    if _is_prediction(e):  # a prediction has no percentiles, load time or measured memory
+        return [_name(e), str(e.get("target", "")), str(e.get("runtime", "")), str(e.get("device", "")),
+                _mode(e), parity, latency_cell(e), "—", "—", "—", _sig(e.get("throughput_per_s")), "—",
+                f"≈{_sig(e.get('peak_memory_mb'))}", _size(e.get("file_size_bytes")), passes]
     return [
         _name(e), str(e.get("target", "")), str(e.get("runtime", "")),
         str(e.get("device", "")), _mode(e), parity,
@@ -138,6 +143,11 @@ def _summary_row(e: dict[str, Any]) -> list[_Cell]:
         _sig(e.get("load_time_ms")), _sig(e.get("peak_memory_mb")),
         _size(e.get("file_size_bytes")), passes,
     ]
+
+
+def _is_prediction(e: dict[str, Any]) -> bool:
+    """A ``predicted`` entry with its prediction (latency is a point and a band, not samples)."""
+    return e.get("mode") == "predicted" and bool(e.get("prediction"))
 
 
 def _mode(e: dict[str, Any]) -> str:
@@ -227,17 +237,24 @@ def render_markdown(docs: list[dict]) -> str:
     if not entries:
         return "\n".join(out + ["No entries: the profile documents are empty.", ""])
     out += ["## Summary", "", _md_table(_SUMMARY, [_summary_row(e) for e in entries], code=0), ""]
+    for section in device_sections(docs, entries, _use_log_axis(entries)):
+        out += [f"## {_md_text(section.heading)}", ""]
+        out += [x for note in section.notes for x in (_md_text(note), "")]
+        out += [_md_table(section.columns, section.rows, code=0), ""]
     with_parity = [e for e in entries if e.get("parity")]
     if with_parity:
         out += ["## Parity", "", _TIERS_NOTE, "",
                 _md_table(_PARITY, [_parity_row(e) for e in with_parity], code=0), ""]
-    out += ["## Latency", "", _md_table(_LATENCY, [_latency_row(e) for e in entries], code=0), ""]
+    timed = [e for e in entries if not _is_prediction(e)]
+    if timed:
+        out += ["## Latency", "", _md_table(_LATENCY, [_latency_row(e) for e in timed], code=0), ""]
     out += ["## Per-layer breakdown", ""]
     for e in entries:
         if e.get("layers"):
             rows = [[str(i + 1) if not other else "", name, ops, _sig(ms), f"{share:.1%}"]
                     for i, (name, ops, ms, share, other) in enumerate(_top_layers(e["layers"]))]
-            out += [f"### {_md_code(_name(e))}", "", _md_table(_LAYERS, rows, 1), ""]
+            out += [f"### {_md_code(_name(e))}{' (predicted)' if e.get('mode') == 'predicted' else ''}", "",
+                    _md_table(_LAYERS, rows, 1), ""]
     bare = [_md_code(_name(e)) for e in entries if not e.get("layers")]
     if bare:
         out += [f"No per-layer breakdown for: {', '.join(bare)}.", ""]
@@ -256,6 +273,7 @@ th,td{border:1px solid #d0d7de;padding:3px 8px;text-align:left;white-space:nowra
 td:first-child{white-space:normal;overflow-wrap:anywhere;min-width:10em;max-width:22em}
 th{background:#f6f8fa}td.num,th.num{text-align:right;font-variant-numeric:tabular-nums}
 .pass{color:#1a7f37}.fail{color:#cf222e;font-weight:600}.note{color:#57606a}
+td.predicted{color:#b3261e;font-style:italic}
 svg.es-plot{display:block;max-width:100%;height:auto;margin:8px 0}
 #es-errors{color:#cf222e;white-space:pre-wrap}#es-errors:empty{display:none}
 """
@@ -305,29 +323,42 @@ def _note(text: str) -> str:
     return f'<p class="note">{html.escape(text)}</p>'
 
 
-def _html_sections(entries: list[dict[str, Any]]) -> tuple[list[str], int]:
+def _html_section(section: Section) -> str:
+    parts = [f'<section id="{html.escape(section.id)}">', f"<h2>{html.escape(section.heading)}</h2>"]
+    parts += [_note(n) for n in section.notes] + section.plots
+    parts += [_html_table(section.columns, section.rows), "</section>"]
+    return "\n".join(parts)
+
+
+def _html_sections(docs: list[dict], entries: list[dict[str, Any]]) -> tuple[list[str], int]:
     """Return the HTML of the entry sections and the number of plots in them."""
-    out = ["<h2>Summary</h2>", _html_table(_SUMMARY, [_summary_row(e) for e in entries])]
+    out = ['<section id="summary">', "<h2>Summary</h2>", _html_table(_SUMMARY, [_summary_row(e) for e in entries]),
+           "</section>"]
+    plots = 0
+    for section in device_sections(docs, entries, _use_log_axis(entries)):
+        out.append(_html_section(section))
+        plots += len(section.plots)
     with_parity = [e for e in entries if e.get("parity")]
     if with_parity:
         out += ["<h2>Parity</h2>", _note(_TIERS_NOTE),
                 _html_table(_PARITY, [_parity_row(e) for e in with_parity])]
-    plots = 0
     out.append("<h2>Latency</h2>")
     timed = [e for e in entries if e.get("samples_ms")]
     if timed:
         log = _use_log_axis(entries)
         out.append(svg.latency_plot([(_name(e), e["samples_ms"]) for e in timed], log=log))
         plots += 1
-    untimed = [_name(e) for e in entries if not e.get("samples_ms")]
+    untimed = [_name(e) for e in entries if not e.get("samples_ms") and not _is_prediction(e)]
     if untimed:
         out.append(_note(f"No timed samples for: {', '.join(untimed)}."))
-    out.append(_html_table(_LATENCY, [_latency_row(e) for e in entries]))
+    if any(_is_prediction(e) for e in entries):
+        out.append(_note("Predicted entries have no samples: see Latency per device for their bands."))
+    out.append(_html_table(_LATENCY, [_latency_row(e) for e in entries if not _is_prediction(e)]))
     out.append("<h2>Per-layer breakdown</h2>")
     for e in entries:
         if not e.get("layers"):
             continue
-        name = _name(e)
+        name = _name(e) + (" (predicted)" if e.get("mode") == "predicted" else "")
         bars = [svg.Bar(label, ms, f"{_sig(ms)} ms · {share:.1%}", ops, other)
                 for label, ops, ms, share, other in _top_layers(e["layers"])]
         out.append(f"<h3>{html.escape(name)}</h3>")
@@ -357,7 +388,7 @@ def render_html(docs: list[dict]) -> str:
         body += [f"<h2>{html.escape(heading)}</h2>", table or _note("No environment recorded.")]
     plots = 0
     if entries:
-        sections, plots = _html_sections(entries)
+        sections, plots = _html_sections(docs, entries)
         body += sections
     else:
         body.append("<p>No entries: the profile documents are empty.</p>")
@@ -383,6 +414,12 @@ def _render_json(docs: list[dict]) -> str:
         "environments": envs,
         "entries": _entries(docs),
     }
+    calibration = next((d["calibration"] for d in docs if d.get("calibration")), None)
+    if calibration:
+        merged["calibration"] = calibration
+    jobs = [j for d in docs for j in d.get("jobs", [])]
+    if jobs:
+        merged["jobs"] = jobs
     return json.dumps(merged, indent=2, ensure_ascii=False) + "\n"
 
 

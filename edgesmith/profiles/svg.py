@@ -217,3 +217,178 @@ def bar_plot(bars: list[Bar], *, title: str, x_label: str, y_label: str) -> str:
                    f"{escape(b.text)}</text>")
     out.append("</svg>")
     return "\n".join(out)
+
+
+class Point(NamedTuple):
+    """One row of :func:`range_plot`: a value with an optional range.
+
+    Attributes:
+        label: Row label.
+        value: The point (ms).
+        low: Low end of the range (None: no range).
+        high: High end of the range.
+        filled: Filled dot (measured) or hollow (predicted).
+        group: Rows of one group are drawn together under a group heading.
+    """
+
+    label: str
+    value: float
+    low: float | None
+    high: float | None
+    filled: bool
+    group: str
+
+
+def range_plot(points: list[Point], *, title: str, x_label: str, log: bool = False,
+               css: str = "es-devices") -> str:
+    """Draw one dot per row with its range as an error bar, rows grouped under headings.
+
+    Args:
+        points: The rows; groups keep their first appearance's order.
+        title: Plot title.
+        x_label: Label of the value axis.
+        log: Use a log10 axis.
+        css: Extra class of the ``<svg>`` (besides ``es-plot``).
+
+    Returns:
+        The ``<svg class="es-plot ...">`` element; the legend tells filled from hollow dots.
+    """
+    points = [p for p in points if math.isfinite(p.value) and p.value > 0] or [
+        Point("(none)", 1.0, None, None, True, "")]
+    groups: dict[str, list[Point]] = {}
+    for p in points:
+        groups.setdefault(p.group, []).append(p)
+    row_h, head_h = 20, 20
+    height_rows = sum(head_h + row_h * len(g) for g in groups.values())
+    y0, y1 = _TOP + 16, _TOP + 16 + height_rows
+    values = [v for p in points for v in (p.value, p.low, p.high) if v is not None and math.isfinite(v) and v > 0]
+    lo, hi = min(values), max(values)
+    if not log:
+        lo, hi = 0.0, hi * 1.05
+    scale = _XScale(lo, hi, _LABEL_W, WIDTH - _RIGHT_W, log)
+    out = _frame(title, y1 + _AXIS_H, scale, y0, y1, x_label, "")
+    out[0] = out[0].replace('class="es-plot"', f'class="es-plot {escape(css)}"')
+    out.append(f'<circle cx="{_LABEL_W + 10}" cy="{_TOP + 4}" r="4" fill="{_BLUE}"/>'
+               f'<text x="{_LABEL_W + 20}" y="{_TOP + 8}" fill="#444">measured</text>'
+               f'<circle cx="{_LABEL_W + 110}" cy="{_TOP + 4}" r="4" fill="#fff" stroke="{_ORANGE}" '
+               f'stroke-width="2"/><text x="{_LABEL_W + 120}" y="{_TOP + 8}" fill="#444">predicted, '
+               "with its band</text>")
+    y = y0
+    for group, rows in groups.items():
+        out.append(f'<text x="8" y="{_n(y + 14)}" font-weight="600" fill="#222">{escape(_short(group, 60))}</text>')
+        y += head_h
+        for p in rows:
+            yc = y + row_h / 2
+            out.append(_row_label(yc, p.label))
+            if p.low is not None and p.high is not None:
+                xl, xh = scale(p.low), scale(p.high)
+                out.append(f'<line class="band" x1="{_n(xl)}" y1="{_n(yc)}" x2="{_n(xh)}" y2="{_n(yc)}" '
+                           f'stroke="{_ORANGE}" stroke-width="2"/>')
+                for x in (xl, xh):
+                    out.append(f'<line x1="{_n(x)}" y1="{_n(yc - 4)}" x2="{_n(x)}" y2="{_n(yc + 4)}" '
+                               f'stroke="{_ORANGE}"/>')
+            x = scale(p.value)
+            style = f'fill="{_BLUE}"' if p.filled else f'fill="#fff" stroke="{_ORANGE}" stroke-width="2"'
+            out.append(f'<circle class="{"measured" if p.filled else "predicted"}" cx="{_n(x)}" cy="{_n(yc)}" '
+                       f'r="4.5" {style}><title>{escape(p.label)}: {escape(f"{p.value:.4g}")} ms</title></circle>')
+            out.append(f'<text x="{WIDTH - _RIGHT_W + 8}" y="{_n(yc + 4)}" fill="#444">'
+                       f"{'' if p.filled else '≈'}{escape(f'{p.value:.3g}')} ms</text>")
+            y += row_h
+    out.append("</svg>")
+    return "\n".join(out)
+
+
+class Dot(NamedTuple):
+    """One variant of :func:`scatter_plot`.
+
+    Attributes:
+        label: Variant label (tooltip and, on the front, a text label).
+        x: Model size (bytes).
+        y: Latency (ms).
+        quality: Quality in 0..1 for the colour (None: unknown, grey).
+        front: On the Pareto front.
+    """
+
+    label: str
+    x: float
+    y: float
+    quality: float | None
+    front: bool
+
+
+_SCATTER_H = 300
+_ORANGE = "#e45756"
+
+
+def scatter_plot(dots: list[Dot], *, title: str, x_label: str, y_label: str, quality_label: str) -> str:
+    """Draw size (x) against latency (y), both log10, with the Pareto front joined by a line.
+
+    Args:
+        dots: The variants.
+        title: Plot title.
+        x_label: Label of the x axis.
+        y_label: Label of the y axis.
+        quality_label: What the colour shows (the legend).
+
+    Returns:
+        The ``<svg class="es-plot es-pareto">`` element.
+    """
+    dots = [d for d in dots if d.x > 0 and d.y > 0 and math.isfinite(d.x) and math.isfinite(d.y)] or [
+        Dot("(none)", 1.0, 1.0, None, False)]
+    left, right, top, bottom = 90, WIDTH - 200, _TOP + 10, _TOP + 10 + _SCATTER_H
+    xs = _XScale(min(d.x for d in dots), max(d.x for d in dots), left, right, True)
+    ys = _XScale(min(d.y for d in dots), max(d.y for d in dots), bottom, top, True)  # up is slower
+    height = bottom + _AXIS_H
+    out = [f'<svg class="es-plot es-pareto" role="img" width="{WIDTH}" height="{height}" '
+           f'viewBox="0 0 {WIDTH} {height}" font-size="12">', f"<title>{escape(title)}</title>",
+           f'<text x="{_n(WIDTH / 2)}" y="20" text-anchor="middle" font-size="14" '
+           f'font-weight="600">{escape(title)}</text>']
+    for t in xs.ticks:
+        x = _n(xs(t))
+        out.append(f'<line x1="{x}" y1="{top}" x2="{x}" y2="{bottom}" stroke="#e3e3e3"/>')
+        out.append(f'<text x="{x}" y="{bottom + 16}" text-anchor="middle" fill="#444">{escape(_size_text(t))}</text>')
+    for t in ys.ticks:
+        y = _n(ys(t))
+        out.append(f'<line x1="{left}" y1="{y}" x2="{right}" y2="{y}" stroke="#e3e3e3"/>')
+        out.append(f'<text x="{left - 6}" y="{_n(ys(t) + 4)}" text-anchor="end" fill="#444">'
+                   f"{escape(_tick_text(t))}</text>")
+    out.append(f'<text x="{_n((left + right) / 2)}" y="{bottom + 38}" text-anchor="middle" fill="#222">'
+               f"{escape(x_label)}</text>")
+    ym = _n((top + bottom) / 2)
+    out.append(f'<text x="14" y="{ym}" text-anchor="middle" fill="#222" transform="rotate(-90 14 {ym})">'
+               f"{escape(y_label)}</text>")
+    front = sorted((d for d in dots if d.front), key=lambda d: d.x)
+    if len(front) > 1:
+        path = " ".join(f"{_n(xs(d.x))},{_n(ys(d.y))}" for d in front)
+        out.append(f'<polyline class="front" points="{path}" fill="none" stroke="{_ORANGE}" stroke-width="1.5"/>')
+    for d in dots:
+        colour = _GREY if d.quality is None else _blend(min(max(d.quality, 0.0), 1.0))
+        ring = f' stroke="{_ORANGE}" stroke-width="2.5"' if d.front else ' stroke="#333"'
+        q = "unknown" if d.quality is None else f"{d.quality:.4g}"
+        out.append(f'<circle class="variant{" front" if d.front else ""}" cx="{_n(xs(d.x))}" cy="{_n(ys(d.y))}" '
+                   f'r="6" fill="{colour}"{ring}><title>{escape(d.label)}: {escape(_size_text(d.x))}, '
+                   f"{escape(f'{d.y:.4g}')} ms, quality {escape(q)}</title></circle>")
+        if d.front:
+            out.append(f'<text x="{_n(xs(d.x) + 9)}" y="{_n(ys(d.y) - 7)}" fill="#222">{escape(_short(d.label, 28))}</text>')
+    lx = right + 20
+    out.append(f'<text x="{lx}" y="{top + 12}" fill="#222">colour: {escape(_short(quality_label, 24))}</text>')
+    for i, q in enumerate((0.0, 0.5, 1.0)):
+        out.append(f'<circle cx="{lx + 6}" cy="{top + 30 + 18 * i}" r="5" fill="{_blend(q)}" stroke="#333"/>'
+                   f'<text x="{lx + 16}" y="{top + 34 + 18 * i}" fill="#444">{q:g}</text>')
+    out.append(f'<circle cx="{lx + 6}" cy="{top + 94}" r="5" fill="#fff" stroke="{_ORANGE}" stroke-width="2.5"/>'
+               f'<text x="{lx + 16}" y="{top + 98}" fill="#444">Pareto front</text>')
+    out.append("</svg>")
+    return "\n".join(out)
+
+
+def _blend(q: float) -> str:
+    """Light grey (0) to the report's blue (1)."""
+    a, b = (0xd9, 0xd9, 0xd9), (0x4c, 0x78, 0xa8)
+    return "#" + "".join(f"{round(x + (y - x) * q):02x}" for x, y in zip(a, b))
+
+
+def _size_text(n: float) -> str:
+    for unit, scale in (("GB", 1024**3), ("MB", 1024**2), ("KB", 1024)):
+        if n >= scale:
+            return f"{n / scale:.3g} {unit}"
+    return f"{n:.3g} B"

@@ -19,6 +19,7 @@ from edgesmith.profiles.profile import (
     read_profile_document,
 )
 from edgesmith.profiles.report import render_html, render_markdown, write_report
+from edgesmith.profiles.report_devices import pareto_front, quality_of
 
 ENVIRONMENT = {
     "cpu": "Test CPU 9000",
@@ -79,7 +80,8 @@ def test_html_is_self_contained(doc):
     assert not re.search(r"\bsrc\s*=", page)
     assert "&lt;b&gt;" in page and ODD_NAME not in page
     assert page.count('<svg class="es-plot"') == 2  # latency + one layer chart
-    assert 'data-plots="2"' in page
+    assert page.count('<svg class="es-plot es-pareto"') == 1  # two variants on the host: size vs latency
+    assert 'data-plots="3"' in page
     assert "verified: pass" in page and "libraries.torch" in page
     assert "log scale" in page  # p50s of 5 ms and 153 ms are more than 20x apart
 
@@ -184,3 +186,103 @@ def test_chromium_check_detects_script_errors(doc, tmp_path, chromium):
     dom, stderr = _dump_dom(chromium, broken, tmp_path / "chrome")
     errors = _browser_errors(dom, stderr)
     assert errors and any("boom" in e for e in errors)
+
+
+# ---------------------------------------------------------------- across devices
+
+ENV = {"cpu": "Test CPU", "cores_usable": 2}
+PASS = {"tier": "verified", "passed": True, "metrics": {"max_abs": 1e-6, "snr_db": 90.0, "top1_agreement": 1.0}}
+EMULATED_FAIL = {"tier": "emulated", "passed": False, "metrics": {"max_abs": 0.3, "cosine": 0.9}}
+
+
+def _measured(name, target, p50, size, parity=PASS, predicted=None):
+    stats = LatencyStats.from_samples([p50 * 0.95, p50, p50 * 1.1])
+    pred = None
+    if predicted is not None:
+        pred = {"latency_ms": predicted, "low_ms": predicted / 1.2, "high_ms": predicted * 1.2,
+                "error": (predicted - stats.p50) / stats.p50, "notes": []}
+    return Profile(name=name, target=target, runtime="onnxruntime", device="host", mode="measured",
+                   latency_ms=stats, samples_ms=[p50 * 0.95, p50, p50 * 1.1], throughput_per_s=1e3 / p50, batch=1,
+                   load_time_ms=3.0, peak_memory_mb=1.0, file_size_bytes=size, warmup=1, runs=3, threads=0,
+                   parity=parity, prediction=pred)
+
+
+def _predicted(name, target, device, point, size, parity=PASS):
+    stats = LatencyStats(p50=point, p90=point, p99=point, min=point, max=point, mean=point, std=0.0)
+    return Profile(name=name, target=target, runtime="onnxruntime", device=device, mode="predicted",
+                   latency_ms=stats, samples_ms=[], throughput_per_s=1e3 / point, batch=1, load_time_ms=0.0,
+                   peak_memory_mb=2.0, file_size_bytes=size, warmup=0, runs=0, threads=0, parity=parity,
+                   timing="predicted",
+                   prediction={"latency_ms": point, "low_ms": point / 2, "high_ms": point * 2, "notes": ["n"]})
+
+
+@pytest.fixture
+def device_doc():
+    entries = []
+    for name, p50, size in (("big", 10.0, 4_000_000), ("small", 4.0, 1_000_000)):
+        for target in ("onnx", "torch"):
+            entries.append(_measured(name, target, p50 * (1 if target == "onnx" else 3), size,
+                                     predicted=p50 * 0.9 if target == "onnx" else None,
+                                     parity=EMULATED_FAIL if (name, target) == ("small", "torch") else PASS))
+            for device, factor in (("jetson-orin-nano", 0.5), ("apple-a17-pro-ane", 0.3), ("raspberry-pi-5", 2.0)):
+                entries.append(_predicted(name, target, device, p50 * factor, size))
+    d = profile_document(entries, ENV)
+    d["calibration"] = {"peak_gflops": 150.0, "bandwidth_gbs": 30.0, "op_overhead_us": 0.5, "run_overhead_us": 7.0,
+                        "graph_factor": 1.05, "spread": 0.1, "efficiency": {"conv": 1.0}}
+    d["jobs"] = [{"label": "big -> onnx", "ok": True, "seconds": 1.0},
+                 {"label": "broken -> onnx", "ok": False, "exit_code": 3, "error": "unknown model", "seconds": 0.1}]
+    return d
+
+
+def test_pareto_front_by_hand():
+    points = [(1.0, 10.0, 1.0),   # smallest: on the front
+              (2.0, 5.0, 1.0),    # faster: on the front
+              (3.0, 6.0, 1.0),    # larger and slower than the second at equal quality: dominated
+              (3.0, 4.0, 0.5),    # fastest but worse: on the front
+              (2.0, 5.0, 1.0)]    # equal to the second: neither dominates the other
+    assert pareto_front(points) == [True, True, False, True, True]
+    assert pareto_front([(1.0, 1.0, None), (1.0, 1.0, 0.9)]) == [False, True]  # unknown quality counts lowest
+
+
+def test_quality_prefers_top1_then_cosine():
+    assert quality_of({"parity": PASS}) == (1.0, "top1_agreement")
+    assert quality_of({"parity": EMULATED_FAIL}) == (0.9, "cosine")
+    assert quality_of({}) == (None, "")
+
+
+def test_markdown_has_every_device_section(device_doc):
+    md = render_markdown([device_doc])
+    for heading in ("## Latency per device", "## Prediction vs measured", "## Size, latency and quality on host",
+                    "## Size, latency and quality on raspberry-pi-5", "## Parity matrix",
+                    "## Host calibration (for predictions)", "## Sweep jobs"):
+        assert heading in md, heading
+    assert "≈5.00 (2.50–10.0)" in md  # big.onnx on the Jetson: point and band, never a bare number
+    assert "Median absolute error: 10.0% over 2 entries" in md
+    assert "emulated: FAIL" in md and "FAILED (3)" in md
+
+
+def test_html_sections_and_plots(device_doc):
+    page = render_html([device_doc])
+    for section in ("summary", "latency-per-device", "prediction-error", "pareto-host", "pareto-jetson-orin-nano",
+                    "pareto-apple-a17-pro-ane", "pareto-raspberry-pi-5", "parity-matrix", "calibration", "jobs"):
+        assert f'<section id="{section}">' in page, section
+    assert page.count('class="es-plot es-devices"') == 1 and page.count('class="es-plot es-pareto"') == 4
+    plots = len(re.findall(r'<svg class="es-plot', page))
+    assert f'data-plots="{plots}"' in page
+    devices_plot = page[page.index('class="es-plot es-devices"'):]
+    devices_plot = devices_plot[:devices_plot.index("</svg>")]
+    assert devices_plot.count('class="measured"') == 4 and devices_plot.count('class="predicted"') == 12
+    assert devices_plot.count('class="band"') == 12
+    host = page[page.index('<section id="pareto-host">'):]
+    host = host[:host.index("</section>")]
+    # on the host: small.onnx (smallest and fastest) is on the front; big.torch is dominated
+    assert re.search(r"small\.onnx</td>.*?on the front", host, re.S)
+    assert re.search(r"big\.torch</td>.*?dominated", host, re.S)
+
+
+def test_device_report_renders_in_chromium(device_doc, tmp_path, chromium):
+    page = write_report([device_doc], tmp_path / "report.html")[0]
+    dom, stderr = _dump_dom(chromium, page, tmp_path / "chrome")
+    assert 'data-rendered="ok"' in dom
+    assert _browser_errors(dom, stderr) == []
+    assert dom.count('class="es-plot es-pareto"') == 4 and dom.count('class="es-plot es-devices"') == 1
