@@ -21,6 +21,7 @@ from edgesmith.cli_common import parity_table as _parity_table
 from edgesmith.cli_devices import devices
 from edgesmith.cli_profile import profile, profile_table, report, run_recipe_file
 from edgesmith.cli_sweep import sweep
+from edgesmith.cli_view import view
 
 
 def _model_options(f):
@@ -162,6 +163,7 @@ cli.add_command(devices)
 cli.add_command(profile)
 cli.add_command(report)
 cli.add_command(sweep)
+cli.add_command(view)
 
 
 @cli.group()
