@@ -211,6 +211,7 @@ def test_list_commands_json(capsys, group, expected):
 COMMANDS = [
     [], ["demo"], ["models"], ["models", "list"], ["passes"], ["passes", "list"], ["targets"],
     ["targets", "list"], ["inspect"], ["optimize"], ["export"], ["verify"], ["run"], ["profile"], ["report"],
+    ["devices"], ["devices", "list"], ["devices", "show"], ["devices", "calibrate"], ["sweep"], ["view"],
 ]
 
 

@@ -39,6 +39,7 @@ def test_readme_examples_run(tmp_path):
     assert (tmp_path / "out" / "digits-lsnet.onnx" / "manifest.json").is_file()
     assert (tmp_path / "out" / "lsnet-t.mlx" / "manifest.json").is_file()
     assert (tmp_path / "out-recipe" / "report.html").is_file()
+    assert (tmp_path / "out-sweep" / "report.html").is_file() and (tmp_path / "out-sweep2" / "profile.json").is_file()
     for block in python:
         proc = subprocess.run([sys.executable, "-c", block], cwd=tmp_path, env=_env(),
                               capture_output=True, text=True, timeout=600)
