@@ -52,8 +52,9 @@ def cli():
       edgesmith demo
       edgesmith export zoo:digits-cnn -p reparam --target onnx -o out
       edgesmith verify out/digits-cnn.onnx
-      edgesmith profile out/digits-cnn.onnx -o profile.json
+      edgesmith profile out/digits-cnn.onnx -d host -d jetson-orin-nano -o profile.json
       edgesmith report profile.json -o report.html
+      edgesmith run examples/demo.yaml    (the whole pipeline from one file)
 
     MODEL is path/model.pt2, a Hugging Face checkpoint directory, path/model.onnx,
     py:package.module:factory (with --weights) or zoo:NAME.
