@@ -261,15 +261,12 @@ def _graph_factor(calibration: "Calibration", threads: int, tmp: str) -> tuple[f
 
 
 def _session(model, threads: int, profile_prefix: str | None = None):
+    """An ONNX Runtime session with the options the runtime loader uses (so the timings match)."""
+    from edgesmith.runtimes.onnxruntime import _options
+
     ort = require("onnxruntime", "all")
-    so = ort.SessionOptions()
-    if threads:
-        so.intra_op_num_threads = threads
-    so.log_severity_level = 3
-    if profile_prefix:
-        so.enable_profiling = True
-        so.profile_file_prefix = profile_prefix
-    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(model.SerializeToString(), _options(threads, profile_prefix),
+                                providers=["CPUExecutionProvider"])
 
 
 def _kernel_ms(model, op: str, feeds: dict[str, np.ndarray], threads: int, tmp: str) -> float:

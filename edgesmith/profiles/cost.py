@@ -268,12 +268,3 @@ def _flops(node, cls: str, ins: list[_Value], outs: list[_Value]) -> float:
     if op == "Resize":
         return 4.0 * out.numel
     return float(out.numel * _TRANSCENDENTAL.get(op, 1))
-
-
-def summarize(costs: list[OpCost]) -> dict[str, Any]:
-    """Totals of a graph's op costs: FLOPs, bytes, weight bytes, and FLOPs per op class."""
-    by_class: dict[str, float] = {}
-    for c in costs:
-        by_class[c.op_class] = by_class.get(c.op_class, 0.0) + c.flops
-    return {"nodes": len(costs), "flops": sum(c.flops for c in costs), "bytes": sum(c.bytes for c in costs),
-            "weight_bytes": sum(c.weight_bytes for c in costs), "flops_by_class": by_class}

@@ -73,7 +73,7 @@ class Prediction:
         precision: Precision used for the device's peak (``fp32``...).
         figures: The peak (GFLOP/s), bandwidth (GB/s) and overheads (us) used.
         notes: How this prediction was made, and what it assumes.
-        op_ms: Predicted ms per node name (not serialized into reports by default).
+        op_ms: Predicted ms per node name (not serialized).
     """
 
     device: str
@@ -91,11 +91,10 @@ class Prediction:
     notes: list[str] = field(default_factory=list)
     op_ms: dict[str, float] = field(default_factory=dict, repr=False)
 
-    def to_dict(self, with_ops: bool = False) -> dict[str, Any]:
-        """JSON-ready fields (``op_ms`` only when asked)."""
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready fields, without ``op_ms`` (a profile carries the per-layer times instead)."""
         data = asdict(self)
-        if not with_ops:
-            data.pop("op_ms")
+        data.pop("op_ms")
         return data
 
 
@@ -253,9 +252,15 @@ def _pass_params(passes: list[dict[str, Any]]) -> list[tuple[str, Any]]:
     return [(p.get("name"), p.get("params")) for p in passes]
 
 
-def predict_bundle(bundle_path, device: Device, calibration: Calibration,
+def predict_bundle(bundle, device: Device, calibration: Calibration,
                    inputs: dict[str, Any] | None = None) -> tuple[Prediction, GraphCost]:
     """Predict a bundle's latency on a device, at its golden inputs' shapes (or ``inputs``').
+
+    Args:
+        bundle: A bundle folder (verified on opening) or an open :class:`~edgesmith.bundle.Bundle`.
+        device: The device.
+        calibration: The host's calibration.
+        inputs: Inputs whose shapes to predict at (default: the bundle's golden inputs).
 
     Raises:
         UsageError: No ONNX graph in the bundle, or a device figure missing.
@@ -263,7 +268,8 @@ def predict_bundle(bundle_path, device: Device, calibration: Calibration,
     from edgesmith.bundle import Bundle
     from edgesmith.profiles.cost import graph_costs
 
-    bundle = Bundle.open(bundle_path)
+    if not isinstance(bundle, Bundle):
+        bundle = Bundle.open(bundle)
     path, note = bundle_graph(bundle)
     graph = graph_costs(path, inputs if inputs is not None else bundle.golden()[0])
     prediction = predict(graph, device, calibration)
@@ -280,8 +286,8 @@ def predicted_profile(bundle_path, device: Device, calibration: Calibration) -> 
     from edgesmith.bundle import Bundle
     from edgesmith.profiles.profile import LatencyStats, Profile
 
-    prediction, graph = predict_bundle(bundle_path, device, calibration)
-    bundle = Bundle.open(bundle_path, verify=False)
+    bundle = Bundle.open(bundle_path)
+    prediction, graph = predict_bundle(bundle, device, calibration)
     m = bundle.manifest
     golden = bundle.golden()[0]
     first = next(iter(golden.values()), None)
