@@ -155,7 +155,6 @@ def _suite() -> list[tuple[str, str, dict[str, Any], list[tuple[int, ...]], list
 
 def _one_op_model(op: str, attrs: dict[str, Any], shapes: list[tuple[int, ...]], inits: list[np.ndarray]):
     """``op`` on the inputs, then a ReduceMax to a scalar so the op's output is an arena buffer."""
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     inputs = [helper.make_tensor_value_info(f"x{i}", TensorProto.FLOAT, list(sh)) for i, sh in enumerate(shapes)]
