@@ -128,8 +128,8 @@ def device_figures(device: Device, precision: str, calibration: Calibration) -> 
         op_us, run_us = calibration.op_overhead_us, calibration.run_overhead_us
     else:
         op_us, run_us = KIND_OVERHEADS_US[device.kind]
-    notes.append(f"data-sheet {used} peak {device.peak_tflops[used]:g} TFLOP/s and {device.memory_bandwidth_gbs:g} GB/s, "
-                 f"derated to {ATTAINABLE['compute']:.0%}; the host's per-class efficiencies; "
+    notes.append(f"data-sheet {used} peak {device.peak_tflops[used]:g} TFLOP/s and "
+                 f"{device.memory_bandwidth_gbs:g} GB/s, derated to {ATTAINABLE['compute']:.0%}; the host's per-class efficiencies; "
                  f"{op_us:g} us per node and {run_us:g} us per run ({device.kind})")
     return peak, bandwidth, op_us, run_us, used, notes
 

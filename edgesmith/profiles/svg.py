@@ -369,7 +369,8 @@ def scatter_plot(dots: list[Dot], *, title: str, x_label: str, y_label: str, qua
                    f'r="6" fill="{colour}"{ring}><title>{escape(d.label)}: {escape(_size_text(d.x))}, '
                    f"{escape(f'{d.y:.4g}')} ms, quality {escape(q)}</title></circle>")
         if d.front:
-            out.append(f'<text x="{_n(xs(d.x) + 9)}" y="{_n(ys(d.y) - 7)}" fill="#222">{escape(_short(d.label, 28))}</text>')
+            out.append(f'<text x="{_n(xs(d.x) + 9)}" y="{_n(ys(d.y) - 7)}" fill="#222">'
+                       f"{escape(_short(d.label, 28))}</text>")
     lx = right + 20
     out.append(f'<text x="{lx}" y="{top + 12}" fill="#222">colour: {escape(_short(quality_label, 24))}</text>')
     for i, q in enumerate((0.0, 0.5, 1.0)):
