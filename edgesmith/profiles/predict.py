@@ -129,7 +129,8 @@ def device_figures(device: Device, precision: str, calibration: Calibration) -> 
     else:
         op_us, run_us = KIND_OVERHEADS_US[device.kind]
     notes.append(f"data-sheet {used} peak {device.peak_tflops[used]:g} TFLOP/s and "
-                 f"{device.memory_bandwidth_gbs:g} GB/s, derated to {ATTAINABLE['compute']:.0%}; the host's per-class efficiencies; "
+                 f"{device.memory_bandwidth_gbs:g} GB/s, derated to {ATTAINABLE['compute']:.0%}; "
+                 "the host's per-class efficiencies; "
                  f"{op_us:g} us per node and {run_us:g} us per run ({device.kind})")
     return peak, bandwidth, op_us, run_us, used, notes
 
