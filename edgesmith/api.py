@@ -112,9 +112,13 @@ def profile(bundles: Iterable[str | Path], *, device: str | Sequence[str] = "hos
         device_files: The user's own device files.
         recalibrate: Measure the host's calibration again instead of reading the cache.
 
+    Returns:
+        The profile document; ``not_predicted`` lists the (bundle, device) pairs that could not be
+        predicted (no ONNX graph, a device without a figure the graph needs) and why.
+
     Raises:
-        UsageError: An unknown device (with the closest names), or a bundle without an ONNX graph
-            on a device that can only be predicted.
+        UsageError: An unknown device (with the closest names); a prediction that cannot be made
+            when it is the only thing asked for, or when nothing at all could be profiled.
     """
     import tempfile
 
@@ -136,7 +140,9 @@ def profile(bundles: Iterable[str | Path], *, device: str | Sequence[str] = "hos
             calibration = host_calibration(threads, refresh=recalibrate)
         return calibration
 
-    entries = []
+    entries: list = []
+    skipped: list[dict[str, str]] = []  # (bundle, device) pairs that could not be predicted, and why
+    bundles = list(bundles)
     with tempfile.TemporaryDirectory(prefix="edgesmith-profile-") as tmp:
         for b in bundles:
             path = b
@@ -158,14 +164,26 @@ def profile(bundles: Iterable[str | Path], *, device: str | Sequence[str] = "hos
                         p50 = entry.latency_ms.p50
                         entry.prediction["error"] = (prediction.latency_ms - p50) / p50 if p50 else None
                 else:
-                    entry = predicted_profile(path, target_device, host_calibration_once())
-                    if progress:
-                        progress(str(b), runs)
+                    try:
+                        entry = predicted_profile(path, target_device, host_calibration_once())
+                    except UsageError as exc:
+                        if len(targets) * len(bundles) == 1:
+                            raise  # the only thing asked for: say why, as an error
+                        skipped.append({"bundle": str(b), "device": target_device.name,
+                                        "reason": exc.message + (f" ({exc.hint})" if exc.hint else "")})
+                        continue
+                    finally:
+                        if progress:
+                            progress(str(b), runs)
                 entry.bundle = str(b)
                 entries.append(entry)
+    if not entries and skipped:
+        raise UsageError(f"nothing could be predicted: {skipped[0]['reason']}")
     doc = profile_document(entries, fingerprint(threads))
     if calibration is not None:
         doc["calibration"] = {k: v for k, v in calibration.to_dict().items() if k != "suite"}
+    if skipped:
+        doc["not_predicted"] = skipped
     return doc
 
 

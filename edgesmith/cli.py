@@ -19,7 +19,7 @@ from edgesmith.cli_common import emit_json as _emit_json
 from edgesmith.cli_common import parity_row as _parity_row
 from edgesmith.cli_common import parity_table as _parity_table
 from edgesmith.cli_devices import devices
-from edgesmith.cli_profile import profile, profile_table, report, run_recipe_file
+from edgesmith.cli_profile import profile, profile_table, report, run_recipe_file, warn_not_predicted
 from edgesmith.cli_sweep import sweep
 from edgesmith.cli_view import view
 
@@ -91,6 +91,7 @@ def demo(out, runs, as_json):
         _parity_row(table, name, res)
     console.print(table)
     _console(stderr=False).print(profile_table(result["doc"]))
+    warn_not_predicted(result["doc"])
     console.print(f"[bold]report:[/] {result['report'][0]}")
 
 

@@ -58,8 +58,15 @@ def profile(bundles, device_names, device_files, out, force, runs, warmup, threa
     if as_json:
         return emit_json(doc)
     console(stderr=False).print(profile_table(doc))
+    warn_not_predicted(doc)
     if out:
         click.echo(f"wrote {out}")
+
+
+def warn_not_predicted(doc: dict) -> None:
+    """Say on stderr which (bundle, device) pairs could not be predicted, and why."""
+    for s in doc.get("not_predicted", []):
+        console().print(f"[yellow]not predicted:[/] {Path(s['bundle']).name} on {s['device']}: {s['reason']}")
 
 
 def run_recipe_file(path, out, force, check, as_json):
@@ -86,6 +93,7 @@ def run_recipe_file(path, out, force, check, as_json):
         parity_row(table, name, result)
     console(stderr=False).print(table)
     console(stderr=False).print(profile_table(results["doc"]))
+    warn_not_predicted(results["doc"])
     for p in [results["profile"], *results["report"]]:
         click.echo(f"wrote {p}")
     return None

@@ -278,6 +278,7 @@ def merge(results: list[JobResult], jobs: list[Recipe], device_files: Sequence[s
             result.notes.append(f"not predicted on {', '.join(others)}: {exc.message}")
             continue
         doc["entries"].extend(predicted["entries"])
+        result.notes += [f"not predicted on {s['device']}: {s['reason']}" for s in predicted.get("not_predicted", [])]
         doc.setdefault("calibration", predicted.get("calibration"))
     doc["jobs"] = [r.record() for r in results]
     return doc

@@ -417,9 +417,10 @@ def _render_json(docs: list[dict]) -> str:
     calibration = next((d["calibration"] for d in docs if d.get("calibration")), None)
     if calibration:
         merged["calibration"] = calibration
-    jobs = [j for d in docs for j in d.get("jobs", [])]
-    if jobs:
-        merged["jobs"] = jobs
+    for key in ("jobs", "not_predicted"):
+        items = [j for d in docs for j in d.get(key, [])]
+        if items:
+            merged[key] = items
     return json.dumps(merged, indent=2, ensure_ascii=False) + "\n"
 
 

@@ -202,6 +202,17 @@ def test_a_bundle_without_an_onnx_graph_borrows_its_onnx_siblings(digits_bundles
     assert any("would run it exported to coreml" in n for n in prediction.notes)
 
 
+def test_a_device_that_cannot_take_the_graph_is_skipped_among_others(digits_bundles):
+    npu = get_device("snapdragon-8-gen-3-npu")
+    assert set(npu.peak_tflops) == {"int8"}  # no floating-point figure for an fp32 graph
+    doc = es.profile([digits_bundles["onnx"]], device=["host", npu.name], runs=3, warmup=1)
+    assert [e["device"] for e in doc["entries"]] == ["host"]
+    (skipped,) = doc["not_predicted"]
+    assert skipped["device"] == npu.name and "no peak for fp32" in skipped["reason"]
+    with pytest.raises(UsageError, match="no peak for fp32"):  # alone, it is an error
+        es.profile([digits_bundles["onnx"]], device=npu.name)
+
+
 def test_cli_profile_devices_and_errors(digits_bundles, tmp_path, capsys):
     out = tmp_path / "p.json"
     assert main(["profile", str(digits_bundles["onnx"]), "-d", "host", "-d", "xilinx-zcu104", "--runs", "3",
