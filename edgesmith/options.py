@@ -11,7 +11,7 @@ import dataclasses
 import typing
 from typing import Any
 
-from edgesmith.errors import UsageError
+from edgesmith.errors import BadInputError, UsageError
 
 
 def _convert(value: str, kind: Any, key: str, owner: str) -> Any:
@@ -77,3 +77,25 @@ def describe_options(cls: type) -> list[tuple[str, str, str]]:
         default = f.default if f.default is not dataclasses.MISSING else ""
         rows.append((f.name, getattr(hints[f.name], "__name__", str(hints[f.name])), repr(default)))
     return rows
+
+
+def read_yaml_file(path: Any, what: str) -> Any:
+    """Parse a user's YAML file (a device file, a recipe).
+
+    Args:
+        path: The file.
+        what: What it is, for the messages (``device file``, ``recipe``).
+
+    Raises:
+        BadInputError: The file cannot be read or is not valid YAML (the first line of the parser's
+            message says where).
+    """
+    import yaml
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            return yaml.safe_load(f)
+    except OSError as exc:
+        raise BadInputError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+    except yaml.YAMLError as exc:
+        raise BadInputError(f"{what} {path} is not valid YAML: {str(exc).splitlines()[0]}") from None

@@ -125,19 +125,13 @@ def load_recipe(path: str | Path) -> Recipe:
         BadInputError: An unreadable file, bad YAML, or an invalid recipe: an unknown key, pass,
             pass option, target or device, or a value of the wrong type, named with its place.
     """
-    import yaml
-
     from edgesmith.devices.catalog import get_device
     from edgesmith.export import EXPORTERS
     from edgesmith.optimize import parse_pass_spec
+    from edgesmith.options import read_yaml_file
 
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except OSError as exc:
-        raise BadInputError(f"cannot read recipe {path}: {exc.strerror or exc}") from None
-    except yaml.YAMLError as exc:
-        raise BadInputError(f"recipe {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    data = read_yaml_file(path, "recipe")
     _check_keys(path, "", data, _TOP)
     if "model" not in data or not isinstance(data["model"], str):
         _fail(path, "", "needs a 'model' (a MODEL reference such as zoo:digits-cnn or model.pt2)")

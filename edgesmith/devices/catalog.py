@@ -134,16 +134,9 @@ def load_device_file(path: str | Path) -> Device:
     Raises:
         BadInputError: A missing or unreadable file, bad YAML, or an invalid device (named).
     """
-    import yaml
+    from edgesmith.options import read_yaml_file
 
-    path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except OSError as exc:
-        raise BadInputError(f"cannot read device file {path}: {exc.strerror or exc}") from None
-    except yaml.YAMLError as exc:
-        raise BadInputError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from None
-    return Device.from_dict(data, str(path))
+    return Device.from_dict(read_yaml_file(path, "device file"), str(path))
 
 
 def host_device() -> Device:
