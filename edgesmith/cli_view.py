@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import click
 
 from edgesmith.cli_common import console
@@ -12,29 +10,38 @@ from edgesmith.cli_common import console
 @click.command()
 @click.argument("path", metavar="BUNDLE|MODEL_FILE", type=click.Path())
 @click.option("--host", default="127.0.0.1", show_default=True,
-              help="Address to listen on (127.0.0.1: only this machine can open the page).")
-@click.option("--port", default=0, show_default=True, help="Port to listen on (0: a free one).")
-@click.option("--no-browser", is_flag=True, help="Only print the URL; do not open a browser.")
+              help="IPv4 address to listen on. 127.0.0.1 lets only this machine in; 0.0.0.0 lets in every "
+                   "machine that reaches this one, and Netron then serves every file under the model's folder.")
+@click.option("--port", default=0, show_default=True, type=click.IntRange(0, 65535),
+              help="Port to listen on. 0 picks a free one, so several views can run side by side; "
+                   "give a fixed one (e.g. 8080) for a URL that stays the same across runs.")
+@click.option("--no-browser", is_flag=True, help="Only print the URL; do not open a web browser.")
 def view(path, host, port, no_browser):
-    """Open a bundle's model (or a model file) in Netron, served on localhost.
+    """Show a bundle's model (or a model file) in Netron, served on localhost until Ctrl-C.
 
-    Serves until Ctrl-C. onnx and tensorrt bundles show model.onnx, torch bundles
-    model.pt2, coreml bundles their ML program. Needs the view extra
+    Prints the page's URL on stdout. onnx bundles show model.onnx, torch bundles
+    model.pt2, coreml bundles their ML program; an mlx bundle is refused with the
+    command that makes the same variant's onnx bundle. Model files: .onnx, .pt2,
+    .mlmodel, .mlpackage, .safetensors, .gguf. Needs the view extra
     (pip install 'edgesmith[view]').
 
+    The page is Netron's own: the first time, it asks to accept its cookies before
+    it shows the model, and a browser that is online sends Netron's anonymous
+    usage statistics (Google Analytics).
+
     \b
-    Example:
-      edgesmith view out/digits-cnn.onnx --port 8080
+    Examples:
+      edgesmith view out/digits-cnn.onnx
+      edgesmith view out/digits-cnn.torch --port 8080 --no-browser
     """
-    from edgesmith.view import serve, stop
+    from rich.markup import escape
+
+    from edgesmith.view import serve, wait
 
     url = serve(path, host=host, port=port, browse=not no_browser)
-    click.echo(url)
-    console().print(f"serving {path} in Netron at {url} (Ctrl-C to stop)")
     try:
-        while True:
-            time.sleep(0.5)
+        click.echo(url)
+        console().print(f"Netron is showing {escape(str(path))} at {url} (Ctrl-C to stop)")
+        wait(url)
     except KeyboardInterrupt:
-        pass
-    finally:
-        stop(url)
+        pass  # Ctrl-C is how this command ends: exit code 0 (wait has stopped the server)
