@@ -74,6 +74,8 @@ class Manifest:
         options: The exporter's options.
         versions: Tool and library versions used to build it.
         parity: Parity record (:meth:`ParityResult.to_dict`), or None before it is checked.
+        details: Target-specific records (``hls``: the chosen precisions, resource estimates,
+            the C simulation library).
         files: Relative path -> ``{"sha256": ..., "size": ...}``, filled on write.
         created_at: ISO time of writing.
         schema_version: Manifest schema version.
@@ -92,6 +94,7 @@ class Manifest:
     options: dict[str, Any] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)
     parity: dict[str, Any] | None = None
+    details: dict[str, Any] = field(default_factory=dict)
     files: dict[str, dict[str, Any]] = field(default_factory=dict)
     created_at: str = ""
     schema_version: int = SCHEMA_VERSION

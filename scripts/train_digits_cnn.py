@@ -47,21 +47,15 @@ N_SAMPLES = 64
 
 
 def load_split() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """The digits split that the tests recompute.
+    """The digits split that the tests recompute: ``edgesmith.models.datasets.digits_split``.
 
     Returns:
         ``(x_train, x_test, y_train, y_test)``; images float32 ``(N, 1, 8, 8)``
         in ``[0, 1]``, labels int64 ``(N,)``.
     """
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
+    from edgesmith.models.datasets import digits_split
 
-    digits = load_digits()
-    images = (digits.images / 16.0).astype(np.float32)[:, None, :, :]
-    labels = digits.target.astype(np.int64)
-    return train_test_split(
-        images, labels, test_size=TEST_SIZE, random_state=SPLIT_STATE, stratify=labels
-    )
+    return digits_split()
 
 
 def shift(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:

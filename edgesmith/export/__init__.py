@@ -60,6 +60,7 @@ class Exporter:
 
     def __init__(self, options: Any | None = None):
         self.options = options if options is not None else self.Options()
+        self.details: dict[str, Any] = {}  # the manifest's target-specific records, filled by _export_impl
 
     @property
     def precision(self) -> str:
@@ -102,7 +103,7 @@ class Exporter:
                 inputs=variant.inputs, outputs=variant.outputs, task=variant.task,
                 source=variant.source, passes=variant.passes,
                 options={**dataclasses.asdict(self.options), "notes": variant.notes},
-                versions=library_versions(),
+                versions=library_versions(), details=self.details,
             )
             bundle = finalize_manifest(stage, manifest)
             parity = check_bundle(bundle, extra=self._extra_feeds(variant))
@@ -139,7 +140,7 @@ def get_exporter(target: str, options: dict[str, str] | None = None) -> Exporter
 
 
 def _register_builtins() -> None:
-    from edgesmith.export import coreml, mlx, onnx, torch  # noqa: F401
+    from edgesmith.export import coreml, hls, mlx, onnx, torch  # noqa: F401
 
 
 _register_builtins()

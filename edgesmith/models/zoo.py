@@ -10,6 +10,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from edgesmith.models.datasets import DIGITS
 from edgesmith.registry import Registry
 
 
@@ -89,7 +90,31 @@ def _digits_cnn():
         outputs=[TensorSpec("logits", tuple(out.shape), "float32", {0: "batch"})],
         example=example,
         source={"reference": "zoo:digits-cnn", "format": "zoo",
-                "sha256": sha256_file(digits_cnn.WEIGHTS_PATH)},
+                "sha256": sha256_file(digits_cnn.WEIGHTS_PATH), "dataset": DIGITS},
+        task="classifier",
+    )
+
+
+def _digits_mlp():
+    import torch
+
+    from edgesmith.bundle import sha256_file
+    from edgesmith.models import digits_cnn, digits_mlp
+    from edgesmith.models.variant import Variant
+    from edgesmith.specs import TensorSpec
+
+    module = digits_mlp.build(pretrained=True)
+    example = digits_cnn.example_inputs(batch=4)
+    with torch.no_grad():
+        out = module(torch.from_numpy(example["image"]))
+    return Variant(
+        name="digits-mlp",
+        module=module,
+        inputs=[TensorSpec("image", example["image"].shape, "float32", {0: "batch"})],
+        outputs=[TensorSpec("logits", tuple(out.shape), "float32", {0: "batch"})],
+        example=example,
+        source={"reference": "zoo:digits-mlp", "format": "zoo",
+                "sha256": sha256_file(digits_mlp.WEIGHTS_PATH), "dataset": DIGITS},
         task="classifier",
     )
 
@@ -99,6 +124,12 @@ ZOO.register("digits-cnn")(ZooEntry(
     "conv-BN-ReLU CNN for 8x8 scikit-learn digits (28k params, 99.4% test accuracy)",
     "classifier",
     _digits_cnn,
+))
+ZOO.register("digits-mlp")(ZooEntry(
+    "digits-mlp",
+    "64-64-32-10 ReLU perceptron for 8x8 scikit-learn digits (6.6k params, 97.2% test accuracy)",
+    "classifier",
+    _digits_mlp,
 ))
 
 

@@ -147,7 +147,7 @@ def check_bundle(bundle: str | Path | Bundle, extra: list[tuple[dict, dict]] = (
 
 
 def _register_builtins() -> None:
-    from edgesmith.runtimes import coreml, mlx, onnxruntime, torch  # noqa: F401
+    from edgesmith.runtimes import coreml, hls, mlx, onnxruntime, torch  # noqa: F401
 
 
 _register_builtins()

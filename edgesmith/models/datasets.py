@@ -1,0 +1,44 @@
+"""Offline datasets that zoo models were trained on, for calibration and accuracy checks.
+
+A zoo model records its dataset in ``variant.source["dataset"]``; passes keep
+the source, so an optimized variant still knows it. ``digits`` is scikit-learn's
+bundled copy of the UCI 8x8 handwritten digits (Alpaydin & Kaynak, 1998): no
+download, and the split is the one the digits models were trained on
+(stratified 80/20, ``random_state=0``), so the test images are unseen by them.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from edgesmith.errors import BadInputError, missing_extra
+
+DIGITS = "sklearn-digits"
+
+
+def digits_split() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``(x_train, x_test, y_train, y_test)``: images float32 ``(N, 1, 8, 8)`` in ``[0, 1]``, labels int64.
+
+    Raises:
+        RuntimeUnavailableError: scikit-learn is not installed.
+    """
+    try:
+        from sklearn.datasets import load_digits
+        from sklearn.model_selection import train_test_split
+    except ImportError:
+        raise missing_extra("sklearn", "dev") from None
+    digits = load_digits()
+    images = (digits.images / 16.0).astype(np.float32)[:, None, :, :]
+    labels = digits.target.astype(np.int64)
+    return tuple(train_test_split(images, labels, test_size=0.2, random_state=0, stratify=labels))
+
+
+def dataset_split(name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The ``(x_train, x_test, y_train, y_test)`` split of a dataset named in a variant's source.
+
+    Raises:
+        BadInputError: An unknown dataset name.
+    """
+    if name == DIGITS:
+        return digits_split()
+    raise BadInputError(f"no offline dataset named {name!r}", hint=f"known: {DIGITS}")
