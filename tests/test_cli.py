@@ -495,11 +495,12 @@ def test_target_all_reports_the_op_a_target_cannot_take(capsys, tmp_path, py_mod
                             "-o", out, "--json")
     assert code == 3, err
     rows = {r["target"]: r for r in json.loads(stdout)}
-    assert set(rows) == {"coreml", "mlx", "onnx", "torch"}
+    assert set(rows) == {"coreml", "hls", "mlx", "onnx", "torch"}
     for ok in ("onnx", "torch"):
         assert rows[ok]["error"] is None and rows[ok]["parity"]["passed"] and rows[ok]["parity"]["tier"] == "verified"
         assert (out / f"net.{ok}" / "manifest.json").is_file()
     assert "aten.grid_sampler_2d" in rows["mlx"]["error"]
     assert "resample" in rows["coreml"]["error"]
+    assert "aten.grid_sampler_2d" in rows["hls"]["error"] and "(Warp)" in rows["hls"]["error"]
     assert not (out / "net.mlx").exists() and not (out / "net.coreml").exists()
     assert_one_error(err, "resample")
