@@ -501,6 +501,6 @@ def test_target_all_reports_the_op_a_target_cannot_take(capsys, tmp_path, py_mod
         assert (out / f"net.{ok}" / "manifest.json").is_file()
     assert "aten.grid_sampler_2d" in rows["mlx"]["error"]
     assert "resample" in rows["coreml"]["error"]
-    assert "aten.grid_sampler_2d" in rows["hls"]["error"] and "(Warp)" in rows["hls"]["error"]
+    assert "aten.expand" in rows["hls"]["error"] and "(Warp)" in rows["hls"]["error"]  # its first op with no layer
     assert not (out / "net.mlx").exists() and not (out / "net.coreml").exists()
     assert_one_error(err, "resample")

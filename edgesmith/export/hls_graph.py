@@ -154,6 +154,8 @@ class _Lowering:
         if op in _PASS_THROUGH:
             self.values[node.name] = self.values[node.args[0].name]
             return
+        if op in ("sym_size", "sym_numel", "sym_stride") or not _is_tensor(node):
+            return  # shape arithmetic on the dynamic batch: no layer
         if op == "getitem":  # batch norm's (out, mean, var) tuple
             self.values[node.name] = self.values[node.args[0].name]
             return
@@ -402,12 +404,18 @@ class _Lowering:
 
 def _source(node) -> tuple[str, str]:
     """(module path, class name) of the module a node came from, or (node name, ATen op)."""
-    stack = node.meta.get("nn_module_stack") or {}
+    stack = {k: v for k, v in (node.meta.get("nn_module_stack") or {}).items()
+             if not k.startswith("_empty_nn_module_stack")}
     if stack:
         path, cls = list(stack.values())[-1]
         cls_name = cls if isinstance(cls, str) else getattr(cls, "__name__", str(cls))
         return path or node.name, cls_name.rsplit(".", 1)[-1]
     return node.name, f"aten.{getattr(node.target, '__name__', node.target)}"
+
+
+def _is_tensor(node) -> bool:
+    val = node.meta.get("val")
+    return val is None or hasattr(val, "shape") or isinstance(val, (list, tuple))
 
 
 def _shape(node) -> tuple:
