@@ -28,6 +28,7 @@ bench: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/runtime_latency.py
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/backbone_latency.py
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/prediction_error.py
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/hls_precision.py
 
 clean:
 	rm -rf $(VENV) edgesmith-demo

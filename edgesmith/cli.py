@@ -332,23 +332,35 @@ def optimize(model, inputs, weights, gguf, seq_len, pass_specs, out, data, resum
 @click.option("-p", "--pass", "pass_specs", multiple=True, metavar="PASS[:k=v,...]", help="Pass to apply first.")
 @click.option("-O", "--option", "target_options", multiple=True, metavar="KEY=VALUE",
               help="Target option, e.g. -O opset=20 -O dynamic=false.")
+@click.option("--io", "hls_io", type=click.Choice(["parallel", "stream"]),
+              help="hls: layers' I/O, parallel (registers, lowest latency) or stream (FIFOs) [parallel].")
+@click.option("--reuse-factor", type=click.IntRange(min=1),
+              help="hls: uses of each multiplier per inference (1 = fully parallel; more saves DSPs) [1].")
+@click.option("--clock-ns", type=click.FloatRange(min=0, min_open=True), help="hls: clock period in ns [5].")
+@click.option("--part", help="hls: FPGA part [xczu7ev-ffvc1156-2-e, the ZCU104's].")
 @click.option("-o", "--out", default="out", show_default=True, type=click.Path(file_okay=False),
               help="Output directory; bundles go to OUT/NAME.TARGET.")
 @click.option("--name", help="Bundle name (default: the model's).")
 @click.option("--force", is_flag=True, help="Overwrite existing bundles.")
 @click.option("--keep-failed", is_flag=True, help="Keep a bundle whose parity failed (exit code is still 4).")
 @click.option("--json", "as_json", is_flag=True, help="Print bundles and parity as JSON.")
-def export(model, inputs, weights, gguf, seq_len, targets_, pass_specs, target_options, out, name, force,
-           keep_failed, as_json):
+def export(model, inputs, weights, gguf, seq_len, targets_, pass_specs, target_options, hls_io, reuse_factor,
+           clock_ns, part, out, name, force, keep_failed, as_json):
     """Export a model to one or more targets as verified bundles.
 
     Each bundle holds the model, golden inputs/outputs and a manifest with the
     parity result; a failed export leaves nothing behind.
 
+    The hls target (FPGA, through hls4ml) chooses each layer's ap_fixed
+    precision from calibration data (the zoo model's training split, or
+    -O data=FILE.npz) and prints the table; -O precision='ap_fixed<16,6>'
+    sets one for every tensor, -O backend=vivado picks Vivado HLS.
+
     \b
     Example:
       edgesmith export zoo:digits-cnn -p reparam --target onnx -o out
       edgesmith export path/to/all-MiniLM-L6-v2 --target onnx -o out
+      edgesmith export zoo:digits-mlp --target hls --reuse-factor 4 --clock-ns 4 -o out
     """
     from edgesmith import api as es
     from edgesmith.export import EXPORTERS
@@ -357,7 +369,16 @@ def export(model, inputs, weights, gguf, seq_len, targets_, pass_specs, target_o
     names = EXPORTERS.names() if "all" in targets_ else list(dict.fromkeys(targets_))
     for t in names:
         EXPORTERS.get(t)
-    per_target = _split_target_options(parse_key_values(target_options, "-O"), names)
+    flags = {"io": hls_io, "reuse_factor": reuse_factor, "clock_ns": clock_ns, "part": part}
+    flags = {k: str(v) for k, v in flags.items() if v is not None}
+    if flags and "hls" not in names:
+        raise errors.UsageError(f"--{next(iter(flags)).replace('_', '-')} is an option of the hls target",
+                                hint="add --target hls")
+    opts = parse_key_values(target_options, "-O")
+    for key, value in flags.items():
+        if key in opts and opts[key] != value:
+            raise errors.UsageError(f"{key} given twice: -O {key}={opts[key]} and its flag {value}")
+    per_target = _split_target_options({**opts, **flags}, names)
     variant = _load(model, inputs, weights, gguf, seq_len)
     console = _console()
     if pass_specs:
@@ -371,6 +392,10 @@ def export(model, inputs, weights, gguf, seq_len, targets_, pass_specs, target_o
                 bundle, row["parity"] = es.export(variant, out, target=t, name=name, options=per_target[t],
                                                   force=force, keep_failed=keep_failed)
             row["bundle"] = str(bundle.path)
+            if bundle.manifest.details:
+                row["details"] = bundle.manifest.details
+            # what the exporter noted on its own copy of the variant (fixed shapes, a misfit...)
+            row["notes"] = [n for n in bundle.manifest.options.get("notes", []) if n not in variant.notes]
         except errors.EdgesmithError as exc:
             if len(names) == 1:
                 raise
@@ -382,6 +407,9 @@ def export(model, inputs, weights, gguf, seq_len, targets_, pass_specs, target_o
     if as_json:
         _emit_json([{**r, "parity": r["parity"].to_dict() if r["parity"] else None} for r in results])
     else:
+        for r in results:
+            if "hls" in r.get("details", {}):
+                _print_hls(r["details"]["hls"])
         table = _parity_table()
         for r in results:
             if r["parity"] is not None:
@@ -392,10 +420,42 @@ def export(model, inputs, weights, gguf, seq_len, targets_, pass_specs, target_o
         for r in results:
             if r["error"]:
                 console.print(f"[red]{r['target']}:[/] {r['error']}")
-        for note in variant.notes:
+        for note in [*variant.notes, *(n for r in results for n in r.get("notes", []))]:
             console.print(f"[yellow]note:[/] {note}")
     if first_error:
         raise first_error
+
+
+def _print_hls(info: dict) -> None:
+    """The precision table an hls export chose and its predicted resources (stdout)."""
+    from rich.table import Table
+
+    out = _console(stderr=False)
+    if info.get("precision_table"):
+        mode = "chosen from calibration data"
+    else:
+        mode = f"{info['precision_mode']} for every tensor"
+    table = Table(title=f"{info['project']}: ap_fixed<W,I> per layer ({mode})", title_justify="left")
+    for col in ("layer", "kind", "weight", "bias", "result", "accum", "max |result|"):
+        table.add_column(col, justify="right" if col == "max |result|" else "left")
+    if info.get("precision_table"):
+        for row in info["precision_table"]:
+            table.add_row(*row)
+    else:
+        for name, t in info["types"].items():
+            table.add_row(name, "", t.get("weight", ""), t.get("bias", ""), t.get("result", ""), t.get("accum", ""), "")
+    out.print(table)
+    cal, est = info["calibration"], info["estimates"]
+    agree = f"{cal['top1_agreement']:.2%}" if cal.get("top1_agreement") is not None else "n/a"
+    snr = f"{cal['snr_db']:.1f} dB" if cal.get("snr_db") is not None else "exact"
+    out.print(f"C simulation vs PyTorch on {cal['samples']} calibration samples ({cal['source']}): "
+              f"top-1 agreement {agree}, SNR {snr}")
+    total, cap = est["total"], est.get("capacity")
+    use = (lambda k: f" ({total[k] / cap[k]:.0%})") if cap else (lambda k: "")
+    out.print(f"predicted on {est['part']}: DSP {total['dsp']:,}{use('dsp')}, LUT {total['lut']:,}{use('lut')}, "
+              f"FF {total['ff']:,}{use('ff')}, BRAM18 {total['bram18']:,}{use('bram18')}; latency "
+              f"{est['latency_cycles']:,} cycles = {est['latency_us']:.2f} us at {est['clock_ns']} ns "
+              "(first-order model, not synthesised)")
 
 
 def _split_target_options(opts: dict[str, str], names: list[str]) -> dict[str, dict[str, str]]:

@@ -58,9 +58,30 @@ def profile(bundles, device_names, device_files, out, force, runs, warmup, threa
     if as_json:
         return emit_json(doc)
     console(stderr=False).print(profile_table(doc))
+    print_fpga_resources(doc)
     warn_not_predicted(doc)
     if out:
         click.echo(f"wrote {out}")
+
+
+def print_fpga_resources(doc: dict) -> None:
+    """One line per hls entry: its predicted DSP/LUT/FF/BRAM against the device's part."""
+    for e in doc["entries"]:
+        res = (e.get("prediction") or {}).get("resources")
+        if not res:
+            continue
+        util = res.get("utilisation") or {}
+        parts = [f"{k.upper()} {res[k]:,}" + (f" ({util[k]:.0%})" if k in util else "")
+                 for k in ("dsp", "lut", "ff", "bram18")]
+        fits = {True: "fits", False: "[red]does not fit[/]", None: "capacity unknown"}[res.get("fits")]
+        console(stderr=False).print(
+            f"{e['name']}.{e['target']} on {e['device']} ({res['part']}), predicted: {', '.join(parts)}; "
+            f"{fits}; {res['latency_cycles']:,} cycles at {res['clock_ns']:g} ns")
+
+
+def _ms(v: float) -> str:
+    """Milliseconds to three decimals, or three significant digits below a microsecond."""
+    return f"{v:.3f}" if v >= 0.001 or v == 0 else f"{v:.3g}"
 
 
 def warn_not_predicted(doc: dict) -> None:
@@ -93,6 +114,7 @@ def run_recipe_file(path, out, force, check, as_json):
         parity_row(table, name, result)
     console(stderr=False).print(table)
     console(stderr=False).print(profile_table(results["doc"]))
+    print_fpga_resources(results["doc"])
     warn_not_predicted(results["doc"])
     for p in [results["profile"], *results["report"]]:
         click.echo(f"wrote {p}")
@@ -110,7 +132,7 @@ def profile_table(doc: dict):
     for e in doc["entries"]:
         lat, pred = e["latency_ms"], e.get("prediction")
         label = f"{e['name']}.{e['target']}"
-        band = f"{pred['latency_ms']:.3f} ({pred['low_ms']:.3f}-{pred['high_ms']:.3f})" if pred else "-"
+        band = f"{_ms(pred['latency_ms'])} ({_ms(pred['low_ms'])}-{_ms(pred['high_ms'])})" if pred else "-"
         error = f"{pred['error']:+.0%}" if pred and pred.get("error") is not None else "-"
         if e["mode"] == "predicted":
             t.add_row(label, e["device"], "predicted", "-", "-", band, "-", "-", f"~{e['peak_memory_mb']:.1f}",

@@ -42,6 +42,8 @@ class Device:
         runtimes: Runtimes that run them.
         sources: Where the figures come from.
         notes: How derived figures were computed.
+        part: The FPGA part on the board (``fpga`` devices, optional): an hls bundle's predicted
+            resources are set against its capacity.
         origin: The file it was read from (None for the detected host).
     """
 
@@ -56,6 +58,7 @@ class Device:
     runtimes: tuple[str, ...]
     sources: tuple[str, ...] = ()
     notes: str = ""
+    part: str = ""
     origin: str | None = field(default=None, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
@@ -108,6 +111,10 @@ class Device:
             bad = [v for v in values if v not in known]
             if bad:
                 raise BadInputError(f"{origin}: {key} has unknown {bad[0]!r}", hint=f"use {', '.join(known)}")
+        part = data.get("part") or ""
+        if not isinstance(part, str) or (part and data["kind"] != "fpga"):
+            raise BadInputError(f"{origin}: part must be an FPGA part number (a string) on an fpga device",
+                                hint="e.g. part: xczu7ev-ffvc1156-2-e")
         sources = data["sources"] or []
         if not isinstance(sources, list) or not all(isinstance(s, str) for s in sources):
             raise BadInputError(f"{origin}: sources must be a list of strings")
@@ -116,7 +123,7 @@ class Device:
                    memory_bandwidth_gbs=_num(data["memory_bandwidth_gbs"]), memory_gb=_num(data["memory_gb"]),
                    power_w=_num(data["power_w"]), targets=tuple(data["targets"] or ()),
                    runtimes=tuple(data["runtimes"] or ()), sources=tuple(sources),
-                   notes=str(data.get("notes") or "").strip(), origin=origin)
+                   notes=str(data.get("notes") or "").strip(), part=part, origin=origin)
 
 
 def _positive(value: Any, key: str, origin: str) -> None:

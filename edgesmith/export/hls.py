@@ -150,6 +150,11 @@ class HlsExporter(Exporter):
 
         estimates = estimate(hls_model, reuse_factor=opts.reuse_factor, io=opts.io, strategy=opts.strategy,
                              clock_ns=opts.clock_ns, part=opts.part)
+        over = {k: v for k, v in (estimates["utilisation"] or {}).items() if v > 1.0}
+        if over:
+            variant.notes.append(f"hls: predicted {', '.join(f'{k.upper()} {v:.0%}' for k, v in over.items())} of "
+                                 f"{opts.part}: it may not fit; raise the reuse factor (--reuse-factor), use "
+                                 "--io stream or -O strategy=resource, or a larger part")
         worst = check.worst
         self.details["hls"] = {
             "project": project,

@@ -47,6 +47,12 @@ LUT_MULT_BELOW = 9
 TABLE_ACTIVATIONS = ("sigmoid", "tanh", "softmax")
 
 
+def capacity_of(part: str) -> dict[str, int] | None:
+    """``{"dsp", "lut", "ff", "bram18"}`` of a part edgesmith knows (by its family prefix), else None."""
+    return next((dict(zip(("dsp", "lut", "ff", "bram18"), v)) for k, v in PARTS.items()
+                 if part.lower().startswith(k)), None)
+
+
 def _width(t) -> int:
     return int(t.precision.width) if hasattr(t, "precision") else int(t)
 
@@ -69,8 +75,7 @@ def estimate(hls_model, *, reuse_factor: int, io: str, strategy: str, clock_ns: 
     total = {k: sum(r[k] for r in rows) for k in ("dsp", "lut", "ff", "bram18")}
     latency = sum(r["cycles"] for r in rows)
     interval = max((r["interval"] for r in rows), default=1)
-    capacity = next((dict(zip(("dsp", "lut", "ff", "bram18"), v)) for k, v in PARTS.items()
-                     if part.lower().startswith(k)), None)
+    capacity = capacity_of(part)
     utilisation = {k: total[k] / capacity[k] for k in total} if capacity else None
     return {
         "kind": "predicted",

@@ -21,6 +21,13 @@ Where the figures come from:
   efficiencies and the per-node and per-run overheads of its kind
   (:data:`KIND_OVERHEADS_US`).
 
+An ``hls`` bundle is FPGA logic, not a graph a runtime schedules: on an ``fpga``
+device its latency is the cycles its first-order resource model predicts
+(:mod:`edgesmith.export.hls_estimate`, from the layer sizes, reuse factor and
+precisions) times the bundle's clock period, and its DSP/LUT/FF/BRAM are set
+against the device's part; the band is :data:`TRANSFER_BAND` of ``fpga``, as no
+synthesis checked the cycle model here.
+
 The uncertainty band is ``point / (1 + u)`` to ``point * (1 + u)``: on the host
 ``u`` is the calibration suite's own median error (at least :data:`MIN_BAND`);
 on another device, :data:`TRANSFER_BAND` of its kind is added, because the
@@ -73,6 +80,9 @@ class Prediction:
         precision: Precision used for the device's peak (``fp32``...).
         figures: The peak (GFLOP/s), bandwidth (GB/s) and overheads (us) used.
         notes: How this prediction was made, and what it assumes.
+        resources: An hls bundle's predicted FPGA resources (``dsp``, ``lut``, ``ff``, ``bram18``,
+            ``part``, ``capacity``, ``utilisation``, ``fits``, ``latency_cycles``, ``clock_ns``);
+            None for a graph.
         op_ms: Predicted ms per node name (not serialized).
     """
 
@@ -89,6 +99,7 @@ class Prediction:
     precision: str
     figures: dict[str, float]
     notes: list[str] = field(default_factory=list)
+    resources: dict[str, Any] | None = None
     op_ms: dict[str, float] = field(default_factory=dict, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
@@ -282,12 +293,63 @@ def predict_bundle(bundle, device: Device, calibration: Calibration,
     return prediction, graph
 
 
+def predict_hls(bundle, device: Device) -> Prediction:
+    """An hls bundle's latency and resources on an FPGA device, from the estimates made at export.
+
+    Raises:
+        UsageError: A device that is not an FPGA, or a bundle without estimates.
+    """
+    from edgesmith.export.hls_estimate import PARTS, capacity_of
+
+    if device.kind != "fpga":
+        raise UsageError(f"bundle {bundle.path.name} is FPGA logic (hls); {device.name} is a {device.kind}",
+                         hint="predict it on an fpga device (edgesmith devices list), or export the variant "
+                              "with -t onnx for this device")
+    info = bundle.manifest.details.get("hls") or {}
+    est = info.get("estimates")
+    if not est:
+        raise UsageError(f"bundle {bundle.path.name} has no resource estimates", hint="export it again")
+    latency = est["latency_us"] / 1e3
+    u = TRANSFER_BAND["fpga"]
+    total = est["total"]
+    notes = [f"{est['latency_cycles']:,} cycles (first-order model of edgesmith.export.hls_estimate) at the "
+             f"bundle's {est['clock_ns']:g} ns clock; the design is assumed to close timing there, and host "
+             "transfers are not counted"]
+    part = device.part or est["part"]
+    capacity = capacity_of(part)
+    if device.part and device.part.lower() != str(est["part"]).lower():
+        notes.append(f"built for {est['part']}; {device.name} has {device.part}: export with --part "
+                     f"{device.part} for that part's project")
+    if capacity is None:
+        notes.append(f"no capacity known for part {part} (edgesmith knows {', '.join(PARTS)})")
+    utilisation = {k: total[k] / capacity[k] for k in total} if capacity else None
+    resources = {**total, "part": part, "capacity": capacity, "utilisation": utilisation,
+                 "fits": all(v <= 1.0 for v in utilisation.values()) if utilisation else None,
+                 "latency_cycles": est["latency_cycles"], "interval_cycles": est["interval_cycles"],
+                 "clock_ns": est["clock_ns"]}
+    if utilisation and not resources["fits"]:
+        over = max(utilisation, key=utilisation.get)
+        notes.append(f"does not fit {part}: {over.upper()} {utilisation[over]:.0%} of the part (raise the reuse "
+                     "factor, use io=stream or the resource strategy)")
+    by_class = defaultdict(float)
+    for row in est["layers"]:
+        by_class[row["class"]] += row["cycles"] * est["clock_ns"] / 1e6
+    return Prediction(device=device.name, latency_ms=latency, low_ms=latency / (1 + u), high_ms=latency * (1 + u),
+                      flops=0.0, bytes=0.0, nodes=len(est["layers"]), fused=0, compute_bound_share=1.0,
+                      by_class=dict(by_class), precision=str(info.get("precision_mode", "fixed")),
+                      figures={"clock_ns": est["clock_ns"], "reuse_factor": float(info.get("reuse_factor", 1))},
+                      notes=notes, resources=resources,
+                      op_ms={r["layer"]: r["cycles"] * est["clock_ns"] / 1e6 for r in est["layers"]})
+
+
 def predicted_profile(bundle_path, device: Device, calibration: Calibration) -> Any:
     """A ``predicted`` :class:`~edgesmith.profiles.profile.Profile` of a bundle on a device."""
     from edgesmith.bundle import Bundle
     from edgesmith.profiles.profile import LatencyStats, Profile
 
     bundle = Bundle.open(bundle_path)
+    if bundle.manifest.target == "hls":
+        return _hls_profile(bundle, bundle_path, device)
     prediction, graph = predict_bundle(bundle, device, calibration)
     m = bundle.manifest
     golden = bundle.golden()[0]
@@ -302,6 +364,35 @@ def predicted_profile(bundle_path, device: Device, calibration: Calibration) -> 
         latency_ms=stats, samples_ms=[], throughput_per_s=batch * 1e3 / point if point else 0.0, batch=batch,
         load_time_ms=0.0, peak_memory_mb=(weights + activations) / 2**20, file_size_bytes=bundle.size_bytes(),
         warmup=0, runs=0, threads=0, layers=layers_of(prediction, graph), parity=m.parity, passes=m.passes,
+        bundle=str(bundle_path), timing="predicted", prediction=prediction.to_dict(),
+    )
+
+
+def _hls_profile(bundle, bundle_path, device: Device) -> Any:
+    from edgesmith.profiles.profile import LatencyStats, LayerTime, Profile
+
+    prediction = predict_hls(bundle, device)
+    m = bundle.manifest
+    first = next(iter(bundle.golden()[0].values()), None)
+    batch = int(first.shape[0]) if first is not None and first.ndim else 1
+    # the design takes one sample at a time: a batch is `batch` inferences, one interval apart
+    res = prediction.resources
+    point = (prediction.latency_ms + (batch - 1) * res["interval_cycles"] * res["clock_ns"] / 1e6)
+    prediction.latency_ms, prediction.low_ms, prediction.high_ms = (
+        point, point * prediction.low_ms / prediction.latency_ms, point * prediction.high_ms / prediction.latency_ms)
+    if batch > 1:
+        prediction.notes.append(f"batch {batch}: one sample at a time, a new one every "
+                                f"{res['interval_cycles']:,} cycles")
+    stats = LatencyStats(p50=point, p90=point, p99=point, min=point, max=point, mean=point, std=0.0)
+    rows = [r for r in m.details["hls"]["estimates"]["layers"] if r["cycles"]]
+    total = sum(r["cycles"] for r in rows) or 1
+    layers = [LayerTime(name=r["layer"], op_types=[r["class"]], mean_ms=r["cycles"] * res["clock_ns"] / 1e6,
+                        share=r["cycles"] / total) for r in sorted(rows, key=lambda r: -r["cycles"])]
+    return Profile(
+        name=m.name, target=m.target, runtime=m.runtime, device=device.name, mode="predicted",
+        latency_ms=stats, samples_ms=[], throughput_per_s=batch * 1e3 / point if point else 0.0, batch=batch,
+        load_time_ms=0.0, peak_memory_mb=res["bram18"] * 18 * 1024 / 8 / 2**20, file_size_bytes=bundle.size_bytes(),
+        warmup=0, runs=0, threads=0, layers=layers, parity=m.parity, passes=m.passes,
         bundle=str(bundle_path), timing="predicted", prediction=prediction.to_dict(),
     )
 

@@ -11,6 +11,8 @@ only) and HTML (tables and inline SVG):
 - ``pareto``: per device, size against latency with quality as colour, and the
   variants on the Pareto front (no other is at once no larger, no slower and of
   no lower quality, and better in one);
+- ``fpga-resources``: hls bundles on FPGA devices, their predicted DSP/LUT/FF/BRAM
+  against the part and their latency in cycles;
 - ``parity-matrix``: variants x targets, the tier and pass/FAIL of each bundle;
 - ``calibration`` and ``jobs``: the host calibration and a sweep's jobs, when present.
 """
@@ -118,7 +120,7 @@ def device_sections(docs: list[dict[str, Any]], entries: list[dict[str, Any]], l
     if matrix is not None and skipped:
         matrix.notes += [f"Not predicted: {s.get('bundle', '?')} on {s.get('device', '?')}: {s.get('reason', '')}"
                          for s in skipped]
-    out = [matrix, _prediction_error(entries), *_pareto(entries), _parity_matrix(entries),
+    out = [matrix, _prediction_error(entries), *_pareto(entries), _fpga_resources(entries), _parity_matrix(entries),
            _calibration(docs), _jobs(docs)]
     return [s for s in out if s is not None]
 
@@ -208,6 +210,33 @@ def _unit(q: float | None, metric: str) -> float | None:
     if q is None:
         return None
     return min(max(q / 100.0, 0.0), 1.0) if metric == "snr_db" else q
+
+
+def _fpga_resources(entries) -> Section | None:
+    rows = []
+    for e in entries:
+        res = (e.get("prediction") or {}).get("resources") if e.get("mode") == "predicted" else None
+        if not res:
+            continue
+        util = res.get("utilisation") or {}
+
+        def cell(k: str, _res=res, _util=util) -> str:
+            return f"{_res[k]:,}" + (f" ({_util[k]:.0%})" if k in _util else "")
+
+        fits = {True: ("fits", "pass"), False: ("does not fit", "fail"), None: "capacity unknown"}[res.get("fits")]
+        rows.append([variant(e), str(e.get("device", "")), str(res.get("part", "")),
+                     *[cell(k) for k in ("dsp", "lut", "ff", "bram18")],
+                     f"{res['latency_cycles']:,}", f"{res['interval_cycles']:,}", _sig(res["clock_ns"]), fits])
+    if not rows:
+        return None
+    return Section("fpga-resources", "FPGA resources (predicted)",
+                   ["For each hls bundle on an FPGA device: DSP slices, LUTs, flip-flops and 18 Kb block RAMs with "
+                    "the share of the part, and the latency and initiation interval in clock cycles. A first-order "
+                    "model from the layer sizes, reuse factor and precisions (edgesmith.export.hls_estimate): no "
+                    "synthesis was run, and the vendor's report is the figure to sign off on."],
+                   [("variant", False), ("device", False), ("part", False), ("DSP", True), ("LUT", True),
+                    ("FF", True), ("BRAM18", True), ("latency cycles", True), ("interval cycles", True),
+                    ("clock ns", True), ("fit", False)], rows)
 
 
 def _parity_matrix(entries) -> Section | None:

@@ -157,6 +157,51 @@ def test_mlp_bundle_parity_precision_and_estimates(mlp_bundle, mlp, split):
         mlp.module[5].weight.detach().numpy())]
 
 
+def test_profile_predicts_cycles_and_resources_on_fpga_devices(mlp_bundle, tmp_path):
+    bundle, _ = mlp_bundle
+    est = bundle.manifest.details["hls"]["estimates"]
+    doc = es.profile([bundle.path], device=["xilinx-zcu104", "amd-alveo-u280", "raspberry-pi-5"])
+    zcu, u280 = doc["entries"]
+    assert zcu["mode"] == u280["mode"] == "predicted"
+    batch = zcu["batch"]
+    cycles = est["latency_cycles"] + (batch - 1) * est["interval_cycles"]  # one sample at a time
+    assert zcu["latency_ms"]["p50"] == pytest.approx(cycles * est["clock_ns"] / 1e6)
+    res = zcu["prediction"]["resources"]
+    assert res["dsp"] == est["total"]["dsp"] and res["part"].startswith("xczu7ev")
+    assert res["fits"] == (max(res["utilisation"].values()) <= 1.0)
+    assert res["fits"] or any("does not fit xczu7ev" in n for n in zcu["prediction"]["notes"])
+    assert res["utilisation"]["dsp"] == pytest.approx(est["total"]["dsp"] / 1728)
+    ures = u280["prediction"]["resources"]
+    assert ures["part"].startswith("xcu280") and ures["utilisation"]["dsp"] == pytest.approx(est["total"]["dsp"] / 9024)
+    assert any("export with --part xcu280" in n for n in u280["prediction"]["notes"])
+    assert zcu["layers"] and {lt["op_types"][0] for lt in zcu["layers"]} >= {"Dense"}
+    (skipped,) = doc["not_predicted"]
+    assert skipped["device"] == "raspberry-pi-5" and "FPGA logic" in skipped["reason"]
+    written = es.report([doc], tmp_path / "report.html")
+    md = next(p for p in written if p.suffix == ".md").read_text()
+    section = md.split("## FPGA resources (predicted)")[1].split("\n## ")[0]
+    assert f"{est['total']['dsp']:,}" in section and "xcu280-fsvh2892-2L-e" in section and "fits" in section
+
+
+def test_cli_flags_map_to_options_and_the_table_is_printed(capsys, tmp_path):
+    """--reuse-factor/--clock-ns/--io/--part are the hls options; the chosen precisions are printed."""
+    out = tmp_path / "out"
+    code = main(["export", "zoo:digits-mlp", "--target", "hls", "--reuse-factor", "4", "--clock-ns", "4",
+                 "--part", "xcu280-fsvh2892-2L-e", "-O", "samples=256", "-o", str(out)])
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    info = Bundle.open(out / "digits-mlp.hls").manifest.details["hls"]
+    assert (info["reuse_factor"], info["clock_ns"], info["part"]) == (4, 4.0, "xcu280-fsvh2892-2L-e")
+    assert "ap_fixed<W,I> per layer (chosen from calibration data)" in printed
+    for name, _kind, weight, *_ in info["precision_table"]:
+        assert name in printed and weight in printed
+    assert f"DSP {info['estimates']['total']['dsp']:,}" in printed and "cycles" in printed
+    assert main(["export", "zoo:digits-mlp", "--target", "onnx", "--io", "stream", "-o", str(out)]) == 2
+    assert "--io is an option of the hls target" in capsys.readouterr().err
+    assert main(["export", "zoo:digits-mlp", "-t", "hls", "--io", "stream", "-O", "io=parallel",
+                 "-o", str(out)]) == 2
+
+
 def test_bundle_holds_project_testbench_and_readme(mlp_bundle):
     bundle, _ = mlp_bundle
     hls = bundle.path / "hls"
