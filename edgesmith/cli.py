@@ -430,30 +430,24 @@ def _print_hls(info: dict) -> None:
     """The precision table an hls export chose and its predicted resources (stdout)."""
     from rich.table import Table
 
+    from edgesmith.export.hls_estimate import resources_text
+
     out = _console(stderr=False)
-    if info.get("precision_table"):
-        mode = "chosen from calibration data"
-    else:
-        mode = f"{info['precision_mode']} for every tensor"
+    chosen = info.get("precision_table")  # None with one precision for every tensor
+    mode = "chosen from calibration data" if chosen else f"{info['precision_mode']} for every tensor"
     table = Table(title=f"{info['project']}: ap_fixed<W,I> per layer ({mode})", title_justify="left")
     for col in ("layer", "kind", "weight", "bias", "result", "accum", "max |result|"):
         table.add_column(col, justify="right" if col == "max |result|" else "left")
-    if info.get("precision_table"):
-        for row in info["precision_table"]:
-            table.add_row(*row)
-    else:
-        for name, t in info["types"].items():
-            table.add_row(name, "", t.get("weight", ""), t.get("bias", ""), t.get("result", ""), t.get("accum", ""), "")
+    for row in chosen or ([name, "", t.get("weight", ""), t.get("bias", ""), t.get("result", ""),
+                           t.get("accum", ""), ""] for name, t in info["types"].items()):
+        table.add_row(*row)
     out.print(table)
     cal, est = info["calibration"], info["estimates"]
     agree = f"{cal['top1_agreement']:.2%}" if cal.get("top1_agreement") is not None else "n/a"
     snr = f"{cal['snr_db']:.1f} dB" if cal.get("snr_db") is not None else "exact"
     out.print(f"C simulation vs PyTorch on {cal['samples']} calibration samples ({cal['source']}): "
               f"top-1 agreement {agree}, SNR {snr}")
-    total, cap = est["total"], est.get("capacity")
-    use = (lambda k: f" ({total[k] / cap[k]:.0%})") if cap else (lambda k: "")
-    out.print(f"predicted on {est['part']}: DSP {total['dsp']:,}{use('dsp')}, LUT {total['lut']:,}{use('lut')}, "
-              f"FF {total['ff']:,}{use('ff')}, BRAM18 {total['bram18']:,}{use('bram18')}; latency "
+    out.print(f"predicted on {est['part']}: {resources_text(est['total'], est.get('capacity'))}; latency "
               f"{est['latency_cycles']:,} cycles = {est['latency_us']:.2f} us at {est['clock_ns']} ns "
               "(first-order model, not synthesised)")
 

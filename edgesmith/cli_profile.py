@@ -66,16 +66,16 @@ def profile(bundles, device_names, device_files, out, force, runs, warmup, threa
 
 def print_fpga_resources(doc: dict) -> None:
     """One line per hls entry: its predicted DSP/LUT/FF/BRAM against the device's part."""
+    from edgesmith.export.hls_estimate import resources_text
+
     for e in doc["entries"]:
         res = (e.get("prediction") or {}).get("resources")
         if not res:
             continue
-        util = res.get("utilisation") or {}
-        parts = [f"{k.upper()} {res[k]:,}" + (f" ({util[k]:.0%})" if k in util else "")
-                 for k in ("dsp", "lut", "ff", "bram18")]
         fits = {True: "fits", False: "[red]does not fit[/]", None: "capacity unknown"}[res.get("fits")]
         console(stderr=False).print(
-            f"{e['name']}.{e['target']} on {e['device']} ({res['part']}), predicted: {', '.join(parts)}; "
+            f"{e['name']}.{e['target']} on {e['device']} ({res['part']}), predicted: "
+            f"{resources_text(res, res.get('capacity'))}; "
             f"{fits}; {res['latency_cycles']:,} cycles at {res['clock_ns']:g} ns")
 
 

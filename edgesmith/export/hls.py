@@ -30,6 +30,7 @@ import numpy as np
 
 from edgesmith.errors import BadInputError, UsageError, require
 from edgesmith.export import EXPORTERS, Exporter
+from edgesmith.export.hls_estimate import estimate, resources_text
 from edgesmith.quiet import quiet
 
 BACKENDS = {"vitis": "Vitis", "vivado": "Vivado"}
@@ -146,8 +147,6 @@ class HlsExporter(Exporter):
             variant.notes.append(f"hls: C simulation missed the target with the chosen precision "
                                  f"({'; '.join(check.failures)}); every fraction widened by one bit")
             plan = plan.widened(1)
-        from edgesmith.export.hls_estimate import estimate
-
         estimates = estimate(hls_model, reuse_factor=opts.reuse_factor, io=opts.io, strategy=opts.strategy,
                              clock_ns=opts.clock_ns, part=opts.part)
         over = {k: v for k, v in (estimates["utilisation"] or {}).items() if v > 1.0}
@@ -279,7 +278,6 @@ def _readme(variant, info: dict) -> str:
     est = info["estimates"]
     total = est["total"]
     cap = est.get("capacity")
-    use = (lambda k: f" ({total[k] / cap[k]:.0%} of {cap[k]:,})") if cap else (lambda k: "")
     lines = [
         f"# {variant.name}: HLS project (hls4ml, {info['backend']} backend)",
         "",
@@ -309,8 +307,7 @@ def _readme(variant, info: dict) -> str:
         "synthesis for resource figures.",
         "",
         "## Predicted resources (not synthesised)",
-        f"DSP {total['dsp']:,}{use('dsp')}, LUT {total['lut']:,}{use('lut')}, FF {total['ff']:,}{use('ff')}, "
-        f"BRAM18 {total['bram18']:,}{use('bram18')}; latency {est['latency_cycles']:,} cycles = "
+        f"{resources_text(total, cap, of=True)}; latency {est['latency_cycles']:,} cycles = "
         f"{est['latency_us']:.2f} us at {est['clock_ns']} ns, interval {est['interval_cycles']:,} cycles. "
         "First-order model (edgesmith.export.hls_estimate); the synthesis report is the real figure.",
         "",

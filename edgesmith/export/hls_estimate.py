@@ -53,6 +53,16 @@ def capacity_of(part: str) -> dict[str, int] | None:
                  if part.lower().startswith(k)), None)
 
 
+def resources_text(total: dict[str, int], capacity: dict[str, int] | None, *, of: bool = False) -> str:
+    """``DSP 80 (5%), LUT 59,566 (26%), ...``: the totals, with their share of the part where known."""
+    def one(k: str) -> str:
+        if not capacity:
+            return f"{k.upper()} {total[k]:,}"
+        return f"{k.upper()} {total[k]:,} ({total[k] / capacity[k]:.0%}" + (f" of {capacity[k]:,})" if of else ")")
+
+    return ", ".join(one(k) for k in ("dsp", "lut", "ff", "bram18"))
+
+
 def _width(t) -> int:
     return int(t.precision.width) if hasattr(t, "precision") else int(t)
 

@@ -293,8 +293,11 @@ def predict_bundle(bundle, device: Device, calibration: Calibration,
     return prediction, graph
 
 
-def predict_hls(bundle, device: Device) -> Prediction:
+def predict_hls(bundle, device: Device, batch: int = 1) -> Prediction:
     """An hls bundle's latency and resources on an FPGA device, from the estimates made at export.
+
+    The design takes one sample at a time: a batch is ``batch`` inferences, one initiation
+    interval apart.
 
     Raises:
         UsageError: A device that is not an FPGA, or a bundle without estimates.
@@ -309,12 +312,15 @@ def predict_hls(bundle, device: Device) -> Prediction:
     est = info.get("estimates")
     if not est:
         raise UsageError(f"bundle {bundle.path.name} has no resource estimates", hint="export it again")
-    latency = est["latency_us"] / 1e3
+    cycles = est["latency_cycles"] + (batch - 1) * est["interval_cycles"]
+    latency = cycles * est["clock_ns"] / 1e6
     u = TRANSFER_BAND["fpga"]
     total = est["total"]
-    notes = [f"{est['latency_cycles']:,} cycles (first-order model of edgesmith.export.hls_estimate) at the "
-             f"bundle's {est['clock_ns']:g} ns clock; the design is assumed to close timing there, and host "
-             "transfers are not counted"]
+    notes = [f"{cycles:,} cycles (first-order model of edgesmith.export.hls_estimate) at the bundle's "
+             f"{est['clock_ns']:g} ns clock; the design is assumed to close timing there, and host transfers "
+             "are not counted"]
+    if batch > 1:
+        notes.append(f"batch {batch}: one sample at a time, a new one every {est['interval_cycles']:,} cycles")
     part = device.part or est["part"]
     capacity = capacity_of(part)
     if device.part and device.part.lower() != str(est["part"]).lower():
@@ -331,6 +337,7 @@ def predict_hls(bundle, device: Device) -> Prediction:
         over = max(utilisation, key=utilisation.get)
         notes.append(f"does not fit {part}: {over.upper()} {utilisation[over]:.0%} of the part (raise the reuse "
                      "factor, use io=stream or the resource strategy)")
+    op_ms = {r["layer"]: r["cycles"] * est["clock_ns"] / 1e6 for r in est["layers"] if r["cycles"]}
     by_class = defaultdict(float)
     for row in est["layers"]:
         by_class[row["class"]] += row["cycles"] * est["clock_ns"] / 1e6
@@ -338,60 +345,38 @@ def predict_hls(bundle, device: Device) -> Prediction:
                       flops=0.0, bytes=0.0, nodes=len(est["layers"]), fused=0, compute_bound_share=1.0,
                       by_class=dict(by_class), precision=str(info.get("precision_mode", "fixed")),
                       figures={"clock_ns": est["clock_ns"], "reuse_factor": float(info.get("reuse_factor", 1))},
-                      notes=notes, resources=resources,
-                      op_ms={r["layer"]: r["cycles"] * est["clock_ns"] / 1e6 for r in est["layers"]})
+                      notes=notes, resources=resources, op_ms=op_ms)
 
 
 def predicted_profile(bundle_path, device: Device, calibration: Calibration) -> Any:
     """A ``predicted`` :class:`~edgesmith.profiles.profile.Profile` of a bundle on a device."""
     from edgesmith.bundle import Bundle
-    from edgesmith.profiles.profile import LatencyStats, Profile
+    from edgesmith.profiles.profile import LatencyStats, LayerTime, Profile
 
     bundle = Bundle.open(bundle_path)
-    if bundle.manifest.target == "hls":
-        return _hls_profile(bundle, bundle_path, device)
-    prediction, graph = predict_bundle(bundle, device, calibration)
     m = bundle.manifest
     golden = bundle.golden()[0]
     first = next(iter(golden.values()), None)
     batch = int(first.shape[0]) if first is not None and first.ndim else 1
+    if m.target == "hls":
+        prediction = predict_hls(bundle, device, batch)
+        total = sum(prediction.op_ms.values()) or 1.0
+        kinds = {r["layer"]: r["class"] for r in m.details["hls"]["estimates"]["layers"]}
+        layers = [LayerTime(name=k, op_types=[kinds[k]], mean_ms=v, share=v / total)
+                  for k, v in sorted(prediction.op_ms.items(), key=lambda kv: -kv[1])]
+        memory_mb = prediction.resources["bram18"] * 18 * 1024 / 8 / 2**20  # on-chip block RAM
+    else:
+        prediction, graph = predict_bundle(bundle, device, calibration)
+        layers = layers_of(prediction, graph)
+        weights = sum(c.weight_bytes for c in graph.costs)
+        activations = max((c.bytes - c.weight_bytes for c in graph.costs), default=0.0)
+        memory_mb = (weights + activations) / 2**20
     point = prediction.latency_ms
     stats = LatencyStats(p50=point, p90=point, p99=point, min=point, max=point, mean=point, std=0.0)
-    weights = sum(c.weight_bytes for c in graph.costs)
-    activations = max((c.bytes - c.weight_bytes for c in graph.costs), default=0.0)
     return Profile(
         name=m.name, target=m.target, runtime=m.runtime, device=device.name, mode="predicted",
         latency_ms=stats, samples_ms=[], throughput_per_s=batch * 1e3 / point if point else 0.0, batch=batch,
-        load_time_ms=0.0, peak_memory_mb=(weights + activations) / 2**20, file_size_bytes=bundle.size_bytes(),
-        warmup=0, runs=0, threads=0, layers=layers_of(prediction, graph), parity=m.parity, passes=m.passes,
-        bundle=str(bundle_path), timing="predicted", prediction=prediction.to_dict(),
-    )
-
-
-def _hls_profile(bundle, bundle_path, device: Device) -> Any:
-    from edgesmith.profiles.profile import LatencyStats, LayerTime, Profile
-
-    prediction = predict_hls(bundle, device)
-    m = bundle.manifest
-    first = next(iter(bundle.golden()[0].values()), None)
-    batch = int(first.shape[0]) if first is not None and first.ndim else 1
-    # the design takes one sample at a time: a batch is `batch` inferences, one interval apart
-    res = prediction.resources
-    point = (prediction.latency_ms + (batch - 1) * res["interval_cycles"] * res["clock_ns"] / 1e6)
-    prediction.latency_ms, prediction.low_ms, prediction.high_ms = (
-        point, point * prediction.low_ms / prediction.latency_ms, point * prediction.high_ms / prediction.latency_ms)
-    if batch > 1:
-        prediction.notes.append(f"batch {batch}: one sample at a time, a new one every "
-                                f"{res['interval_cycles']:,} cycles")
-    stats = LatencyStats(p50=point, p90=point, p99=point, min=point, max=point, mean=point, std=0.0)
-    rows = [r for r in m.details["hls"]["estimates"]["layers"] if r["cycles"]]
-    total = sum(r["cycles"] for r in rows) or 1
-    layers = [LayerTime(name=r["layer"], op_types=[r["class"]], mean_ms=r["cycles"] * res["clock_ns"] / 1e6,
-                        share=r["cycles"] / total) for r in sorted(rows, key=lambda r: -r["cycles"])]
-    return Profile(
-        name=m.name, target=m.target, runtime=m.runtime, device=device.name, mode="predicted",
-        latency_ms=stats, samples_ms=[], throughput_per_s=batch * 1e3 / point if point else 0.0, batch=batch,
-        load_time_ms=0.0, peak_memory_mb=res["bram18"] * 18 * 1024 / 8 / 2**20, file_size_bytes=bundle.size_bytes(),
+        load_time_ms=0.0, peak_memory_mb=memory_mb, file_size_bytes=bundle.size_bytes(),
         warmup=0, runs=0, threads=0, layers=layers, parity=m.parity, passes=m.passes,
         bundle=str(bundle_path), timing="predicted", prediction=prediction.to_dict(),
     )
