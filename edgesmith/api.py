@@ -92,13 +92,15 @@ def run(bundle: str | Path, inputs: dict[str, np.ndarray], threads: int = 0) -> 
 def profile(bundles: Iterable[str | Path], *, device: str | Sequence[str] = "host", warmup: int = 10,
             runs: int = 100, threads: int = 0, layers: bool = True,
             progress: Callable[[str, int], None] | None = None, device_files: Sequence[str | Path] = (),
-            recalibrate: bool = False) -> dict[str, Any]:
+            recalibrate: bool = False, compiled: bool = False) -> dict[str, Any]:
     """Profile bundles on devices and return a profile document.
 
     On ``host`` a bundle is measured, and an ONNX Runtime bundle (the runtime the host
-    calibration times) also gets its host prediction beside the measurement, with the error. On any other device (a catalog name or one from ``device_files``) the
-    latency is predicted from the graph's per-op FLOPs and bytes (mode ``predicted``); see
-    :mod:`edgesmith.profiles.predict`.
+    calibration times) also gets its host prediction beside the measurement, with the error.
+    A GPU device that is here (the first CUDA GPU is that catalog device, or ``cuda:0``) is
+    measured too, with the device's prediction and its error beside it. On any other device
+    (a catalog name or one from ``device_files``) the latency is predicted from the graph's
+    per-op FLOPs and bytes (mode ``predicted``); see :mod:`edgesmith.profiles.predict`.
 
     Args:
         bundles: Bundle directories; a plain ``.onnx`` file is packaged into a
@@ -111,6 +113,7 @@ def profile(bundles: Iterable[str | Path], *, device: str | Sequence[str] = "hos
         progress: Called as ``progress(bundle, runs_done)``.
         device_files: The user's own device files.
         recalibrate: Measure the host's calibration again instead of reading the cache.
+        compiled: Measure torch bundles under ``torch.compile``.
 
     Returns:
         The profile document; ``not_predicted`` lists the (bundle, device) pairs that could not be
@@ -130,8 +133,17 @@ def profile(bundles: Iterable[str | Path], *, device: str | Sequence[str] = "hos
     from edgesmith.profiles.predict import predict_bundle, predicted_profile
     from edgesmith.profiles.profile import profile_document
 
+    from edgesmith.profiles.measure import measurable_here
+
     names = [device] if isinstance(device, str) else list(device)
-    targets = [get_device(n, device_files) for n in names]  # an unknown name fails here, before any work
+    here = measurable_here(device_files) if any(n != "host" for n in names) else {"host": "cpu"}
+    # an unknown name fails here, before any work; cuda:0 is the GPU here when no catalog device matches it
+    if "cuda:0" in names and "cuda:0" not in here:
+        from edgesmith.errors import RuntimeUnavailableError
+
+        raise RuntimeUnavailableError("there is no NVIDIA GPU with a CUDA driver here to measure on (cuda:0)",
+                                      hint="profile on the machine with the GPU, or predict: -d nvidia-h100 ...")
+    targets = [n if n == "cuda:0" else get_device(n, device_files) for n in names]
     calibration = None
 
     def host_calibration_once():
@@ -149,12 +161,14 @@ def profile(bundles: Iterable[str | Path], *, device: str | Sequence[str] = "hos
             if Path(b).suffix == ".onnx" and not Path(b).is_dir():
                 path = export(load(str(b)), tmp, target="onnx")[0].path
             for target_device in targets:
-                if target_device.name == "host":
+                name = getattr(target_device, "name", target_device)
+                if name in here:
                     cb = (lambda n, _b=str(b): progress(_b, n)) if progress else None
-                    entry = profile_bundle(path, device="host", warmup=warmup, runs=runs, threads=threads,
-                                           layers=layers, progress=cb)
+                    entry = profile_bundle(path, device=name, warmup=warmup, runs=runs, threads=threads,
+                                           layers=layers, progress=cb, compiled=compiled, device_files=device_files)
                     prediction = None
-                    if entry.runtime == "onnxruntime":  # the host calibration is ONNX Runtime's
+                    # the host calibration is ONNX Runtime's; a catalog GPU is predicted for any runtime
+                    if (name == "host" and entry.runtime == "onnxruntime") or (name != "host" and name != "cuda:0"):
                         try:
                             prediction, _ = predict_bundle(path, target_device, host_calibration_once())
                         except UsageError:
@@ -185,6 +199,22 @@ def profile(bundles: Iterable[str | Path], *, device: str | Sequence[str] = "hos
     if skipped:
         doc["not_predicted"] = skipped
     return doc
+
+
+def build_engine(bundle: str | Path, *, force: bool = False, timing_cache: str | Path | None = None,
+                 runs: int = 100, warmup: int = 10, step: Callable[[str], None] | None = None):
+    """Complete a tensorrt bundle here: build its engine, check parity on it, measure it (in place).
+
+    Returns:
+        ``(Bundle, ParityResult, Profile)``; see :func:`edgesmith.runtimes.tensorrt_build.complete_bundle`.
+
+    Raises:
+        RuntimeUnavailableError: No TensorRT or no NVIDIA GPU here (exit code 5).
+        ParityError: The engine is out of tolerance (the bundle is left as it was).
+    """
+    from edgesmith.runtimes.tensorrt_build import complete_bundle
+
+    return complete_bundle(bundle, force=force, timing_cache=timing_cache, runs=runs, warmup=warmup, step=step)
 
 
 def report(profiles: Iterable[dict[str, Any] | str | Path], out: str | Path, force: bool = False) -> list[Path]:

@@ -24,20 +24,26 @@ from edgesmith.cli_common import console, emit_json, parity_row, parity_table
 @click.option("--threads", default=0, help="Runtime threads (0 = runtime default).")
 @click.option("--no-layers", is_flag=True, help="Skip the per-layer breakdown.")
 @click.option("--recalibrate", is_flag=True, help="Measure the host calibration again instead of using the cache.")
+@click.option("--compile", "compiled", is_flag=True,
+              help="Run torch bundles under torch.compile (compiled during warm-up); other runtimes as they are.")
 @click.option("--json", "as_json", is_flag=True, help="Print the profile document.")
 def profile(bundles, device_names, device_files, out, force, runs, warmup, threads, no_layers, recalibrate,
-            as_json):
+            compiled, as_json):
     """Measure latency, memory and size of bundles here, or predict them on other devices.
 
     On host each bundle is measured (p50/p90/p99, per-layer time) and its host
-    prediction is shown beside the measurement with the error. On a catalog device the
-    latency is predicted from the graph's per-op FLOPs and bytes (a roofline calibrated
-    on this machine), with an uncertainty band, and labelled predicted.
+    prediction is shown beside the measurement with the error. A GPU device that is
+    here (the first CUDA GPU is that catalog device; cuda:0 names it whatever it is) is
+    measured as well: torch bundles with PyTorch on CUDA (--compile: torch.compile),
+    tensorrt bundles with their engine. On any other catalog device the latency is
+    predicted from the graph's per-op FLOPs and bytes (a roofline calibrated on this
+    machine), with an uncertainty band, and labelled predicted.
 
     \b
     Examples:
       edgesmith profile out/digits-cnn.onnx out/digits-cnn.torch -o profile.json
       edgesmith profile out/lsnet-t.onnx -d host -d jetson-orin-nano -d apple-a17-pro-ane
+      edgesmith profile out/lsnet-t.torch -d nvidia-h100 --compile   # on an H100 machine
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
@@ -51,7 +57,7 @@ def profile(bundles, device_names, device_files, out, force, runs, warmup, threa
         tasks = {b: bar.add_task(f"profiling {Path(b).name}", total=runs) for b in bundles}
         doc = es.profile(bundles, device=list(device_names), warmup=warmup, runs=runs, threads=threads,
                          layers=not no_layers, progress=lambda b, n: bar.update(tasks[b], completed=n),
-                         device_files=device_files, recalibrate=recalibrate)
+                         device_files=device_files, recalibrate=recalibrate, compiled=compiled)
     if out:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(out).write_text(json.dumps(doc, indent=2))

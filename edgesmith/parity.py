@@ -47,6 +47,7 @@ class ParityResult:
         outputs: Metrics per output.
         tolerance: The thresholds applied.
         failures: Human-readable reasons for each failing output.
+        checks: For a ``structural`` result (nothing ran), what was checked on the graph instead.
     """
 
     tier: str
@@ -55,6 +56,7 @@ class ParityResult:
     outputs: list[OutputMetrics] = field(default_factory=list)
     tolerance: dict[str, float] = field(default_factory=dict)
     failures: list[str] = field(default_factory=list)
+    checks: list[str] = field(default_factory=list)
 
     @property
     def worst(self) -> OutputMetrics | None:
@@ -78,7 +80,8 @@ class ParityResult:
         w = self.worst
         status = "PASS" if self.passed else "FAIL"
         if w is None:
-            return f"{status} [{self.tier}] no outputs compared"
+            checked = f": {'; '.join(self.checks)}" if self.checks else ""
+            return f"{status} [{self.tier}] no outputs compared{checked}"
         top1 = "" if w.top1_agreement is None else f", top-1 {w.top1_agreement:.1%}"
         return f"{status} [{self.tier}, {self.precision}] max_abs {w.max_abs:.3g}, SNR {format_snr(w.snr_db)}{top1}"
 

@@ -495,10 +495,15 @@ def test_target_all_reports_the_op_a_target_cannot_take(capsys, tmp_path, py_mod
                             "-o", out, "--json")
     assert code == 3, err
     rows = {r["target"]: r for r in json.loads(stdout)}
-    assert set(rows) == {"coreml", "hls", "mlx", "onnx", "torch"}
+    assert set(rows) == {"coreml", "hls", "mlx", "onnx", "tensorrt", "torch"}
     for ok in ("onnx", "torch"):
         assert rows[ok]["error"] is None and rows[ok]["parity"]["passed"] and rows[ok]["parity"]["tier"] == "verified"
         assert (out / f"net.{ok}" / "manifest.json").is_file()
+    # TensorRT imports GridSample on 4-D inputs: a clean support check (structural where no GPU builds the engine)
+    trt = rows["tensorrt"]
+    assert trt["error"] is None and trt["parity"]["passed"], trt
+    assert trt["details"]["tensorrt"]["support"]["op_counts"].get("GridSample") == 1
+    assert trt["parity"]["tier"] == ("structural" if trt["details"]["tensorrt"]["engine"] is None else "verified")
     assert "aten.grid_sampler_2d" in rows["mlx"]["error"]
     assert "resample" in rows["coreml"]["error"]
     assert "aten.expand" in rows["hls"]["error"] and "(Warp)" in rows["hls"]["error"]  # its first op with no layer

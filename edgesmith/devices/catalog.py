@@ -201,3 +201,23 @@ def get_device(name: str, device_files: tuple[str | Path, ...] | list = ()) -> D
     raise UsageError(f"unknown device {name!r}",
                      hint=(f"did you mean {' or '.join(close)}? " if close else "")
                      + "see edgesmith devices list, or add one with --device-file")
+
+
+def gpu_slug(cuda_name: str) -> str:
+    """A CUDA device name as a device name: ``NVIDIA H100 80GB HBM3`` -> ``nvidia-h100-80gb-hbm3``."""
+    return re.sub(r"[^a-z0-9]+", "-", cuda_name.lower()).strip("-")
+
+
+def match_gpu(cuda_name: str, devices: list[Device]) -> Device | None:
+    """The gpu device a CUDA device name is: the longest device name that starts its slug at a word boundary."""
+    slug = gpu_slug(cuda_name)
+    found = [d for d in devices if d.kind == "gpu" and (slug == d.name or slug.startswith(d.name + "-"))]
+    return max(found, key=lambda d: len(d.name), default=None)
+
+
+def gpu_here(device_files: tuple[str | Path, ...] | list = ()) -> Device | None:
+    """The catalog (or user) device that the first CUDA GPU here is, or None (no GPU, or none matches)."""
+    from edgesmith.runtimes.cuda import gpus
+
+    names = gpus()
+    return match_gpu(names[0], list_devices(device_files)) if names else None

@@ -25,7 +25,8 @@ from edgesmith.registry import Registry
 
 EXPORTERS: Registry[type["Exporter"]] = Registry("exporter", "edgesmith.exporters")
 
-_VERSIONED = ("edgesmith", "torch", "onnx", "onnxruntime", "onnxscript", "numpy", "transformers", "mlx", "coremltools")
+_VERSIONED = ("edgesmith", "torch", "onnx", "onnxruntime", "onnxscript", "numpy", "transformers", "mlx", "coremltools",
+              "tensorrt")
 
 
 def library_versions() -> dict[str, str]:
@@ -86,8 +87,6 @@ class Exporter:
             ParityError: The artifact's outputs differ from the source model's.
             BadInputError / RuntimeUnavailableError: From the conversion or the runtime.
         """
-        from edgesmith.runtimes import check_bundle
-
         # exporters may narrow the signature (static shapes); keep the caller's variant intact
         variant = dataclasses.replace(variant, inputs=list(variant.inputs), outputs=list(variant.outputs),
                                       notes=list(variant.notes))
@@ -106,7 +105,7 @@ class Exporter:
                 versions=library_versions(), details=self.details,
             )
             bundle = finalize_manifest(stage, manifest)
-            parity = check_bundle(bundle, extra=self._extra_feeds(variant))
+            parity = self._parity(bundle, variant)
             manifest.parity = parity.to_dict()
             write_manifest(stage, manifest)
             if not parity.passed and not keep_failed:
@@ -116,6 +115,15 @@ class Exporter:
             raise ParityError(f"{self.name} export of {variant.name} failed parity (bundle kept at {dest}): "
                               f"{'; '.join(parity.failures)}", parity)
         return Bundle(dest, manifest), parity
+
+    def _parity(self, bundle: Bundle, variant):
+        """Run the staged bundle on its runtime against the source model's outputs (golden + extra feeds).
+
+        Exporters whose artifact cannot run here override this with a ``structural`` result.
+        """
+        from edgesmith.runtimes import check_bundle
+
+        return check_bundle(bundle, extra=self._extra_feeds(variant))
 
     def _extra_feeds(self, variant) -> list[tuple[dict, dict]]:
         """A second batch size, for models exported with a dynamic batch axis."""
@@ -140,7 +148,7 @@ def get_exporter(target: str, options: dict[str, str] | None = None) -> Exporter
 
 
 def _register_builtins() -> None:
-    from edgesmith.export import coreml, hls, mlx, onnx, torch  # noqa: F401
+    from edgesmith.export import coreml, hls, mlx, onnx, tensorrt, torch  # noqa: F401
 
 
 _register_builtins()

@@ -1,4 +1,10 @@
-"""Measuring a bundle on the host: latency distribution, load time, memory, per-layer time."""
+"""Measuring a bundle here: latency distribution, load time, memory, per-layer time.
+
+``host`` is this machine's CPU. A GPU device from the catalog is measurable where
+the first CUDA GPU here is that device (:func:`edgesmith.devices.catalog.gpu_here`);
+``cuda:0`` names that GPU whatever it is. Memory is this process's resident (host)
+memory in both cases.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +19,35 @@ import numpy as np
 from edgesmith.errors import UsageError
 from edgesmith.profiles.profile import LatencyStats, LayerTime, Profile
 
-MEASURABLE_DEVICES = ("host",)
+
+
+def measurable_here(device_files=()) -> dict[str, str]:
+    """Device name -> accelerator for what can be measured here: ``host``, and the GPU if there is one."""
+    from edgesmith.devices.catalog import gpu_here
+    from edgesmith.runtimes.cuda import gpus
+
+    found = {"host": "cpu"}
+    if gpus():
+        found["cuda:0"] = "cuda"
+        here = gpu_here(device_files)
+        if here is not None:
+            found[here.name] = "cuda"
+    return found
+
+
+def _accelerator(device: str, device_files) -> str:
+    """The accelerator that measures ``device``, or the error saying what can be measured here."""
+    from edgesmith.devices.catalog import gpu_slug
+    from edgesmith.runtimes.cuda import gpus
+
+    here = measurable_here(device_files)
+    if device in here:
+        return here[device]
+    gpu = gpus()
+    unmatched = (f"; the GPU here, {gpu[0]!r}, matches no catalog device: add it with --device-file "
+                 f"(name: {gpu_slug(gpu[0])})" if gpu and len(here) == 2 else "")
+    raise UsageError(f"cannot measure on device {device!r} here",
+                     hint=f"measurable here: {', '.join(here)}{unmatched}; other devices are predicted")
 
 
 class PeakRSS:
@@ -93,39 +127,48 @@ def profile_bundle(
     inputs: dict[str, np.ndarray] | None = None,
     layers: bool = True,
     progress: Callable[[int], None] | None = None,
+    compiled: bool = False,
+    device_files=(),
 ) -> Profile:
     """Measure a bundle on this machine.
 
     Args:
         bundle: The bundle directory (verified on load).
-        device: Where to measure; only ``host`` can be measured here.
+        device: Where to measure: ``host``, or the GPU here (its catalog name, or ``cuda:0``).
         warmup: Untimed runs first.
         runs: Timed runs.
         threads: Runtime intra-op threads (0 = runtime default).
         inputs: Inputs to time (default: the bundle's golden inputs).
         layers: Also collect per-layer times from the runtime's profiler.
         progress: Called with the number of timed runs done.
+        compiled: Run torch bundles under ``torch.compile`` (compiled during the warm-up runs).
+        device_files: The user's device files (a GPU here may be one of theirs).
 
     Returns:
         A ``measured`` :class:`Profile`.
 
     Raises:
-        UsageError: A device other than ``host``, or fewer than one run.
+        UsageError: A device that is not here, or fewer than one run.
     """
     from edgesmith.runtimes import open_runtime
 
-    if device not in MEASURABLE_DEVICES:
-        raise UsageError(f"cannot measure on device {device!r} here",
-                         hint=f"measurable devices: {', '.join(MEASURABLE_DEVICES)}")
+    accelerator = _accelerator(device, device_files)
     if runs < 1:
         raise UsageError(f"--runs must be at least 1, got {runs}")
+    if compiled:
+        from edgesmith.bundle import Bundle
+        from edgesmith.runtimes import RUNTIMES
+
+        # among several bundles, only those whose runtime compiles (torch) are compiled
+        compiled = RUNTIMES.get(Bundle.open(bundle, verify=False).manifest.runtime).compiles
+        warmup = max(warmup, 3) if compiled else warmup  # the first calls compile
     with PeakRSS() as mem:
         start = time.perf_counter()
-        runtime = open_runtime(bundle, threads=threads)
+        runtime = open_runtime(bundle, threads=threads, accelerator=accelerator, compiled=compiled)
         load_ms = (time.perf_counter() - start) * 1e3
         feeds = runtime.prepare(inputs if inputs is not None else runtime.bundle.golden()[0])
         samples = time_runs(lambda: runtime.run_prepared(feeds), warmup, runs, progress)
-    layer_times = aggregate_layers(runtime.node_times(feeds, min(runs, 20))) if layers else []
+    layer_times = aggregate_layers(runtime.node_times(feeds, min(runs, 20))) if layers and accelerator == "cpu" else []
     m = runtime.bundle.manifest
     stats = LatencyStats.from_samples(samples)
     batch = int(next(iter(feeds.values())).shape[0]) if feeds and next(iter(feeds.values())).ndim else 1

@@ -27,20 +27,37 @@ class Runtime:
     Args:
         bundle: A verified bundle.
         threads: Intra-op threads (0 = the runtime's default).
+        accelerator: Where to run, one of ``accelerators`` (None: the first).
+        compiled: Compile the model first (runtimes with ``compiles``: torch's ``torch.compile``).
 
     Attributes:
+        accelerators: Where the runtime can run: ``cpu`` (the host) and/or ``cuda`` (an NVIDIA GPU).
+        compiles: Whether ``compiled`` means anything to it.
         tier: Parity tier of its results (may be set per instance in ``_load_impl``).
         timing: ``measured`` when its timings are the target's latency; ``emulated`` when a
             stand-in computes the outputs, so its timings are not a latency (profiles record it).
     """
 
     name: ClassVar[str] = ""
+    accelerators: ClassVar[tuple[str, ...]] = ("cpu",)
+    compiles: ClassVar[bool] = False
     tier: str = "verified"
     timing: str = "measured"
 
-    def __init__(self, bundle: Bundle, threads: int = 0):
+    def __init__(self, bundle: Bundle, threads: int = 0, accelerator: str | None = None, compiled: bool = False):
+        from edgesmith.errors import UsageError
+
         self.bundle = bundle
         self.threads = threads
+        self.accelerator = accelerator or self.accelerators[0]
+        if self.accelerator not in self.accelerators:
+            where = {"cpu": "on the host CPU", "cuda": "on a CUDA GPU"}.get(self.accelerator, f"on {self.accelerator}")
+            raise UsageError(f"the {self.name} runtime cannot run {bundle.path.name} {where}",
+                             hint=f"it runs on: {', '.join(self.accelerators)}")
+        if compiled and not self.compiles:
+            raise UsageError(f"the {self.name} runtime has nothing to compile ({bundle.path.name})",
+                             hint="compiling applies to torch bundles (torch.compile)")
+        self.compiled = compiled
         self._load_impl()
 
     @classmethod
@@ -105,10 +122,18 @@ class Runtime:
         raise NotImplementedError
 
 
-def open_runtime(bundle: str | Path | Bundle, threads: int = 0) -> Runtime:
+def open_runtime(bundle: str | Path | Bundle, threads: int = 0, accelerator: str | None = None,
+                 compiled: bool = False) -> Runtime:
     """Open a bundle (verifying it) with the runtime its manifest names.
 
+    Args:
+        bundle: The bundle.
+        threads: Intra-op threads (0 = the runtime's default).
+        accelerator: ``cpu`` or ``cuda`` (None: the runtime's own, the CPU except for TensorRT).
+        compiled: Compile first (torch bundles).
+
     Raises:
+        UsageError: The runtime cannot run on that accelerator, or has nothing to compile.
         BadInputError: The bundle fails verification.
         RuntimeUnavailableError: The runtime's library is missing here.
     """
@@ -116,7 +141,7 @@ def open_runtime(bundle: str | Path | Bundle, threads: int = 0) -> Runtime:
         bundle = Bundle.open(bundle)
     cls = RUNTIMES.get(bundle.manifest.runtime)
     cls.available()
-    return cls(bundle, threads=threads)
+    return cls(bundle, threads=threads, accelerator=accelerator, compiled=compiled)
 
 
 def check_bundle(bundle: str | Path | Bundle, extra: list[tuple[dict, dict]] = (), threads: int = 0):
@@ -147,7 +172,7 @@ def check_bundle(bundle: str | Path | Bundle, extra: list[tuple[dict, dict]] = (
 
 
 def _register_builtins() -> None:
-    from edgesmith.runtimes import coreml, hls, mlx, onnxruntime, torch  # noqa: F401
+    from edgesmith.runtimes import coreml, hls, mlx, onnxruntime, tensorrt, torch  # noqa: F401
 
 
 _register_builtins()

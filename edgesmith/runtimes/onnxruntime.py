@@ -1,4 +1,4 @@
-"""ONNX Runtime loader for ``onnx`` bundles (CPU execution provider)."""
+"""ONNX Runtime loader for ``onnx`` bundles: the CPU execution provider, or CUDA's where onnxruntime has it."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from edgesmith.errors import require
+from edgesmith.errors import RuntimeUnavailableError, require
 from edgesmith.runtimes import RUNTIMES, Runtime
 
 
@@ -35,6 +35,7 @@ class OnnxRuntime(Runtime):
 
     name = "onnxruntime"
     tier = "verified"
+    accelerators = ("cpu", "cuda")
 
     @classmethod
     def available(cls) -> None:
@@ -42,9 +43,16 @@ class OnnxRuntime(Runtime):
 
     def _load_impl(self) -> None:
         ort = require("onnxruntime", "all")
-        self.session = ort.InferenceSession(
-            str(self.bundle.model_path), _options(self.threads), providers=["CPUExecutionProvider"]
-        )
+        self.providers = ["CPUExecutionProvider"]
+        if self.accelerator == "cuda":
+            if "CUDAExecutionProvider" not in ort.get_available_providers():
+                raise RuntimeUnavailableError(
+                    f"onnxruntime {ort.__version__} here has no CUDA execution provider",
+                    hint="install onnxruntime-gpu to run onnx bundles on the GPU, or profile the torch or "
+                         "tensorrt bundle of the same variant")
+            self.providers = ["CUDAExecutionProvider"]
+        self.session = ort.InferenceSession(str(self.bundle.model_path), _options(self.threads),
+                                            providers=self.providers)
         self._outputs = [o.name for o in self.session.get_outputs()]
 
     def _run_impl(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -63,7 +71,7 @@ class OnnxRuntime(Runtime):
         with tempfile.TemporaryDirectory() as tmp:
             session = ort.InferenceSession(
                 str(self.bundle.model_path), _options(self.threads, os.path.join(tmp, "ort")),
-                providers=["CPUExecutionProvider"],
+                providers=self.providers,
             )
             for _ in range(runs + 1):  # the first run warms up and is left out below
                 session.run(None, feeds)

@@ -51,6 +51,11 @@ def assert_matches(bundle, got: np.ndarray, ref: np.ndarray) -> None:
 # hls: fixed-point, calibrated on digits and compiled with g++ (a minute); tests/export/test_hls.py covers it
 @pytest.fixture(scope="module", params=sorted(set(EXPORTERS.names()) - {"hls"}))
 def exported(request, folded, tmp_path_factory):
+    if request.param == "tensorrt":
+        from edgesmith.runtimes.tensorrt import tensorrt_unavailable
+
+        if tensorrt_unavailable():  # structural bundles: tests/export/test_tensorrt.py
+            pytest.skip(f"TensorRT cannot run here: {tensorrt_unavailable()}")
     out = tmp_path_factory.mktemp(f"export-{request.param}")
     bundle, parity = es.export(folded, out, target=request.param)
     return request.param, bundle, parity

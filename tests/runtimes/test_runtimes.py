@@ -34,6 +34,11 @@ def bundles(tmp_path_factory) -> dict[str, object]:
 def runtime(request, bundles):
     if request.param not in bundles:
         pytest.skip(f"no registered exporter makes {request.param} bundles")
+    if request.param == "tensorrt":
+        from edgesmith.runtimes.tensorrt import tensorrt_unavailable
+
+        if tensorrt_unavailable():
+            pytest.skip(f"TensorRT cannot run here: {tensorrt_unavailable()}")
     return open_runtime(bundles[request.param].path)
 
 
