@@ -212,9 +212,15 @@ def build_engine(bundle: str | Path, *, force: bool = False, timing_cache: str |
         RuntimeUnavailableError: No TensorRT or no NVIDIA GPU here (exit code 5).
         ParityError: The engine is out of tolerance (the bundle is left as it was).
     """
+    from edgesmith.devices.catalog import gpu_here
+    from edgesmith.profiles.measure import profile_bundle
     from edgesmith.runtimes.tensorrt_build import complete_bundle
 
-    return complete_bundle(bundle, force=force, timing_cache=timing_cache, runs=runs, warmup=warmup, step=step)
+    def measure(path):
+        here = gpu_here()  # named after the catalog device the GPU is, else cuda:0
+        return profile_bundle(path, device=here.name if here else "cuda:0", runs=runs, warmup=warmup, layers=False)
+
+    return complete_bundle(bundle, force=force, timing_cache=timing_cache, measure=measure, step=step)
 
 
 def report(profiles: Iterable[dict[str, Any] | str | Path], out: str | Path, force: bool = False) -> list[Path]:

@@ -5,8 +5,9 @@ Used by the ``tensorrt`` exporter where TensorRT and a GPU are present, and by
 ``structural`` bundle into a ``verified`` one on the machine that will run it:
 it builds ``model.engine`` with the options recorded at export (precision,
 optimisation profile, workspace), runs the golden inputs through it (parity),
-measures its latency on the GPU, and rewrites the bundle atomically. numpy and
-TensorRT only: a Jetson needs neither torch nor the exporters for this.
+measures its latency on the GPU (with the caller's measuring function), and rewrites
+the bundle atomically. numpy and TensorRT only: a Jetson needs neither torch nor the
+exporters for this.
 """
 
 from __future__ import annotations
@@ -124,7 +125,7 @@ def _parser_error(error) -> str:
 
 
 def complete_bundle(bundle_path: str | Path, *, force: bool = False, timing_cache: str | Path | None = None,
-                    runs: int = 100, warmup: int = 10,
+                    measure: Callable[[Path], Any] | None = None,
                     step: Callable[[str], None] | None = None) -> tuple[Any, Any, Any]:
     """``edgesmith build-engine``: add the engine to a tensorrt bundle, check parity, measure it, in place.
 
@@ -135,14 +136,13 @@ def complete_bundle(bundle_path: str | Path, *, force: bool = False, timing_cach
         bundle_path: A ``tensorrt`` bundle.
         force: Rebuild an engine the bundle already has.
         timing_cache: Timing cache file (default: ``$EDGESMITH_CACHE/tensorrt/timing.cache``).
-        runs: Timed runs of the latency measurement.
-        warmup: Untimed runs before them.
+        measure: Measures the staged bundle on the GPU and returns a ``Profile`` (the caller's: the
+            runtimes do not import the profilers); None measures nothing.
         step: Called with a description of each step.
 
     Returns:
         ``(bundle, parity, profile)``: the completed :class:`~edgesmith.bundle.Bundle`, its
-        :class:`~edgesmith.parity.ParityResult` (tier ``verified``) and the measured
-        :class:`~edgesmith.profiles.profile.Profile` on the GPU.
+        :class:`~edgesmith.parity.ParityResult` (tier ``verified``) and what ``measure`` returned.
 
     Raises:
         UsageError: Not a tensorrt bundle.
@@ -180,22 +180,14 @@ def complete_bundle(bundle_path: str | Path, *, force: bool = False, timing_cach
         if not parity.passed:
             raise ParityError(f"the TensorRT engine of {bundle.path.name} failed parity: "
                               f"{'; '.join(parity.failures)} (the bundle is unchanged)", parity)
-        step("measuring the engine's latency on the GPU")
-        profile = _measure(staged, runs, warmup)
-        info["engine"]["latency_ms"] = {"p50": profile.latency_ms.p50, "p90": profile.latency_ms.p90,
-                                        "runs": runs, "device": profile.device}
+        profile = None
+        if measure is not None:
+            step("measuring the engine's latency on the GPU")
+            profile = measure(staged.path)
+            info["engine"]["latency_ms"] = {"p50": profile.latency_ms.p50, "p90": profile.latency_ms.p90,
+                                            "runs": profile.runs, "device": profile.device}
         write_manifest(stage, m)
     done = Bundle.open(bundle.path)
-    profile.bundle = str(done.path)
+    if profile is not None:
+        profile.bundle = str(done.path)
     return done, parity, profile
-
-
-def _measure(bundle, runs: int, warmup: int):
-    """The engine's latency on the GPU here, named after the catalog device it matches (else ``cuda:0``)."""
-    from edgesmith.profiles.measure import profile_bundle
-
-    from edgesmith.devices.catalog import gpu_here
-
-    device = gpu_here()
-    return profile_bundle(bundle.path, device=device.name if device else "cuda:0", runs=runs, warmup=warmup,
-                          layers=False)
