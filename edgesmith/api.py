@@ -117,7 +117,8 @@ def profile(bundles: Iterable[str | Path], *, device: str | Sequence[str] = "hos
 
     Returns:
         The profile document; ``not_predicted`` lists the (bundle, device) pairs that could not be
-        predicted (no ONNX graph, a device without a figure the graph needs) and why.
+        predicted (no ONNX graph, a device without a figure the graph needs) and why, ``not_measured``
+        those that could not be measured (the bundle's runtime is not here: a structural tensorrt bundle).
 
     Raises:
         UsageError: An unknown device (with the closest names); a prediction that cannot be made
@@ -127,7 +128,7 @@ def profile(bundles: Iterable[str | Path], *, device: str | Sequence[str] = "hos
 
     from edgesmith.devices.catalog import get_device
     from edgesmith.devices.host import fingerprint
-    from edgesmith.errors import UsageError
+    from edgesmith.errors import RuntimeUnavailableError, UsageError
     from edgesmith.profiles.calibrate import host_calibration
     from edgesmith.profiles.measure import profile_bundle
     from edgesmith.profiles.predict import predict_bundle, predicted_profile
@@ -154,6 +155,7 @@ def profile(bundles: Iterable[str | Path], *, device: str | Sequence[str] = "hos
 
     entries: list = []
     skipped: list[dict[str, str]] = []  # (bundle, device) pairs that could not be predicted, and why
+    unmeasured: list[dict[str, str]] = []  # ... measured (the bundle's runtime cannot run here), and why
     bundles = list(bundles)
     with tempfile.TemporaryDirectory(prefix="edgesmith-profile-") as tmp:
         for b in bundles:
@@ -164,8 +166,16 @@ def profile(bundles: Iterable[str | Path], *, device: str | Sequence[str] = "hos
                 name = getattr(target_device, "name", target_device)
                 if name in here:
                     cb = (lambda n, _b=str(b): progress(_b, n)) if progress else None
-                    entry = profile_bundle(path, device=name, warmup=warmup, runs=runs, threads=threads,
-                                           layers=layers, progress=cb, compiled=compiled, device_files=device_files)
+                    try:
+                        entry = profile_bundle(path, device=name, warmup=warmup, runs=runs, threads=threads,
+                                               layers=layers, progress=cb, compiled=compiled,
+                                               device_files=device_files)
+                    except RuntimeUnavailableError as exc:  # a structural tensorrt bundle on a CPU-only machine
+                        if len(targets) * len(bundles) == 1:
+                            raise
+                        unmeasured.append({"bundle": str(b), "device": name,
+                                           "reason": exc.message + (f" ({exc.hint})" if exc.hint else "")})
+                        continue
                     prediction = None
                     # the host calibration is ONNX Runtime's; a catalog GPU is predicted for any runtime
                     if (name == "host" and entry.runtime == "onnxruntime") or (name != "host" and name != "cuda:0"):
@@ -191,13 +201,15 @@ def profile(bundles: Iterable[str | Path], *, device: str | Sequence[str] = "hos
                             progress(str(b), runs)
                 entry.bundle = str(b)
                 entries.append(entry)
-    if not entries and skipped:
-        raise UsageError(f"nothing could be predicted: {skipped[0]['reason']}")
+    if not entries and (skipped or unmeasured):
+        raise UsageError(f"nothing could be profiled: {(skipped or unmeasured)[0]['reason']}")
     doc = profile_document(entries, fingerprint(threads))
     if calibration is not None:
         doc["calibration"] = {k: v for k, v in calibration.to_dict().items() if k != "suite"}
     if skipped:
         doc["not_predicted"] = skipped
+    if unmeasured:
+        doc["not_measured"] = unmeasured
     return doc
 
 

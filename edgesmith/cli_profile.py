@@ -91,9 +91,13 @@ def _ms(v: float) -> str:
 
 
 def warn_not_predicted(doc: dict) -> None:
-    """Say on stderr which (bundle, device) pairs could not be predicted, and why."""
-    for s in doc.get("not_predicted", []):
-        console().print(f"[yellow]not predicted:[/] {Path(s['bundle']).name} on {s['device']}: {s['reason']}")
+    """Say on stderr which (bundle, device) pairs could not be predicted or measured, and why."""
+    from rich.markup import escape
+
+    for key in ("not_predicted", "not_measured"):
+        for s in doc.get(key, []):
+            console().print(f"[yellow]{key.replace('_', ' ')}:[/] {Path(s['bundle']).name} on {s['device']}: "
+                            f"{escape(s['reason'])}")
 
 
 def run_recipe_file(path, out, force, check, as_json):

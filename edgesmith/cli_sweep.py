@@ -106,11 +106,16 @@ def _show(results, doc) -> None:
         mark = "" if e["mode"] == "measured" else "~"
         latency[(e["bundle"], e["device"])] = f"{mark}{e['latency_ms']['p50']:.3f}"
     devices = list(dict.fromkeys(e["device"] for e in doc["entries"]))
+    from rich.markup import escape
+
     t = Table(title="sweep (ms: p50 measured on host, ~ predicted)")
     for col in ("job", "result", *devices, "s"):
         t.add_column(col, justify="right" if col in devices or col == "s" else "left", overflow="fold")
     for r in results:
         cells = [latency.get((r.bundle, d), "-") for d in devices]
-        status = "[green]ok[/]" if r.ok else f"[red]FAILED[/] ({r.exit_code}): {r.error}"
+        status = "[green]ok[/]" if r.ok else f"[red]FAILED[/] ({r.exit_code}): {escape(r.error)}"
         t.add_row(r.label, status, *cells, f"{r.seconds:.1f}")
     console(stderr=False).print(t)
+    for r in results:
+        for note in r.notes if r.ok else []:  # a failed job's notes are its traceback, in the report
+            console().print(f"[yellow]note:[/] {r.label}: {escape(note)}")

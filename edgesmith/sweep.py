@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from edgesmith.errors import EdgesmithError, UsageError, require
+from edgesmith.errors import EdgesmithError, RuntimeUnavailableError, UsageError, require
 from edgesmith.recipe import Recipe, Variant
 
 
@@ -138,8 +138,11 @@ def run_job(job: Recipe, out: str, force: bool = False) -> JobResult:
         (bundle,) = bundles
         result = JobResult(label=label, ok=True, bundle=str(bundle), parity=parity[bundle.name].to_dict())
         if "host" in job.devices:
-            result.doc = es.profile([bundle], device="host", runs=job.runs, warmup=job.warmup,
-                                    threads=job.threads, layers=job.layers)
+            try:
+                result.doc = es.profile([bundle], device="host", runs=job.runs, warmup=job.warmup,
+                                        threads=job.threads, layers=job.layers)
+            except RuntimeUnavailableError as exc:  # a structural bundle (tensorrt without a GPU): predicted only
+                result.notes.append(f"not measured on host: {exc.message}")
     except EdgesmithError as exc:
         message = exc.message + (f" (hint: {exc.hint})" if exc.hint else "")
         result = JobResult(label=label, ok=False, error=message, exit_code=exc.exit_code)

@@ -417,7 +417,7 @@ def _render_json(docs: list[dict]) -> str:
     calibration = next((d["calibration"] for d in docs if d.get("calibration")), None)
     if calibration:
         merged["calibration"] = calibration
-    for key in ("jobs", "not_predicted"):
+    for key in ("jobs", "not_predicted", "not_measured"):
         items = [j for d in docs for j in d.get(key, [])]
         if items:
             merged[key] = items

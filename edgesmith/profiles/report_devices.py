@@ -116,10 +116,11 @@ def pareto_front(points: list[tuple[float, float, float | None]]) -> list[bool]:
 def device_sections(docs: list[dict[str, Any]], entries: list[dict[str, Any]], log: bool) -> list[Section]:
     """Every cross-device section that has data, in report order."""
     matrix = _latency_matrix(entries, log)
-    skipped = [s for d in docs for s in d.get("not_predicted", [])]
-    if matrix is not None and skipped:
-        matrix.notes += [f"Not predicted: {s.get('bundle', '?')} on {s.get('device', '?')}: {s.get('reason', '')}"
-                         for s in skipped]
+    for key in ("not_predicted", "not_measured"):
+        skipped = [s for d in docs for s in d.get(key, [])]
+        if matrix is not None and skipped:
+            matrix.notes += [f"{key.replace('_', ' ').capitalize()}: {s.get('bundle', '?')} on "
+                             f"{s.get('device', '?')}: {s.get('reason', '')}" for s in skipped]
     out = [matrix, _prediction_error(entries), *_pareto(entries), _fpga_resources(entries), _parity_matrix(entries),
            _calibration(docs), _jobs(docs)]
     return [s for s in out if s is not None]

@@ -235,6 +235,20 @@ def test_build_engine_takes_only_tensorrt_bundles(tmp_path, capsys):
     assert "is a onnx bundle; build-engine completes tensorrt bundles" in capsys.readouterr().err
 
 
+@without_tensorrt
+def test_profiling_beside_other_bundles_says_what_was_not_measured(digits_trt, tmp_path, capsys):
+    onnx_bundle, _ = es.export(es.load("zoo:digits-cnn"), tmp_path, target="onnx")
+    doc = es.profile([digits_trt[0].path, onnx_bundle.path], device=["host", "jetson-orin-nano"], runs=3)
+    modes = [(e["name"] + "." + e["target"], e["device"], e["mode"]) for e in doc["entries"]]
+    assert ("digits-cnn.tensorrt", "jetson-orin-nano", "predicted") in modes
+    assert ("digits-cnn.onnx", "host", "measured") in modes
+    assert [(s["device"], "build-engine" in s["reason"]) for s in doc["not_measured"]] == [("host", True)]
+    assert main(["sweep", "-m", "zoo:digits-cnn", "-t", "tensorrt", "-d", "host", "-d", "jetson-orin-nano",
+                 "-o", str(tmp_path / "sweep"), "--runs", "3", "--json"]) == 0
+    jobs = json.loads(capsys.readouterr().out)["jobs"]
+    assert jobs[0]["ok"] and any("not measured on host" in n for n in jobs[0]["notes"])
+
+
 def test_the_tensorrt_bundle_is_predicted_on_gpu_devices(digits_trt):
     bundle, _ = digits_trt
     doc = es.profile([bundle.path], device=["jetson-orin-nano", "nvidia-h100"])
