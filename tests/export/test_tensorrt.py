@@ -172,6 +172,7 @@ def test_lsnet_and_minilm_make_structural_bundles_with_a_clean_check(model, tmp_
     assert info["support"]["clean"] and info["support"]["problems"] == [] and info["support"]["nodes"] > 100
     ops = info["support"]["op_counts"]
     assert ("LayerNormalization" in ops and "Gather" in ops) if model == "minilm" else ("Conv" in ops)
+    assert not {"Shape", "ConstantOfShape", "Constant"} & set(ops)  # static shapes: shape arithmetic folded
 
 
 def test_dynamic_shapes_make_one_profile_shared_axes_follow(tmp_path):
