@@ -130,18 +130,14 @@ def profile(bundles: Iterable[str | Path], *, device: str | Sequence[str] = "hos
     from edgesmith.devices.host import fingerprint
     from edgesmith.errors import RuntimeUnavailableError, UsageError
     from edgesmith.profiles.calibrate import host_calibration
-    from edgesmith.profiles.measure import profile_bundle
+    from edgesmith.profiles.measure import measurable_here, profile_bundle
     from edgesmith.profiles.predict import predict_bundle, predicted_profile
     from edgesmith.profiles.profile import profile_document
-
-    from edgesmith.profiles.measure import measurable_here
 
     names = [device] if isinstance(device, str) else list(device)
     here = measurable_here(device_files) if any(n != "host" for n in names) else {"host": "cpu"}
     # an unknown name fails here, before any work; cuda:0 is the GPU here when no catalog device matches it
     if "cuda:0" in names and "cuda:0" not in here:
-        from edgesmith.errors import RuntimeUnavailableError
-
         raise RuntimeUnavailableError("there is no NVIDIA GPU with a CUDA driver here to measure on (cuda:0)",
                                       hint="profile on the machine with the GPU, or predict: -d nvidia-h100 ...")
     targets = [n if n == "cuda:0" else get_device(n, device_files) for n in names]
@@ -170,7 +166,7 @@ def profile(bundles: Iterable[str | Path], *, device: str | Sequence[str] = "hos
                         entry = profile_bundle(path, device=name, warmup=warmup, runs=runs, threads=threads,
                                                layers=layers, progress=cb, compiled=compiled,
                                                device_files=device_files)
-                    except RuntimeUnavailableError as exc:  # a structural tensorrt bundle on a CPU-only machine
+                    except RuntimeUnavailableError as exc:  # a tensorrt bundle with no GPU, or on the host's CPU
                         if len(targets) * len(bundles) == 1:
                             raise
                         unmeasured.append({"bundle": str(b), "device": name,

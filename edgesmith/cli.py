@@ -21,7 +21,7 @@ from edgesmith.cli_common import parity_table as _parity_table
 from edgesmith.cli_devices import devices
 from edgesmith.cli_profile import profile, profile_table, report, run_recipe_file, warn_not_predicted
 from edgesmith.cli_sweep import sweep
-from edgesmith.cli_tensorrt import build_engine
+from edgesmith.cli_tensorrt import build_engine, print_tensorrt_export
 from edgesmith.cli_view import view
 
 
@@ -413,7 +413,7 @@ def export(model, inputs, weights, gguf, seq_len, targets_, pass_specs, target_o
             if "hls" in r.get("details", {}):
                 _print_hls(r["details"]["hls"])
             if "tensorrt" in r.get("details", {}):
-                _print_tensorrt(r["bundle"], r["details"]["tensorrt"], r["parity"])
+                print_tensorrt_export(r["bundle"], r["details"]["tensorrt"], r["parity"])
         table = _parity_table()
         for r in results:
             if r["parity"] is not None:
@@ -456,20 +456,6 @@ def _print_hls(info: dict) -> None:
     out.print(f"predicted on {est['part']}: {resources_text(est['total'], est.get('capacity'))}; latency "
               f"{est['latency_cycles']:,} cycles = {est['latency_us']:.2f} us at {est['clock_ns']} ns "
               "(first-order model, not synthesised)")
-
-
-def _print_tensorrt(bundle: str, info: dict, parity) -> None:
-    """What a tensorrt export checked, and how to finish a structural bundle (stdout)."""
-    out = _console(stderr=False)
-    support = info["support"]
-    ops = ", ".join(f"{op} {n}" for op, n in sorted(support["op_counts"].items(), key=lambda kv: -kv[1]))
-    click.echo(f"TensorRT {support['tensorrt']} support check: {support['nodes']} nodes, all supported ({ops})")
-    if info.get("engine"):
-        e = info["engine"]
-        click.echo(f"engine built: TensorRT {e['tensorrt']} on {e['gpu']}, {e['precision']}, {e['build_s']:.1f} s")
-        return
-    out.print(f"[bold]structural[/]: {'; '.join(parity.checks)}. To finish on the target machine:", highlight=False)
-    click.echo(f"  edgesmith build-engine {bundle}\n  (or, with TensorRT alone: {info['trtexec']})")
 
 
 def _split_target_options(opts: dict[str, str], names: list[str]) -> dict[str, dict[str, str]]:

@@ -107,7 +107,7 @@ class TensorrtExporter(Exporter):
         shapes = self._profile(variant) if dynamic else {}
         onnx_exporter = OnnxExporter(OnnxOptions(opset=o.opset, dynamic=dynamic, optimize=True))
         if variant.module is None and not dynamic:
-            _fix_onnx_shapes(variant)
+            _require_static(variant)
         onnx_exporter._export_impl(variant, stage)
         model = onnx.load(str(stage / "model.onnx"), load_external_data=False)
         report = check_onnx(model)
@@ -204,15 +204,12 @@ class TensorrtExporter(Exporter):
                 if all(n in shapes and f[n].shape[0] <= shapes[n]["max"][0] for n in f)]
 
 
-def _fix_onnx_shapes(variant) -> None:
-    """An ONNX source with dynamic axes and no profile is exported at its example shapes."""
-    from edgesmith.specs import TensorSpec
-
+def _require_static(variant) -> None:
+    """An ONNX source is copied as it is: with dynamic axes, TensorRT needs a profile for them."""
     if any(s.dynamic for s in variant.inputs):
         raise BadInputError(f"{variant.name} is an ONNX model with dynamic axes "
                             f"({', '.join(s.describe() for s in variant.inputs if s.dynamic)})",
                             hint="give TensorRT a profile: -O min_shapes=... -O opt_shapes=... -O max_shapes=...")
-    variant.inputs = [TensorSpec(s.name, s.shape, s.dtype) for s in variant.inputs]
 
 
 _SCRIPT = """#!/bin/sh

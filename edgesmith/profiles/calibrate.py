@@ -381,7 +381,9 @@ def _op_cost(op, attrs, shapes, inits) -> tuple[float, float]:
 # ---------------------------------------------------------------- the cache
 
 def _cache_dir() -> Path:
-    return Path(os.environ.get("EDGESMITH_CACHE") or Path.home() / ".cache" / "edgesmith")
+    from edgesmith.runtimes import cache_dir
+
+    return cache_dir()
 
 
 def _cache_key(threads: int) -> str:

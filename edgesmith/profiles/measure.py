@@ -20,7 +20,6 @@ from edgesmith.errors import UsageError
 from edgesmith.profiles.profile import LatencyStats, LayerTime, Profile
 
 
-
 def measurable_here(device_files=()) -> dict[str, str]:
     """Device name -> accelerator for what can be measured here: ``host``, and the GPU if there is one."""
     from edgesmith.devices.catalog import gpu_here

@@ -45,15 +45,15 @@ class Runtime:
     timing: str = "measured"
 
     def __init__(self, bundle: Bundle, threads: int = 0, accelerator: str | None = None, compiled: bool = False):
-        from edgesmith.errors import UsageError
+        from edgesmith.errors import RuntimeUnavailableError, UsageError
 
         self.bundle = bundle
         self.threads = threads
         self.accelerator = accelerator or self.accelerators[0]
         if self.accelerator not in self.accelerators:
             where = {"cpu": "on the host CPU", "cuda": "on a CUDA GPU"}.get(self.accelerator, f"on {self.accelerator}")
-            raise UsageError(f"the {self.name} runtime cannot run {bundle.path.name} {where}",
-                             hint=f"it runs on: {', '.join(self.accelerators)}")
+            raise RuntimeUnavailableError(f"the {self.name} runtime cannot run {bundle.path.name} {where}",
+                                          hint=f"it runs on: {', '.join(self.accelerators)}")
         if compiled and not self.compiles:
             raise UsageError(f"the {self.name} runtime has nothing to compile ({bundle.path.name})",
                              hint="compiling applies to torch bundles (torch.compile)")
@@ -122,6 +122,13 @@ class Runtime:
         raise NotImplementedError
 
 
+def cache_dir(*parts: str) -> Path:
+    """edgesmith's cache folder (``$EDGESMITH_CACHE``, default ``~/.cache/edgesmith``), or a path inside it."""
+    import os
+
+    return Path(os.environ.get("EDGESMITH_CACHE") or Path.home() / ".cache" / "edgesmith", *parts)
+
+
 def open_runtime(bundle: str | Path | Bundle, threads: int = 0, accelerator: str | None = None,
                  compiled: bool = False) -> Runtime:
     """Open a bundle (verifying it) with the runtime its manifest names.
@@ -133,9 +140,10 @@ def open_runtime(bundle: str | Path | Bundle, threads: int = 0, accelerator: str
         compiled: Compile first (torch bundles).
 
     Raises:
-        UsageError: The runtime cannot run on that accelerator, or has nothing to compile.
         BadInputError: The bundle fails verification.
-        RuntimeUnavailableError: The runtime's library is missing here.
+        RuntimeUnavailableError: The runtime's library is missing here, or it cannot run on that
+            accelerator (exit code 5).
+        UsageError: It has nothing to compile.
     """
     if not isinstance(bundle, Bundle):
         bundle = Bundle.open(bundle)

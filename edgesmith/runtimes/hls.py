@@ -107,8 +107,9 @@ class CSim:
 
 
 def _cache_dir() -> Path:
-    root = os.environ.get("EDGESMITH_CACHE") or Path.home() / ".cache" / "edgesmith"
-    return Path(root) / "hls"
+    from edgesmith.runtimes import cache_dir
+
+    return cache_dir("hls")
 
 
 @RUNTIMES.register("hls")

@@ -44,8 +44,9 @@ def trtexec_command(options: dict[str, Any], shapes: dict[str, dict[str, list[in
 
 def default_timing_cache() -> Path:
     """Where engine builds keep their timing cache by default (``$EDGESMITH_CACHE/tensorrt/``)."""
-    root = os.environ.get("EDGESMITH_CACHE") or os.path.join(Path.home(), ".cache", "edgesmith")
-    return Path(root) / "tensorrt" / "timing.cache"
+    from edgesmith.runtimes import cache_dir
+
+    return cache_dir("tensorrt", "timing.cache")
 
 
 def build_engine(onnx_path: Path, engine_path: Path, *, precision: str, shapes: dict[str, dict[str, list[int]]],

@@ -60,7 +60,7 @@ def test_torch_on_cuda_without_a_gpu_is_exit_5(torch_bundle):
 
 
 def test_accelerators_and_compiling_are_checked(torch_bundle, tmp_path):
-    with pytest.raises(UsageError, match="cannot run digits-cnn.torch on npu"):
+    with pytest.raises(RuntimeUnavailableError, match="cannot run digits-cnn.torch on npu"):
         open_runtime(torch_bundle.path, accelerator="npu")
     onnx_bundle = torch_bundle.path.parent / "digits-cnn.onnx"
     with pytest.raises(UsageError, match="nothing to compile"):
