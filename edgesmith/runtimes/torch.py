@@ -38,7 +38,13 @@ class TorchRuntime(Runtime):
                 f"torch {torch.__version__} sees no CUDA GPU here",
                 hint="measure on a machine with an NVIDIA GPU and a CUDA build of torch")
         self.device = torch.device("cuda" if self.accelerator == "cuda" else "cpu")
-        self.module = torch.export.load(str(self.bundle.model_path)).module().to(self.device)
+        program = torch.export.load(str(self.bundle.model_path))
+        if self.device.type != "cpu":
+            from torch.export.passes import move_to_device_pass
+
+            # weights, and the devices the graph names (an arange's device="cpu"), all to the GPU
+            program = move_to_device_pass(program, self.device)
+        self.module = program.module()
         if self.compiled:
             # no CUDA graphs: their replay would hide the per-run launch cost a user's loop pays
             self.module = torch.compile(self.module, mode="max-autotune-no-cudagraphs")
