@@ -358,11 +358,18 @@ def export(model, inputs, weights, gguf, seq_len, targets_, pass_specs, target_o
     -O data=FILE.npz) and prints the table; -O precision='ap_fixed<16,6>'
     sets one for every tensor, -O backend=vivado picks Vivado HLS.
 
+    The tensorrt target checks every node against TensorRT's ONNX support
+    table and builds the engine where TensorRT and an NVIDIA GPU are here;
+    elsewhere it writes a structural bundle that `edgesmith build-engine`
+    completes on the device. Static shapes by default; -O min_shapes=...
+    -O max_shapes=... (trtexec's name:1x8 form) make an optimisation profile.
+
     \b
     Example:
       edgesmith export zoo:digits-cnn -p reparam --target onnx -o out
       edgesmith export path/to/all-MiniLM-L6-v2 --target onnx -o out
       edgesmith export zoo:digits-mlp --target hls --reuse-factor 4 --clock-ns 4 -o out
+      edgesmith export zoo:lsnet-t --target tensorrt -o out
     """
     from edgesmith import api as es
     from edgesmith.export import EXPORTERS
