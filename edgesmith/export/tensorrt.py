@@ -125,7 +125,7 @@ class TensorrtExporter(Exporter):
             self.model_file = "model.engine"
         else:
             info["not_built"] = reason
-            variant.notes.append(f"tensorrt: structural bundle, no engine built ({reason}); "
+            variant.notes.append(f"tensorrt: structural bundle, no engine built: {reason}; "
                                  f"run `edgesmith build-engine BUNDLE` on the target machine")
         self.details = {"tensorrt": info}
         (stage / "build_engine.sh").write_text(_SCRIPT.format(command=command))
