@@ -102,7 +102,7 @@ def apply_passes(variant, specs: list[str], defaults: dict[str, str] | None = No
 
 
 def _register_builtins() -> None:
-    from edgesmith.optimize import distill, reparam  # noqa: F401
+    from edgesmith.optimize import distill, matformer, reparam  # noqa: F401
 
 
 _register_builtins()
