@@ -28,3 +28,24 @@ def py_module(tmp_path, monkeypatch):
         return name
 
     return write
+
+
+@pytest.fixture(scope="session")
+def tiny_llama():
+    """A two-layer Llama (random weights, gated SiLU FFNs, 97 tokens) behind edgesmith's HF wrapper, as a variant."""
+    import numpy as np
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from edgesmith.models.hf import _module_class
+    from edgesmith.models.variant import Variant
+    from edgesmith.specs import TensorSpec
+
+    torch.manual_seed(0)
+    config = LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=2, vocab_size=97, max_position_embeddings=64)
+    module = _module_class()(LlamaForCausalLM(config).eval(), ["input_ids"], "logits").eval()
+    ids = np.random.default_rng(0).integers(0, 97, (2, 12)).astype(np.int64)
+    return Variant(name="tiny-llama", module=module, inputs=[TensorSpec("input_ids", (2, 12), "int64")],
+                   outputs=[TensorSpec("logits", (2, 12, 97), "float32")], example={"input_ids": ids},
+                   source={"reference": "test:tiny-llama", "format": "test", "sha256": ""}, task="lm")

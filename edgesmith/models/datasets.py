@@ -1,4 +1,4 @@
-"""Offline datasets that zoo models were trained on, for calibration and accuracy checks.
+"""Offline datasets: what zoo models were trained on, and the fixed evaluation text.
 
 A zoo model records its dataset in ``variant.source["dataset"]``; passes keep
 the source, so an optimized variant still knows it. ``digits`` is scikit-learn's
@@ -9,11 +9,32 @@ download, and the split is the one the digits models were trained on
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from edgesmith.errors import BadInputError, missing_extra
 
 DIGITS = "sklearn-digits"
+EVAL_TEXT = "devils-dictionary"
+_TEXT_DIR = Path(__file__).parent / "data"
+
+
+def eval_text(split: str = "test") -> str:
+    """The fixed English evaluation text: Bierce's "The Devil's Dictionary" (public domain).
+
+    Prepared by ``scripts/prepare_eval_text.py`` from Debian's ``dict-devil`` 1.0-13.1:
+    ``test`` is every 10th dictionary entry (99 entries, held out for every language-model
+    quality figure), ``train`` the other 900 (calibration and fine-tuning).
+
+    Raises:
+        UsageError: A split other than ``train`` or ``test``.
+    """
+    from edgesmith.errors import UsageError
+
+    if split not in ("train", "test"):
+        raise UsageError(f"the evaluation text has no split {split!r}", hint="use train or test")
+    return (_TEXT_DIR / f"{EVAL_TEXT}-{split}.txt").read_text(encoding="utf-8")
 
 
 def digits_split() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

@@ -98,7 +98,7 @@ def load_hf(path: Path, gguf: str | None = None, seq_len: int | None = None):
         outputs=[TensorSpec(output, tuple(out.shape), "float32", dyn)],
         example=example,
         source={"reference": str(path / gguf) if gguf else str(path), "format": "gguf" if gguf else "hf",
-                "sha256": sha256_file(weights)},
+                "sha256": sha256_file(weights), "tokenizer": {"path": str(path), "gguf": gguf}},
         task="lm" if is_lm else "encoder",
     )
 
@@ -112,3 +112,24 @@ def _name(path: Path, gguf: str | None) -> str:
         if raw.lower() in ("model", "checkpoint", "weights"):
             raw = path.resolve().parent.name
     return raw.lower().replace("_", "-")
+
+
+def tokenizer_for(variant):
+    """The tokenizer of a variant loaded from a Hugging Face checkpoint or GGUF (passes keep it).
+
+    Raises:
+        BadInputError: The variant did not come from a checkpoint with a tokenizer.
+    """
+    info = variant.source.get("tokenizer")
+    if not info:
+        raise BadInputError(f"{variant.name} has no tokenizer (it was not loaded from a Hugging Face "
+                            "checkpoint or GGUF)", hint="give token arrays (an .npz) instead of text")
+    try:
+        import transformers
+    except ImportError:
+        raise missing_extra("transformers", "hf") from None
+    kw = {"local_files_only": True, **({"gguf_file": info["gguf"]} if info.get("gguf") else {})}
+    tok = transformers.AutoTokenizer.from_pretrained(info["path"], **kw)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok

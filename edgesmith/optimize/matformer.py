@@ -48,7 +48,11 @@ class MatformerOptions:
             first units as they are: the naive slice, for comparison).
         data: Calibration inputs, an ``.npz`` with one array per model input (first axis: samples);
             default: the variant's example inputs.
-        samples: At most this many calibration samples.
+        text: Calibration text for a language model: ``devils-dictionary`` (the bundled evaluation
+            text's train split) or a UTF-8 file, cut into windows of ``seq_len`` tokens with the
+            model's tokenizer.
+        seq_len: Tokens per calibration window (``text``).
+        samples: At most this many calibration samples (windows).
         check: Check that the full-width reordered model equals the original on the example inputs.
     """
 
@@ -56,6 +60,8 @@ class MatformerOptions:
     widths: str = ""
     order: str = "importance"
     data: str = ""
+    text: str = ""
+    seq_len: int = 256
     samples: int = 256
     check: bool = True
 
@@ -65,6 +71,10 @@ class MatformerOptions:
                              hint="ratio is the share of hidden units each FFN keeps, e.g. ratio=0.5")
         if self.order not in ("importance", "first"):
             raise UsageError(f"pass 'matformer': order={self.order!r} is not importance or first")
+        if self.data and self.text:
+            raise UsageError("pass 'matformer': give data or text, not both")
+        if self.seq_len < 2:
+            raise UsageError(f"pass 'matformer': seq_len={self.seq_len} must be at least 2")
         if self.samples < 1:
             raise UsageError(f"pass 'matformer': samples={self.samples} must be at least 1")
         parse_widths(self.widths)
@@ -166,9 +176,15 @@ def _what_it_has(module) -> str:
 
 
 def _calibration(variant, options):
-    """Calibration feeds: the ``data`` file's arrays, else the example inputs."""
+    """Calibration feeds: token windows of ``text``, the ``data`` file's arrays, else the example inputs."""
     import numpy as np
 
+    if options.text:
+        from edgesmith.models.hf import tokenizer_for
+        from edgesmith.models.lm_eval import lm_feeds, text_source, token_windows
+
+        windows = token_windows(tokenizer_for(variant), text_source(options.text), options.seq_len, options.samples)
+        return lm_feeds(variant, windows)
     if not options.data:
         return variant.example
     try:
@@ -201,8 +217,11 @@ def importance(variant, ffns: list[Ffn], feeds) -> list[Any]:
         return record
 
     handles = [f.layer(f.down).register_forward_pre_hook(hook(i)) for i, f in enumerate(ffns)]
+    n = len(next(iter(feeds.values())))
     try:
-        run_module(variant.module, variant.inputs, variant.outputs, feeds)
+        for start in range(0, n, 8):  # a few samples at a time: a language model's logits are large
+            run_module(variant.module, variant.inputs, variant.outputs,
+                       {k: v[start:start + 8] for k, v in feeds.items()})
     finally:
         for h in handles:
             h.remove()
@@ -299,7 +318,7 @@ class Matformer(Pass):
             "ffns": len(ffns), "kinds": dict(Counter(f.kind for f in ffns)),
             "hidden": hidden, "widths": widths, "order": o.order,
             "params_before": before, "params_after": after,
-            "calibration": "example inputs" if not o.data else o.data,
+            "calibration": o.text or o.data or "example inputs",
         }
 
     def _check_same(self, variant, module) -> None:

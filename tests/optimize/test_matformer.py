@@ -11,29 +11,12 @@ from edgesmith.cli import main
 from edgesmith.errors import BadInputError, UsageError
 from edgesmith.models.variant import Variant, run_module
 from edgesmith.optimize.matformer import find_ffns
-from edgesmith.specs import TensorSpec
-
-
-def _tiny_llama() -> Variant:
-    """A two-layer Llama (random weights, gated SiLU FFNs) behind edgesmith's HF wrapper."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from edgesmith.models.hf import _module_class
-
-    torch.manual_seed(0)
-    config = LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                         num_key_value_heads=2, vocab_size=97, max_position_embeddings=64)
-    module = _module_class()(LlamaForCausalLM(config).eval(), ["input_ids"], "logits").eval()
-    ids = np.random.default_rng(0).integers(0, 97, (2, 12)).astype(np.int64)
-    return Variant(name="tiny-llama", module=module, inputs=[TensorSpec("input_ids", (2, 12), "int64")],
-                   outputs=[TensorSpec("logits", (2, 12, 97), "float32")], example={"input_ids": ids},
-                   source={"reference": "test:tiny-llama", "format": "test", "sha256": ""}, task="lm")
 
 
 @pytest.fixture(scope="module", params=["digits-mlp", "digits-cnn", "tiny-llama", "minilm"])
 def variant(request):
     if request.param == "tiny-llama":
-        return _tiny_llama()
+        return request.getfixturevalue("tiny_llama")
     return es.load("zoo:all-minilm-l6-v2" if request.param == "minilm" else f"zoo:{request.param}")
 
 
