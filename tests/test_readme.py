@@ -39,6 +39,7 @@ def test_readme_examples_run(tmp_path):
     assert (tmp_path / "out" / "digits-lsnet.onnx" / "manifest.json").is_file()
     assert (tmp_path / "out" / "lsnet-t.mlx" / "manifest.json").is_file()
     assert (tmp_path / "out" / "lsnet-t.tensorrt" / "manifest.json").is_file()
+    assert (tmp_path / "out" / "digits-mlp-half.onnx" / "manifest.json").is_file()
     assert (tmp_path / "out" / "all-minilm-l6-v2.tensorrt" / "build_engine.sh").is_file()
     assert (tmp_path / "out-recipe" / "report.html").is_file()
     assert (tmp_path / "out-sweep" / "report.html").is_file() and (tmp_path / "out-sweep2" / "profile.json").is_file()

@@ -41,25 +41,41 @@ def _suggested_fixes(message: str) -> tuple[dict[str, tuple[int | None, int | No
     return ranges, static
 
 
-def _dynamic_shapes(module, inputs: list[TensorSpec], ranges: dict[str, tuple] | None = None):
+_DERIVED = re.compile(r"(\w+)\+(\d+)")
+
+
+def _dynamic_shapes(module, inputs: list[TensorSpec], ranges: dict[str, tuple] | None = None,
+                    auto: bool = False):
+    """torch.export's ``dynamic_shapes`` for the inputs: one named ``Dim`` per axis name, or with ``auto``
+    ``Dim.DYNAMIC`` on every dynamic axis (torch then finds the relations between them itself)."""
     import inspect
 
     from torch.export import Dim
 
     dims: dict[str, object] = {}
+    ranges = dict(ranges or {})
+
+    def dim(name: str):
+        if name not in dims:
+            derived = _DERIVED.fullmatch(name)
+            if derived:  # "past+1": one more than the axis named past (a KV cache plus the new token)
+                ranges.setdefault(derived[1], (1, None))  # a past of at least one position
+                dims[name] = dim(derived[1]) + int(derived[2])
+            else:
+                lo, hi = ranges.get(name, (None, None))
+                dims[name] = Dim(name, **{k: v for k, v in (("min", lo), ("max", hi)) if v is not None})
+        return dims[name]
+
     shapes = []
     for spec in inputs:
         axes = {}
         for axis, name in spec.dynamic.items():
-            if name not in dims:
-                lo, hi = (ranges or {}).get(name, (None, None))
-                kw = {k: v for k, v in (("min", lo), ("max", hi)) if v is not None}
-                dims[name] = Dim(name, **kw)
-            axes[axis] = dims[name]
+            axes[axis] = Dim.DYNAMIC if auto else dim(name)
         shapes.append(axes or None)
     params = list(inspect.signature(module.forward).parameters.values())
-    if len(params) == 1 and params[0].kind is inspect.Parameter.VAR_POSITIONAL:
-        return (tuple(shapes),)  # forward(*args): torch.export sees one tuple argument
+    star = next((i for i, p in enumerate(params) if p.kind is inspect.Parameter.VAR_POSITIONAL), None)
+    if star is not None:  # forward(a, b, *rest): torch.export sees *rest as one tuple argument
+        return (*shapes[:star], tuple(shapes[star:]))
     return tuple(shapes)
 
 
@@ -100,6 +116,16 @@ def export_program(variant):
         except Exception as exc:  # torch raises several types for constraint violations
             fixed_ranges, static = _suggested_fixes(str(exc))
             if not fixed_ranges and not static:
+                # a guard torch could not prove for named dims (a KV cache's past length, say) may hold
+                # when it relates the axes itself
+                try:
+                    return torch.export.export(
+                        variant.module, _traceable_example(variant),
+                        dynamic_shapes=_dynamic_shapes(variant.module, variant.inputs, ranges, auto=True),
+                        strict=False,
+                    )
+                except Exception:  # noqa: BLE001 - then static, as below, with the first reason
+                    pass
                 reason = str(exc).strip().splitlines()[0][:200]
                 variant.notes.append(f"exported with static shapes: dynamic axes rejected ({reason})")
                 static = {n for s in variant.inputs for n in s.dynamic.values()}
