@@ -37,6 +37,28 @@ def eval_text(split: str = "test") -> str:
     return (_TEXT_DIR / f"{EVAL_TEXT}-{split}.txt").read_text(encoding="utf-8")
 
 
+def eval_sentences(part: str = "eval") -> list[str]:
+    """Sentences of the evaluation text, for embedding-model figures.
+
+    The sentences (of four words or more, each once) of the train split and then the test split; every
+    second one is ``eval`` (1,445 sentences: retrieval agreement is measured on them), the
+    others ``train`` (for fine-tuning an encoder without touching the eval sentences).
+
+    Raises:
+        UsageError: A part other than ``eval`` or ``train``.
+    """
+    import re
+
+    from edgesmith.errors import UsageError
+
+    if part not in ("eval", "train"):
+        raise UsageError(f"the evaluation sentences have no part {part!r}", hint="use eval or train")
+    text = re.sub(r"\s+", " ", eval_text("train") + " " + eval_text("test"))
+    sentences = [s.strip() for s in re.split(r"(?<=[.!?])\s+", text) if len(s.split()) >= 4]
+    sentences = list(dict.fromkeys(sentences))  # the book repeats a few: each once, or they would leak
+    return sentences[1::2] if part == "eval" else sentences[0::2]
+
+
 def digits_split() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """``(x_train, x_test, y_train, y_test)``: images float32 ``(N, 1, 8, 8)`` in ``[0, 1]``, labels int64.
 

@@ -56,6 +56,7 @@ class Pass:
                 hint="load the model from .pt2, a checkpoint, py: or zoo:",
             )
         start = time.perf_counter()
+        self.outputs, self.notes = None, []
         module, report = self._apply_impl(variant)
         record = {
             "name": self.name,
@@ -63,10 +64,18 @@ class Pass:
             "report": report,
             "seconds": round(time.perf_counter() - start, 3),
         }
-        return variant.with_module(module, record)
+        new = variant.with_module(module, record)
+        if self.outputs is not None:
+            new.outputs = list(self.outputs)
+        new.notes += self.notes
+        return new
 
     def _apply_impl(self, variant) -> tuple[Any, dict[str, Any]]:
-        """Transform ``variant.module``; return the new module and a report dict."""
+        """Transform ``variant.module``; return the new module and a report dict.
+
+        A pass that changes what the model returns sets ``self.outputs`` (the new output
+        signature); warnings for the user go to ``self.notes``. Neither touches ``variant``.
+        """
         raise NotImplementedError
 
 
@@ -102,7 +111,7 @@ def apply_passes(variant, specs: list[str], defaults: dict[str, str] | None = No
 
 
 def _register_builtins() -> None:
-    from edgesmith.optimize import distill, matformer, reparam  # noqa: F401
+    from edgesmith.optimize import distill, matformer, matryoshka, reparam  # noqa: F401
 
 
 _register_builtins()
