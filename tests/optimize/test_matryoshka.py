@@ -66,3 +66,36 @@ def test_the_eval_sentences_and_an_embedding_run(minilm):
     assert len(sentences) == 1445 and not set(sentences) & set(eval_sentences("train"))
     emb = embed(es.optimize(minilm, ["matryoshka:dim=32"]), sentences[:20])
     assert emb.shape == (20, 32)
+
+
+def test_the_nested_fine_tune_trains_a_copy(minilm, tmp_path):
+    import torch
+
+    sentences = tmp_path / "sentences.txt"
+    sentences.write_text("\n".join(eval_sentences("train")[:40]) + "\n")
+    before = {k: v.clone() for k, v in minilm.module.state_dict().items()}
+    v = es.optimize(minilm, [f"matryoshka:dim=32,train={sentences},epochs=1,batch=8,dims=32/384"])
+    report = v.passes[-1]["report"]
+    assert report["nested"] and report["train"]["steps"] == 5 and report["train"]["dims"] == [32, 384]
+    assert np.isfinite(report["train"]["loss_first"]) and np.isfinite(report["train"]["loss_last"])
+    assert not any("not trained nested" in n for n in v.notes)
+    after = v.module.encoder.state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before)  # the copy learned
+    assert all(torch.equal(before[k], t) for k, t in minilm.module.state_dict().items())  # the original did not
+    assert v.run()["sentence_embedding"].shape == (2, 32)
+
+
+@pytest.mark.parametrize("spec,text", [
+    ("matryoshka:dim=32,train=devils-dictionary,dims=32/512", "dims [32, 512] exceed the embedding width 384"),
+    ("matryoshka:dim=32,train=devils-dictionary,batch=5000", "fewer than one batch of 5000"),
+    ("matryoshka:dim=32,train=no-such-file.txt", "cannot read training sentences no-such-file.txt"),
+])
+def test_bad_training_input_is_refused(minilm, spec, text):
+    with pytest.raises(BadInputError) as info:
+        es.optimize(minilm, [spec])
+    assert text in str(info.value)
+
+
+def test_bad_dims_text_is_a_usage_error():
+    with pytest.raises(UsageError, match="dims entry 'x'"):
+        es.optimize(es.load("zoo:digits-mlp"), ["matryoshka:dims=64/x"])
