@@ -26,6 +26,7 @@ from pathlib import Path
 from edgesmith.errors import BadInputError, UsageError
 from edgesmith.export import EXPORTERS, Exporter
 from edgesmith.parity import ParityResult
+from edgesmith.runtimes.tensorrt import ENGINE_FILE, ONNX_FILE
 
 PRECISIONS = ("fp32", "fp16")
 _SHAPES = re.compile(r"^\s*([^:,\s]+)\s*:\s*(\d+(?:x\d+)*)\s*$")
@@ -90,7 +91,7 @@ class TensorrtExporter(Exporter):
 
     name = "tensorrt"
     runtime = "tensorrt"
-    model_file = "model.onnx"
+    model_file = ONNX_FILE
     Options = TensorrtOptions
 
     def _export_impl(self, variant, stage: Path) -> None:
@@ -102,14 +103,14 @@ class TensorrtExporter(Exporter):
         from edgesmith.runtimes.tensorrt_build import build_engine, trtexec_command
 
         o = self.options
-        self.model_file = "model.onnx"
+        self.model_file = ONNX_FILE
         dynamic = bool(o.min_shapes or o.opt_shapes or o.max_shapes)
         shapes = self._profile(variant) if dynamic else {}
         onnx_exporter = OnnxExporter(OnnxOptions(opset=o.opset, dynamic=dynamic, optimize=True))
         if variant.module is None and not dynamic:
             _require_static(variant)
         onnx_exporter._export_impl(variant, stage)
-        model = onnx.load(str(stage / "model.onnx"), load_external_data=False)
+        model = onnx.load(str(stage / ONNX_FILE), load_external_data=False)
         report = check_onnx(model)
         if not report.clean:
             raise first_problem_error(report, variant.name)
@@ -119,10 +120,10 @@ class TensorrtExporter(Exporter):
                 "trtexec": command, "engine": None}
         reason = tensorrt_unavailable() if o.build else "the engine build was turned off (-O build=false)"
         if reason is None:
-            info["engine"] = build_engine(stage / "model.onnx", stage / "model.engine", precision=o.precision,
+            info["engine"] = build_engine(stage / ONNX_FILE, stage / ENGINE_FILE, precision=o.precision,
                                           shapes=info["shapes"], workspace_mb=o.workspace_mb,
                                           timing_cache=o.timing_cache or None)
-            self.model_file = "model.engine"
+            self.model_file = ENGINE_FILE
         else:
             info["not_built"] = reason
             variant.notes.append(f"tensorrt: structural bundle, no engine built: {reason}; "
@@ -186,7 +187,7 @@ class TensorrtExporter(Exporter):
 
     def _parity(self, bundle, variant) -> ParityResult:
         """On the engine where one was built; else ``structural``: what was checked on the graph."""
-        if self.model_file == "model.engine":
+        if self.model_file == ENGINE_FILE:
             return super()._parity(bundle, variant)
         info = self.details["tensorrt"]
         support = info["support"]

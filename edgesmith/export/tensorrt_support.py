@@ -123,8 +123,6 @@ def check_onnx(model) -> SupportReport:
 
 
 def _check_graph(graph, table, types, consts, used, edges, report) -> None:
-    import onnx
-
     ops, rules, data = table["ops"], table.get("rules", {}), table.get("data", {})
     doubles = []
     for node in graph.node:
@@ -160,7 +158,7 @@ def _check_graph(graph, table, types, consts, used, edges, report) -> None:
         for problem in report.problems[before:]:
             problem.origin = _origin(node)
         for attr in node.attribute:  # If / Loop / Scan bodies
-            if attr.type == onnx.AttributeProto.GRAPH:
+            if attr.type == _GRAPH:
                 _check_graph(attr.g, table, {**types, **_tensor_types(attr.g)}, {**consts, **_constants(attr.g)},
                              used | _used_names(attr.g), edges, report)
     if doubles:
@@ -222,12 +220,15 @@ def _constants(graph) -> dict[str, Any]:
     return values
 
 
+_GRAPH = 5  # onnx.AttributeProto.GRAPH
+
+
 def _used_names(graph) -> set[str]:
     used = {o.name for o in graph.output}
     for node in graph.node:
         used.update(i for i in node.input if i)
         for attr in node.attribute:
-            if attr.type == 5:  # AttributeProto.GRAPH: names a subgraph reads from the outer scope
+            if attr.type == _GRAPH:  # names a subgraph reads from the outer scope
                 used |= _used_names(attr.g)
     return used
 

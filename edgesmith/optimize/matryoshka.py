@@ -88,10 +88,7 @@ class Truncated(torch.nn.Module):
         else:
             emb = hidden
         emb = emb[..., : self.dim]
-        if not self.normalize:
-            return emb
-        # F.normalize's arithmetic, in ops every target translates (MLX has no vector-norm op)
-        return emb / (emb * emb).sum(-1, keepdim=True).sqrt().clamp(min=1e-12)
+        return _unit(emb) if self.normalize else emb
 
 
 @PASSES.register("matryoshka")
@@ -187,6 +184,7 @@ class Matryoshka(Pass):
 
 
 def _unit(x):
+    """F.normalize's arithmetic, in ops every target translates (MLX has no vector-norm op)."""
     return x / (x * x).sum(-1, keepdim=True).sqrt().clamp(min=1e-12)
 
 

@@ -18,7 +18,8 @@ import numpy as np
 from edgesmith.errors import BadInputError, RuntimeUnavailableError, require
 from edgesmith.runtimes import RUNTIMES, Runtime
 
-ENGINE_FILE = "model.engine"
+ONNX_FILE = "model.onnx"  # the TensorRT-ready graph every tensorrt bundle holds
+ENGINE_FILE = "model.engine"  # the engine, once built
 
 
 def tensorrt_unavailable() -> str | None:

@@ -19,9 +19,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from edgesmith.errors import BadInputError, OutputExistsError, ParityError, RuntimeUnavailableError, UsageError, require
-
-ONNX_FILE = "model.onnx"
-ENGINE_FILE = "model.engine"
+from edgesmith.runtimes.tensorrt import ENGINE_FILE, ONNX_FILE
 
 
 def trtexec_command(options: dict[str, Any], shapes: dict[str, dict[str, list[int]]]) -> str:
@@ -151,7 +149,7 @@ def complete_bundle(bundle_path: str | Path, *, force: bool = False, timing_cach
         RuntimeUnavailableError: No TensorRT or no GPU here (exit code 5).
         ParityError: The engine's outputs are out of the bundle's tolerance (the bundle is unchanged).
     """
-    from edgesmith.bundle import Bundle, finalize_manifest, staged_bundle, write_manifest
+    from edgesmith.bundle import MANIFEST, Bundle, finalize_manifest, staged_bundle, write_manifest
     from edgesmith.runtimes import check_bundle
 
     step = step or (lambda _s: None)
@@ -165,7 +163,7 @@ def complete_bundle(bundle_path: str | Path, *, force: bool = False, timing_cach
     info = dict(m.details.get("tensorrt") or {})
     with staged_bundle(bundle.path, force=True) as stage:
         for entry in bundle.path.iterdir():
-            if entry.name in (ENGINE_FILE, "manifest.json"):
+            if entry.name in (ENGINE_FILE, MANIFEST):
                 continue
             (shutil.copytree if entry.is_dir() else shutil.copy2)(entry, stage / entry.name)
         step(f"building the TensorRT engine of {bundle.path.name}")
