@@ -6,7 +6,6 @@ messages go to stderr. Errors map to exit codes in :func:`main`.
 
 from __future__ import annotations
 
-import json
 import sys
 import traceback
 from pathlib import Path
@@ -19,6 +18,7 @@ from edgesmith.cli_common import emit_json as _emit_json
 from edgesmith.cli_common import parity_row as _parity_row
 from edgesmith.cli_common import parity_table as _parity_table
 from edgesmith.cli_devices import devices
+from edgesmith.cli_passes import print_pass_reports
 from edgesmith.cli_profile import profile, profile_table, report, run_recipe_file, warn_not_predicted
 from edgesmith.cli_sweep import sweep
 from edgesmith.cli_tensorrt import build_engine, print_tensorrt_export
@@ -278,7 +278,7 @@ def inspect(model, inputs, weights, gguf, seq_len, as_json):
 @click.option("-o", "--out", required=True, type=click.Path(dir_okay=False), help="Output .pt2 file.")
 @click.option("--data", type=click.Path(exists=True),
               help="Training data for passes that train (distill): an image folder (one sub-folder per class) or .npz.")
-@click.option("--resume", is_flag=True, help="Continue a distillation from its checkpoint (OUT.ckpt/).")
+@click.option("--resume", is_flag=True, help="Continue a training pass (distill, matformer train=) from OUT.ckpt/.")
 @click.option("--force", is_flag=True, help="Overwrite an existing output (and start a checkpointed run over).")
 @click.option("--json", "as_json", is_flag=True, help="Print the pass reports as JSON.")
 def optimize(model, inputs, weights, gguf, seq_len, pass_specs, out, data, resume, force, as_json):
@@ -286,13 +286,16 @@ def optimize(model, inputs, weights, gguf, seq_len, pass_specs, out, data, resum
 
     The .pt2 keeps the passes applied, the signature and the example inputs, so
     `edgesmith export OUT.pt2` continues from it. A distillation writes a
-    checkpoint to OUT.ckpt/ after every epoch; --resume continues from it.
+    checkpoint to OUT.ckpt/ after every epoch, a MatFormer nested fine-tune every
+    save_every steps; --resume continues from it.
 
     \b
     Examples:
       edgesmith optimize zoo:digits-cnn -p reparam -o digits-reparam.pt2
       edgesmith optimize zoo:digits-cnn -p distill:student=lsnet_t,width=0.25,epochs=30 \\
           --data digits.npz -o digits-lsnet.pt2
+      edgesmith optimize zoo:smollm2-135m -o smol-budget.pt2 \
+          -p matformer:budget_ms=50,text=devils-dictionary,seq_len=128
     """
     from rich.progress import (
         BarColumn,
@@ -320,9 +323,7 @@ def optimize(model, inputs, weights, gguf, seq_len, pass_specs, out, data, resum
         save_pt2(variant, out, force=force)
     if as_json:
         return _emit_json({"out": out, "passes": variant.passes})
-    for p in variant.passes:
-        report = {k: v for k, v in p["report"].items() if k != "history"}
-        click.echo(f"{p['name']}: {json.dumps(report)} ({p['seconds']} s)")
+    print_pass_reports(variant.passes)
     click.echo(f"wrote {out}")
 
 

@@ -174,7 +174,7 @@ class CoremlExporter(Exporter):
             [ct.RangeDim(1, bounds.get((s.name, i), max(self.options.max_dim, d)), default=d) if i in s.dynamic else d
              for i, d in enumerate(s.shape)])) for s in variant.inputs]
         try:
-            program = program.run_decompositions(_decompositions())
+            program = _drop_aliases(program.run_decompositions(_decompositions()))
             return ct.convert(program, inputs=inputs, minimum_deployment_target=target, **self._common(ct, variant))
         except Exception as exc:  # coremltools raises many types, several of them bare
             raise _Failed(_reason(exc)) from exc
@@ -220,6 +220,20 @@ def _axis_bounds(program, inputs) -> dict[tuple[str, int], int]:
                 if getattr(upper, "is_Integer", False):  # a number, not torch's int_oo
                     bounds[(spec.name, axis)] = int(upper)
     return bounds
+
+
+def _drop_aliases(program):
+    """Remove ``aten.alias`` nodes (views that copy nothing; coremltools has no conversion for them)."""
+    import torch
+
+    graph = program.graph_module.graph
+    aliases = [n for n in graph.nodes if n.op == "call_function" and n.target is torch.ops.aten.alias.default]
+    for node in aliases:
+        node.replace_all_uses_with(node.args[0])
+        graph.erase_node(node)
+    if aliases:
+        program.graph_module.recompile()
+    return program
 
 
 @functools.cache

@@ -20,10 +20,10 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from pathlib import Path
 
 from edgesmith.errors import BadInputError, UsageError
 from edgesmith.optimize import PASSES, Pass
+from edgesmith.optimize.checkpoint import Checkpoint
 
 CHECKPOINT_FORMAT = "edgesmith-distill-1"
 # Options that change the run, not just how it is driven: a checkpoint resumes only if they match.
@@ -215,36 +215,15 @@ class Distill(Pass):
         if self.progress is not None:
             self.progress(description, completed, total)
 
-    def _checkpoint_file(self) -> Path | None:
-        return Path(self.options.checkpoint) / "last.pt" if self.options.checkpoint else None
+    def _checkpoint(self) -> Checkpoint:
+        o = self.options
+        return Checkpoint("distill", CHECKPOINT_FORMAT, o.checkpoint, _run_record(o), o.resume, o.force)
 
     def _restore(self, student, optimizer, schedule, generator, history) -> int:
         """Load the checkpoint when resuming (returns the next epoch), refuse to clobber one otherwise."""
-        import torch
-
-        path = self._checkpoint_file()
-        if path is None:
-            if self.options.resume:
-                raise UsageError("pass 'distill': resume needs a checkpoint directory",
-                                 hint="give -p distill:checkpoint=DIR (edgesmith optimize sets OUT.ckpt)")
+        state = self._checkpoint().load()
+        if state is None:
             return 0
-        if not self.options.resume:
-            if path.exists() and not self.options.force:
-                raise UsageError(f"{path.parent} already holds a distillation checkpoint",
-                                 hint="add --resume to continue it, or --force to start over")
-            return 0
-        if not path.exists():
-            raise UsageError(f"nothing to resume: {path} does not exist", hint="run once without --resume")
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # noqa: BLE001 - any unreadable file is bad input
-            raise BadInputError(f"cannot read checkpoint {path}: {type(exc).__name__}: {exc}") from None
-        if state.get("format") != CHECKPOINT_FORMAT:
-            raise BadInputError(f"{path} is not a distill checkpoint (format {state.get('format')!r})")
-        if state["run"] != _run_record(self.options):
-            changed = sorted(k for k in _RUN_KEYS if state["run"].get(k) != getattr(self.options, k))
-            raise UsageError(f"the checkpoint in {path.parent} was made with other options: {', '.join(changed)}",
-                             hint="resume with the same options, or --force to start over")
         student.load_state_dict(state["student"])
         optimizer.load_state_dict(state["optimizer"])
         schedule.load_state_dict(state["schedule"])
@@ -253,15 +232,6 @@ class Distill(Pass):
         return int(state["epoch"])
 
     def _save(self, student, optimizer, schedule, generator, history) -> None:
-        import torch
-
-        path = self._checkpoint_file()
-        if path is None:
-            return
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        torch.save({"format": CHECKPOINT_FORMAT, "epoch": history[-1]["epoch"], "run": _run_record(self.options),
-                    "student": student.state_dict(), "optimizer": optimizer.state_dict(),
-                    "schedule": schedule.state_dict(), "generator": generator.get_state(),
-                    "history": history}, tmp)
-        tmp.replace(path)  # atomic: a killed run leaves the previous epoch's checkpoint intact
+        self._checkpoint().save({"epoch": history[-1]["epoch"], "student": student.state_dict(),
+                                 "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
+                                 "generator": generator.get_state(), "history": history})

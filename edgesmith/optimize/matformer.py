@@ -17,9 +17,14 @@ layer ``l``. This pass does the two steps that need no training:
     before:  x -> up (H x d) [, gate (H x d)] -> act -> down (d x H) -> y
     after:   x -> up[:m] [, gate[:m]]         -> act -> down[:, :m]  -> y   (units sorted, m <= H)
 
-FFNs recognised: Llama/Qwen2-style gated MLPs (``gate_proj``/``up_proj``/``down_proj``),
-BERT-style (``intermediate.dense`` then ``output.dense``), and Linear-activation-Linear
-runs inside an ``nn.Sequential`` (a BatchNorm1d or Dropout between them is sliced along).
+With ``train=...`` the reordered full-width model is first fine-tuned with MatFormer's
+nested loss (:mod:`edgesmith.optimize.matformer_train`); with ``budget_params=`` or
+``budget_ms=`` the per-layer widths come from a Mix'n'Match search within the budget
+(:mod:`edgesmith.optimize.mixnmatch`) instead of ``ratio``/``widths``.
+
+FFNs recognised (:mod:`edgesmith.optimize.ffns`): Llama/Qwen2-style gated MLPs, BERT-style,
+Linear-activation-Linear runs inside an ``nn.Sequential``, and the zoo backbones'
+pointwise-convolution MLPs (a BatchNorm or depthwise convolution between is sliced along).
 """
 
 from __future__ import annotations
@@ -31,10 +36,8 @@ from typing import Any
 
 from edgesmith.errors import BadInputError, UsageError
 from edgesmith.optimize import PASSES, Pass
-
-_ACTIVATIONS = ("ReLU", "GELU", "SiLU", "Tanh", "Sigmoid", "LeakyReLU", "ReLU6", "Hardswish", "Mish", "ELU",
-                "GELUActivation", "NewGELUActivation", "SiLUActivation", "PytorchGELUTanh", "GELUTanh")
-
+from edgesmith.optimize.ffns import Ffn, channels_last, find_ffns, reorder_and_slice, unit_scale
+from edgesmith.optimize.mixnmatch import parse_count
 
 @dataclasses.dataclass
 class MatformerOptions:
@@ -44,40 +47,114 @@ class MatformerOptions:
         ratio: Every FFN keeps this share of its hidden units, in (0, 1] (rounded, at least one).
         widths: Per-layer hidden widths, ``/``-separated in the order the FFNs are found
             (``1536/1024/...``); overrides ``ratio``.
-        order: ``importance`` (sort units by calibration importance first) or ``first`` (keep the
-            first units as they are: the naive slice, for comparison).
+        order: ``importance`` (sort units by calibration importance first), ``first`` (keep the
+            first units as they are: the naive slice, for comparison), or ``auto``: ``first`` for a
+            model an earlier ``matformer`` pass trained nested (its order is what it was trained
+            with), else ``importance``.
         data: Calibration inputs, an ``.npz`` with one array per model input (first axis: samples);
             default: the variant's example inputs.
         text: Calibration text for a language model: ``devils-dictionary`` (the bundled evaluation
             text's train split) or a UTF-8 file, cut into windows of ``seq_len`` tokens with the
             model's tokenizer.
-        seq_len: Tokens per calibration window (``text``).
+        seq_len: Tokens per calibration (and training) window.
         samples: At most this many calibration samples (windows).
         check: Check that the full-width reordered model equals the original on the example inputs.
+        train: Fine-tune with the nested loss first, on this: for a language model, ``devils-dictionary``
+            (the evaluation text's train split) or a UTF-8 text file, cut into windows of ``seq_len``
+            tokens; for any model, an ``.npz`` of inputs (one array per model input; the targets are
+            the original model's outputs).
+        steps: Training steps (each: one batch at every granularity).
+        batch: Training samples (windows) per step.
+        lr: Peak learning rate (AdamW; warm-up over a tenth of the steps, then cosine to a tenth).
+        granularities: Shares of units trained together, ``/``-separated (``0.5/1``); default: the
+            target widths and full width, or ``levels`` with a budget.
+        tune: ``ffn`` (only the FFN weights train) or ``all``.
+        seed: Seed of the batch order.
+        save_every: Steps between checkpoints.
+        checkpoint: Directory of the training checkpoint (``edgesmith optimize`` uses ``OUT.ckpt``); empty: none.
+        resume: Continue the training from the checkpoint.
+        force: Start the training over even if ``checkpoint`` holds a run.
+        budget_params: Mix'n'Match: the most parameters the sliced model may have (``95M``, ``9.5e7``).
+        budget_ms: Mix'n'Match: the most latency (p50 ms on the example inputs, ONNX Runtime) on ``device``.
+        device: Where ``budget_ms`` holds: ``host`` (measured) or a catalog device (predicted).
+        levels: Mix'n'Match: shares of its units each layer may keep, ``/``-separated.
+        search_samples: Mix'n'Match: calibration samples (windows) every candidate is scored on.
     """
 
     ratio: float = 0.5
     widths: str = ""
-    order: str = "importance"
+    order: str = "auto"
     data: str = ""
     text: str = ""
     seq_len: int = 256
     samples: int = 256
     check: bool = True
+    train: str = ""
+    steps: int = 60
+    batch: int = 4
+    lr: float = 1e-4
+    granularities: str = ""
+    tune: str = "ffn"
+    seed: int = 0
+    save_every: int = 10
+    checkpoint: str = ""
+    resume: bool = False
+    force: bool = False
+    budget_params: str = ""
+    budget_ms: float = 0.0
+    device: str = "host"
+    levels: str = "0.25/0.5/0.75/1"
+    search_samples: int = 4
 
     def __post_init__(self):
         if not 0.0 < self.ratio <= 1.0:
             raise UsageError(f"pass 'matformer': ratio={self.ratio} is outside (0, 1]",
                              hint="ratio is the share of hidden units each FFN keeps, e.g. ratio=0.5")
-        if self.order not in ("importance", "first"):
-            raise UsageError(f"pass 'matformer': order={self.order!r} is not importance or first")
+        if self.order not in ("auto", "importance", "first"):
+            raise UsageError(f"pass 'matformer': order={self.order!r} is not auto, importance or first")
         if self.data and self.text:
             raise UsageError("pass 'matformer': give data or text, not both")
-        if self.seq_len < 2:
-            raise UsageError(f"pass 'matformer': seq_len={self.seq_len} must be at least 2")
-        if self.samples < 1:
-            raise UsageError(f"pass 'matformer': samples={self.samples} must be at least 1")
+        if self.tune not in ("ffn", "all"):
+            raise UsageError(f"pass 'matformer': tune={self.tune!r} is not ffn or all")
+        for key in ("seq_len", "samples", "steps", "batch", "save_every", "search_samples"):
+            least = 2 if key == "seq_len" else 1
+            if getattr(self, key) < least:
+                raise UsageError(f"pass 'matformer': {key}={getattr(self, key)} must be at least {least}")
+        if self.lr <= 0 or self.budget_ms < 0:
+            raise UsageError(f"pass 'matformer': {'lr' if self.lr <= 0 else 'budget_ms'} must be positive")
+        if self.budget_ms and self.budget_params:
+            raise UsageError("pass 'matformer': give budget_ms or budget_params, not both")
+        if (self.budget_ms or self.budget_params) and self.widths:
+            raise UsageError("pass 'matformer': give widths or a budget, not both",
+                             hint="with a budget the search chooses the widths")
         parse_widths(self.widths)
+        parse_count(self.budget_params)
+        parse_shares(self.levels, "levels")
+        parse_shares(self.granularities, "granularities")
+
+    @property
+    def budget(self) -> bool:
+        """A Mix'n'Match budget was given."""
+        return bool(self.budget_ms or self.budget_params)
+
+
+def parse_shares(text: str, key: str) -> list[float]:
+    """``0.25/0.5/1`` -> ``[0.25, 0.5, 1.0]``, each in (0, 1].
+
+    Raises:
+        UsageError: A share that is not a number in (0, 1].
+    """
+    shares = []
+    for item in filter(None, (t.strip() for t in text.split("/"))):
+        try:
+            value = float(item)
+        except ValueError:
+            value = -1.0
+        if not 0.0 < value <= 1.0:
+            raise UsageError(f"pass 'matformer': {key} share {item!r} is not a number in (0, 1]",
+                             hint=f"write {key}=0.25/0.5/0.75/1")
+        shares.append(value)
+    return sorted(set(shares))
 
 
 def parse_widths(text: str) -> list[int]:
@@ -95,109 +172,44 @@ def parse_widths(text: str) -> list[int]:
     return widths
 
 
-@dataclasses.dataclass
-class Ffn:
-    """One feed-forward block found in a model.
-
-    Attributes:
-        name: Where it is (the module path of its first projection's parent, or the run's).
-        kind: ``gated``, ``bert`` or ``sequential``.
-        owner: The module holding the projections.
-        ups: Attribute names (or Sequential indices) of the layers producing the hidden units.
-        down: Attribute name (or index) of the projection consuming them.
-        norms: Per-unit BatchNorm1d layers between them (sliced with the units).
-    """
-
-    name: str
-    kind: str
-    owner: Any
-    ups: list[str]
-    down: str
-    norms: list[str] = dataclasses.field(default_factory=list)
-
-    def layer(self, key: str):
-        """The projection under ``key`` (an attribute path like ``intermediate.dense``, or an index)."""
-        obj = self.owner
-        for part in key.split("."):
-            obj = obj[int(part)] if part.isdigit() else getattr(obj, part)
-        return obj
-
-    def set_layer(self, key: str, module) -> None:
-        """Put ``module`` where ``key`` is."""
-        *path, last = key.split(".")
-        obj = self.owner
-        for part in path:
-            obj = obj[int(part)] if part.isdigit() else getattr(obj, part)
-        if last.isdigit():
-            obj[int(last)] = module
-        else:
-            setattr(obj, last, module)
-
-    @property
-    def hidden(self) -> int:
-        """Hidden units (the down projection's inputs)."""
-        return self.layer(self.down).in_features
-
-
-def find_ffns(module) -> list[Ffn]:
-    """Every FFN the pass recognises, in module order."""
-    from torch import nn
-
-    found: list[Ffn] = []
-    for name, m in module.named_modules():
-        linear = lambda key: isinstance(getattr(m, key, None), nn.Linear)  # noqa: E731
-        if linear("gate_proj") and linear("up_proj") and linear("down_proj"):
-            found.append(Ffn(name, "gated", m, ["gate_proj", "up_proj"], "down_proj"))
-        elif (isinstance(getattr(getattr(m, "intermediate", None), "dense", None), nn.Linear)
-              and isinstance(getattr(getattr(m, "output", None), "dense", None), nn.Linear)
-              and m.intermediate.dense.out_features == m.output.dense.in_features):
-            found.append(Ffn(name, "bert", m, ["intermediate.dense"], "output.dense"))
-        elif isinstance(m, nn.Sequential):
-            items = list(m)
-            for i, first in enumerate(items):
-                if not isinstance(first, nn.Linear):
-                    continue
-                j = i + 1
-                while j < len(items) and (type(items[j]).__name__ in _ACTIVATIONS
-                                          or isinstance(items[j], (nn.Dropout, nn.BatchNorm1d))):
-                    j += 1
-                if (j > i + 1 and j < len(items) and isinstance(items[j], nn.Linear)
-                        and items[j].in_features == first.out_features
-                        and any(type(items[k]).__name__ in _ACTIVATIONS for k in range(i + 1, j))):
-                    norms = [str(k) for k in range(i + 1, j) if isinstance(items[k], nn.BatchNorm1d)]
-                    found.append(Ffn(f"{name}[{i}:{j + 1}]" if name else f"[{i}:{j + 1}]", "sequential", m,
-                                     [str(i)], str(j), norms))
-    return found
-
-
 def _what_it_has(module) -> str:
     counts = Counter(type(m).__name__ for m in module.modules())
     return ", ".join(f"{n} x{c}" for n, c in counts.most_common(8))
 
 
-def _calibration(variant, options):
-    """Calibration feeds: token windows of ``text``, the ``data`` file's arrays, else the example inputs."""
+def _feeds(variant, source: str, seq_len: int, samples: int | None, what: str, arrays: bool = False):
+    """Model inputs from ``source``: an ``.npz`` (one array per input; ``arrays``: whatever its name),
+    else text cut into token windows. An empty source gives the variant's example inputs.
+    """
     import numpy as np
 
-    if options.text:
-        from edgesmith.models.hf import tokenizer_for
-        from edgesmith.models.lm_eval import lm_feeds, text_source, token_windows
-
-        windows = token_windows(tokenizer_for(variant), text_source(options.text), options.seq_len, options.samples)
-        return lm_feeds(variant, windows)
-    if not options.data:
+    if not source:
         return variant.example
-    try:
-        with np.load(options.data, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-    except (OSError, ValueError) as exc:
-        raise BadInputError(f"pass 'matformer': cannot read calibration data {options.data}: {exc}") from None
-    names = [s.name for s in variant.inputs]
-    missing = [n for n in names if n not in arrays]
-    if missing:
-        raise BadInputError(f"pass 'matformer': calibration data {options.data} has no array {missing[0]!r}",
-                            hint=f"store one array per model input: {', '.join(names)}")
-    return {n: arrays[n][: options.samples] for n in names}
+    if arrays or source.endswith(".npz"):
+        try:
+            with np.load(source, allow_pickle=False) as z:
+                arrays = {k: z[k] for k in z.files}
+        except (OSError, ValueError) as exc:
+            raise BadInputError(f"pass 'matformer': cannot read {what} data {source}: {exc}") from None
+        names = [s.name for s in variant.inputs]
+        missing = [n for n in names if n not in arrays]
+        if missing:
+            raise BadInputError(f"pass 'matformer': {what} data {source} has no array {missing[0]!r}",
+                                hint=f"store one array per model input: {', '.join(names)}")
+        return {n: arrays[n][:samples] for n in names}
+    if variant.task != "lm":
+        raise BadInputError(f"pass 'matformer': {what} text {source!r} needs a language model; {variant.name} is "
+                            f"a {variant.task or 'model'}", hint=f"give {what} inputs as an .npz, one array per input")
+    from edgesmith.models.hf import tokenizer_for
+    from edgesmith.models.lm_eval import lm_feeds, text_source, token_windows
+
+    return lm_feeds(variant, token_windows(tokenizer_for(variant), text_source(source), seq_len, samples))
+
+
+def _calibration(variant, options):
+    """Calibration feeds: token windows of ``text``, the ``data`` file's arrays, else the example inputs."""
+    return _feeds(variant, options.text or options.data, options.seq_len, options.samples, "calibration",
+                  arrays=bool(options.data))
 
 
 def importance(variant, ffns: list[Ffn], feeds) -> list[Any]:
@@ -211,7 +223,7 @@ def importance(variant, ffns: list[Ffn], feeds) -> list[Any]:
 
     def hook(index):
         def record(_module, args):
-            h = args[0].detach().reshape(-1, args[0].shape[-1]).double()
+            h = channels_last(args[0].detach(), ffns[index].axis).double()
             sums[index] += h.abs().sum(0)
             counts[index] += h.shape[0]
         return record
@@ -225,50 +237,7 @@ def importance(variant, ffns: list[Ffn], feeds) -> list[Any]:
     finally:
         for h in handles:
             h.remove()
-    return [(s / max(c, 1)) * f.layer(f.down).weight.detach().double().norm(dim=0)
-            for s, c, f in zip(sums, counts, ffns)]
-
-
-def _linear(weight, bias):
-    """A new ``nn.Linear`` holding these tensors (same dtype and device)."""
-    import torch
-
-    out_f, in_f = weight.shape
-    layer = torch.nn.Linear(in_f, out_f, bias=bias is not None, device=weight.device, dtype=weight.dtype)
-    with torch.no_grad():
-        layer.weight.copy_(weight)
-        if bias is not None:
-            layer.bias.copy_(bias)
-    return layer
-
-
-def reorder_and_slice(ffn: Ffn, keep) -> None:
-    """Keep hidden units ``keep`` (an index tensor, in the new order) of one FFN, in place."""
-    for key in ffn.ups:
-        up = ffn.layer(key)
-        ffn.set_layer(key, _linear(up.weight.detach()[keep], None if up.bias is None else up.bias.detach()[keep]))
-    for key in ffn.norms:
-        ffn.set_layer(key, _batch_norm(ffn.layer(key), keep))
-    down = ffn.layer(ffn.down)
-    bias = None if down.bias is None else down.bias.detach()
-    ffn.set_layer(ffn.down, _linear(down.weight.detach()[:, keep], bias))
-
-
-def _batch_norm(norm, keep):
-    """A BatchNorm1d of the kept units, with their statistics and affine parameters."""
-    import torch
-
-    new = torch.nn.BatchNorm1d(len(keep), eps=norm.eps, momentum=norm.momentum, affine=norm.affine,
-                               track_running_stats=norm.track_running_stats,
-                               device=norm.running_mean.device if norm.running_mean is not None else None)
-    with torch.no_grad():
-        for attr in ("weight", "bias", "running_mean", "running_var"):
-            value = getattr(norm, attr)
-            if value is not None:
-                getattr(new, attr).copy_(value.detach()[keep])
-    if norm.num_batches_tracked is not None:
-        new.num_batches_tracked = norm.num_batches_tracked.clone()
-    return new.train(norm.training)
+    return [(s / max(c, 1)) * unit_scale(f) for s, c, f in zip(sums, counts, ffns)]
 
 
 @PASSES.register("matformer")
@@ -281,14 +250,16 @@ class Matformer(Pass):
     def _apply_impl(self, variant):
         import torch
 
+        from edgesmith.optimize.mixnmatch import ffn_params, level_widths
+
         o = self.options
         module = copy.deepcopy(variant.module)
         ffns = find_ffns(module)
         if not ffns:
             raise BadInputError(f"pass 'matformer' found no FFN it recognises in {variant.name} "
                                 f"(it has: {_what_it_has(variant.module)})",
-                                hint="it slices gated (gate/up/down_proj), BERT-style (intermediate/output.dense) "
-                                     "and Linear-activation-Linear FFNs")
+                                hint="it slices gated (gate/up/down_proj), BERT-style (intermediate/output.dense), "
+                                     "Linear-activation-Linear and pointwise-conv FFNs")
         widths = parse_widths(o.widths)
         if widths and len(widths) != len(ffns):
             raise BadInputError(f"pass 'matformer': widths gives {len(widths)} width(s), {variant.name} has "
@@ -299,27 +270,118 @@ class Matformer(Pass):
                 raise BadInputError(f"pass 'matformer': width {w} for FFN {f.name} exceeds its {f.hidden} hidden units")
         before = sum(p.numel() for p in module.parameters())
         hidden = [f.hidden for f in ffns]
-        if o.order == "importance":
+        if o.budget_ms and o.device != "host":
+            from edgesmith.devices.catalog import get_device
+
+            get_device(o.device)  # an unknown name fails here, before any work
+        if o.budget_params:  # refused before any work when even the smallest choice is too big
+            levels = parse_shares(o.levels, "levels")
+            smallest = before - ffn_params(ffns, hidden) + ffn_params(ffns, [ws[0] for ws in level_widths(ffns, levels)])
+            if smallest > parse_count(o.budget_params):
+                from edgesmith.optimize.mixnmatch import refuse
+
+                raise refuse(f"budget_params={parse_count(o.budget_params):,}", f"{smallest:,} parameters", levels)
+        order = o.order
+        if order == "auto":
+            nested = any(p.get("name") == "matformer" and p.get("params", {}).get("train") for p in variant.passes)
+            order = "first" if nested else "importance"
+        checkpoint, state = self._checkpoint(variant, hidden)
+        if state is not None:  # resuming: the saved order, so the trained weights match their units
+            orders = [torch.as_tensor(x) for x in state["orders"]]
+        elif order == "importance":
             view = dataclasses.replace(variant, module=module)
             scores = importance(view, ffns, _calibration(variant, o))
             orders = [torch.argsort(s, descending=True, stable=True) for s in scores]
         else:
             orders = [torch.arange(f.hidden) for f in ffns]
-        if o.check and o.order == "importance":
-            full = copy.deepcopy(module)
-            for f, order in zip(find_ffns(full), orders):
-                reorder_and_slice(f, order)
-            self._check_same(variant, full)
-        for f, order, w in zip(ffns, orders, widths):
-            reorder_and_slice(f, order[:w])
+        for f, units in zip(ffns, orders):
+            reorder_and_slice(f, units)
+        ffns = find_ffns(module)
+        if o.check and order == "importance" and state is None:
+            self._check_same(variant, module)
+        report = {"ffns": len(ffns), "kinds": dict(Counter(f.kind for f in ffns)), "hidden": hidden,
+                  "order": order, "calibration": o.text or o.data or "example inputs"}
+        if o.train:
+            report["train"] = self._train(variant, module, ffns, widths, checkpoint, state, orders)
+        if o.budget:
+            widths, report["search"] = self._search(variant, module, ffns)
+        for f, w in zip(ffns, widths):
+            reorder_and_slice(f, torch.arange(w))
         module.eval()
-        after = sum(p.numel() for p in module.parameters())
-        return module, {
-            "ffns": len(ffns), "kinds": dict(Counter(f.kind for f in ffns)),
-            "hidden": hidden, "widths": widths, "order": o.order,
-            "params_before": before, "params_after": after,
-            "calibration": o.text or o.data or "example inputs",
-        }
+        return module, {**report, "widths": widths, "params_before": before,
+                        "params_after": sum(p.numel() for p in module.parameters())}
+
+    def _checkpoint(self, variant, hidden: list[int]):
+        """The training checkpoint and, when resuming, its state (None, None without training)."""
+        from edgesmith.optimize.matformer_train import CHECKPOINT_FORMAT
+        from edgesmith.optimize.checkpoint import Checkpoint
+
+        o = self.options
+        if not o.train:
+            return None, None
+        keys = ("ratio", "widths", "order", "data", "text", "seq_len", "samples", "train", "steps", "batch", "lr",
+                "granularities", "tune", "seed", "levels", "budget_params", "budget_ms")
+        run = {**{k: getattr(o, k) for k in keys}, "model": variant.source.get("sha256") or variant.name,
+               "hidden": hidden}
+        checkpoint = Checkpoint("matformer", CHECKPOINT_FORMAT, o.checkpoint, run, o.resume, o.force)
+        return checkpoint, checkpoint.load()
+
+    def _train(self, variant, module, ffns, widths, checkpoint, state, orders):
+        """The nested fine-tune of the reordered full-width ``module``, in place; its report."""
+        from edgesmith.optimize.matformer_train import Objective, train_nested
+
+        o = self.options
+        shares = parse_shares(o.granularities, "granularities") or (parse_shares(o.levels, "levels") if o.budget else [])
+        sets = [[max(1, round(s * f.hidden)) for f in ffns] for s in shares] or [widths]
+        granularities = []
+        for ws in sets + [[f.hidden for f in ffns]]:
+            if ws not in granularities:
+                granularities.append(ws)
+        objective = Objective(variant, _feeds(variant, o.train, o.seq_len, None, "training"))
+        return train_nested(module, ffns, granularities, objective, o, checkpoint, state,
+                            [order.clone() for order in orders], self.progress)
+
+    def _search(self, variant, module, ffns):
+        """Mix'n'Match within the budget: the chosen widths and the search's report."""
+        import numpy as np
+
+        from edgesmith.optimize.matformer_train import Objective
+        from edgesmith.optimize.mixnmatch import Search, front, latency_probe, refuse, sliced_copy
+
+        o = self.options
+        levels = parse_shares(o.levels, "levels")
+        objective = Objective(variant, _feeds(variant, o.text or o.data, o.seq_len, o.search_samples, "calibration",
+                                              arrays=bool(o.data)))
+        index = np.arange(objective.samples)
+        search = Search(module, ffns, levels, lambda ws: objective.evaluate(module, ffns, ws, index), self.progress)
+        report: dict[str, Any] = {"levels": levels, "samples": objective.samples}
+        if o.budget_params:
+            limit = float(parse_count(o.budget_params))
+            report["budget"] = f"budget_params={int(limit):,}"
+            cost = lambda c: c.params  # noqa: E731
+        else:
+            limit = o.budget_ms
+            probe = latency_probe(variant, o.device)
+            if self.progress:
+                self.progress(f"mix'n'match: latency at full and smallest width on {o.device}", 0, 2)
+            full_ms, mode = probe(sliced_copy(module, search.full))
+            small_ms, _ = probe(sliced_copy(module, search.smallest))
+            if small_ms > limit:
+                raise refuse(f"budget_ms={limit:g} on {o.device}", f"{small_ms:.3f} ms ({mode})", levels)
+            search.measured = {search.params(search.full): full_ms, search.params(search.smallest): small_ms}
+            report.update(budget=f"budget_ms={limit:g} on {o.device}", anchors_ms=[round(full_ms, 3), round(small_ms, 3)],
+                          latency_mode=mode)
+            cost = lambda c: c.latency_ms  # noqa: E731
+        fits = lambda c: cost(c) <= limit  # noqa: E731
+        path = search.path()
+        found = search.candidates(path, fits, levels)
+        if o.budget_ms:  # the estimate proposes; the sliced model itself must meet the budget
+            chosen = search.within_latency(found, path, limit, probe)
+        else:
+            chosen = min((c for c in found if fits(c)), key=lambda c: c.loss)
+        report.update(evaluated=len(found), chosen=chosen.row(True),
+                      front=[c.row(fits(c)) for c in front(found, cost)])
+        return list(chosen.widths), report
 
     def _check_same(self, variant, module) -> None:
         """The full-width reordered model computes what the original does (a permutation is exact)."""
