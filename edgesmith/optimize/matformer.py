@@ -197,9 +197,6 @@ def _feeds(variant, source: str, seq_len: int, samples: int | None, what: str, a
             raise BadInputError(f"pass 'matformer': {what} data {source} has no array {missing[0]!r}",
                                 hint=f"store one array per model input: {', '.join(names)}")
         return {n: arrays[n][:samples] for n in names}
-    if variant.task != "lm":
-        raise BadInputError(f"pass 'matformer': {what} text {source!r} needs a language model; {variant.name} is "
-                            f"a {variant.task or 'model'}", hint=f"give {what} inputs as an .npz, one array per input")
     from edgesmith.models.hf import tokenizer_for
     from edgesmith.models.lm_eval import lm_feeds, text_source, token_windows
 

@@ -236,7 +236,7 @@ def test_a_latency_budget_on_a_predicted_device_is_met(digits_inputs):
     ("matformer:budget_params=4k,widths=32/16", UsageError, "give widths or a budget, not both"),
     ("matformer:budget_params=4k,levels=0/0.5", UsageError, "levels share '0' is not a number in (0, 1]"),
     ("matformer:budget_ms=1,device=pixel-99", UsageError, "unknown device 'pixel-99'"),
-    ("matformer:train=devils-dictionary", BadInputError, "training text 'devils-dictionary' needs a language model"),
+    ("matformer:train=devils-dictionary", BadInputError, "digits-mlp has no tokenizer"),
     ("matformer:tune=some", UsageError, "tune='some' is not ffn or all"),
 ])
 def test_bad_budgets_and_training_options_are_refused(spec, error, text, tmp_path):
