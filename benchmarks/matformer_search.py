@@ -8,7 +8,7 @@ The chosen model is then exported again and timed side by side with the dense on
 (interleaved rounds), and its perplexity is taken on the test split.
 
 Usage (from the repo root, after `make install`):
-    .venv/bin/python benchmarks/matformer_search.py [--budget-share 0.85] [--rounds 5] [--runs 20]
+    .venv/bin/python benchmarks/matformer_search.py [--budget-share 0.85] [--headroom 0.05] [--rounds 5] [--runs 20]
 """
 
 from __future__ import annotations
@@ -53,6 +53,8 @@ def side_by_side(bundles: dict[str, str], rounds: int, runs: int) -> dict[str, f
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--budget-share", type=float, default=0.85, help="budget = this share of dense p50")
+    parser.add_argument("--headroom", type=float, default=0.05,
+                        help="the search's profiled choice must land this share under the budget")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--runs", type=int, default=20)
     args = parser.parse_args(argv)
@@ -66,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         budget = round(args.budget_share * dense_ms, 1)
         print(f"dense p50 {dense_ms:.2f} ms -> budget_ms={budget}", file=sys.stderr)
         start = time.perf_counter()
-        chosen = es.optimize(base, [f"matformer:budget_ms={budget},text=devils-dictionary,seq_len=128,samples=16"],
+        chosen = es.optimize(base, [f"matformer:budget_ms={budget},headroom={args.headroom},text=devils-dictionary,seq_len=128,samples=16"],
                              progress=lambda d, n, t: print(f"  {d} {n}/{t}", file=sys.stderr) if n == t else None)
         seconds = time.perf_counter() - start
         search = chosen.passes[-1]["report"]["search"]

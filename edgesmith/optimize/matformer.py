@@ -77,6 +77,8 @@ class MatformerOptions:
         budget_params: Mix'n'Match: the most parameters the sliced model may have (``95M``, ``9.5e7``).
         budget_ms: Mix'n'Match: the most latency (p50 ms on the example inputs, ONNX Runtime) on ``device``.
         device: Where ``budget_ms`` holds: ``host`` (measured) or a catalog device (predicted).
+        headroom: Mix'n'Match with ``budget_ms``: the share of the budget the profiled choice must
+            stay under, so the device's run-to-run noise does not take it over (0.05: at most 95%).
         levels: Mix'n'Match: shares of its units each layer may keep, ``/``-separated.
         search_samples: Mix'n'Match: calibration samples (windows) every candidate is scored on.
     """
@@ -103,6 +105,7 @@ class MatformerOptions:
     budget_params: str = ""
     budget_ms: float = 0.0
     device: str = "host"
+    headroom: float = 0.05
     levels: str = "0.25/0.5/0.75/1"
     search_samples: int = 4
 
@@ -122,6 +125,9 @@ class MatformerOptions:
                 raise UsageError(f"pass 'matformer': {key}={getattr(self, key)} must be at least {least}")
         if self.lr <= 0 or self.budget_ms < 0:
             raise UsageError(f"pass 'matformer': {'lr' if self.lr <= 0 else 'budget_ms'} must be positive")
+        if not 0.0 <= self.headroom < 0.5:
+            raise UsageError(f"pass 'matformer': headroom={self.headroom} is outside [0, 0.5)",
+                             hint="headroom is the share of budget_ms kept free for noise, e.g. headroom=0.05")
         if self.budget_ms and self.budget_params:
             raise UsageError("pass 'matformer': give budget_ms or budget_params, not both")
         if (self.budget_ms or self.budget_params) and self.widths:
@@ -357,16 +363,19 @@ class Matformer(Pass):
             report["budget"] = f"budget_params={int(limit):,}"
             cost = lambda c: c.params  # noqa: E731
         else:
-            limit = o.budget_ms
             probe = latency_probe(variant, o.device)
             if self.progress:
                 self.progress(f"mix'n'match: latency at full and smallest width on {o.device}", 0, 2)
             full_ms, mode = probe(sliced_copy(module, search.full))
             small_ms, _ = probe(sliced_copy(module, search.smallest))
+            headroom = o.headroom if mode == "measured" else 0.0  # a prediction has no run-to-run noise
+            limit = o.budget_ms * (1.0 - headroom)  # the profiled choice must land here, under the budget
+            budget = f"budget_ms={o.budget_ms:g} on {o.device}" + (f" (at most {limit:.4g} ms measured, "
+                                                                    f"headroom={headroom:g})" if headroom else "")
             if small_ms > limit:
-                raise refuse(f"budget_ms={limit:g} on {o.device}", f"{small_ms:.3f} ms ({mode})", levels)
+                raise refuse(budget, f"{small_ms:.3f} ms ({mode})", levels)
             search.measured = {search.params(search.full): full_ms, search.params(search.smallest): small_ms}
-            report.update(budget=f"budget_ms={limit:g} on {o.device}", anchors_ms=[round(full_ms, 3), round(small_ms, 3)],
+            report.update(budget=budget, target_ms=round(limit, 6), anchors_ms=[round(full_ms, 3), round(small_ms, 3)],
                           latency_mode=mode)
             cost = lambda c: c.latency_ms  # noqa: E731
         fits = lambda c: cost(c) <= limit  # noqa: E731

@@ -226,6 +226,7 @@ def test_a_latency_budget_on_a_predicted_device_is_met(digits_inputs):
     budget = round((full_ms + small_ms) / 2, 6)
     search = es.optimize(variant, [f"{spec},budget_ms={budget}"]).passes[-1]["report"]["search"]
     assert search["chosen"]["latency_mode"] == "predicted" and search["chosen"]["latency_ms"] <= budget
+    assert search["target_ms"] == budget  # the headroom is for measured noise; a prediction has none
 
 
 @pytest.mark.parametrize("spec,error,text", [
@@ -238,6 +239,7 @@ def test_a_latency_budget_on_a_predicted_device_is_met(digits_inputs):
     ("matformer:budget_ms=1,device=pixel-99", UsageError, "unknown device 'pixel-99'"),
     ("matformer:train=devils-dictionary", BadInputError, "digits-mlp has no tokenizer"),
     ("matformer:tune=some", UsageError, "tune='some' is not ffn or all"),
+    ("matformer:budget_ms=1,headroom=0.5", UsageError, "headroom=0.5 is outside [0, 0.5)"),
 ])
 def test_bad_budgets_and_training_options_are_refused(spec, error, text, tmp_path):
     with pytest.raises(error) as info:
@@ -249,7 +251,8 @@ def test_an_unmeetable_latency_budget_says_the_smallest_and_writes_nothing(tmp_p
     out = tmp_path / "x.pt2"
     assert main(["optimize", "zoo:digits-mlp", "-p", "matformer:budget_ms=0.000001", "-o", str(out)]) == 3
     err = capsys.readouterr().err
-    assert "no width choice meets budget_ms=1e-06 on host; the smallest" in err and "ms (measured)" in err
+    assert "no width choice meets budget_ms=1e-06 on host (at most 9.5e-07 ms measured, headroom=0.05); " \
+           "the smallest" in err and "ms (measured)" in err
     assert not out.exists()
 
 
