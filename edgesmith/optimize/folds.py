@@ -16,6 +16,8 @@ fold                        before -> after
 ``fold_bn_backward``        batch_norm -> linear, or -> unpadded conv -> one linear/conv
 ``fold_channel_scale``      conv/linear -> mul by a per-channel constant (LayerScale) -> conv/linear
 ``fold_branches``           conv_kxk(x) + conv_1x1(x) + x (RepVGG, Ding et al. 2021) -> one conv
+``fold_token_norms``        RepBN / BatchNorm over token channels -> the adjacent linear(s)
+                            (:mod:`edgesmith.optimize.fold_tokens`)
 ==========================  ===============================================================
 """
 
@@ -378,10 +380,12 @@ def fold_all(gm, max_rounds: int = 10) -> dict[str, list[str]]:
     Returns:
         Fold name -> the rewrites it made.
     """
+    from edgesmith.optimize.fold_tokens import fold_token_norms
+
     done: dict[str, list[str]] = {}
     for _ in range(max_rounds):
         changed = False
-        for fold in FOLDS:
+        for fold in (*FOLDS, fold_token_norms):
             changes = fold(gm)
             if changes:
                 done.setdefault(fold.__name__, []).extend(changes)

@@ -184,29 +184,10 @@ def _what_it_has(module) -> str:
 
 
 def _feeds(variant, source: str, seq_len: int, samples: int | None, what: str, arrays: bool = False):
-    """Model inputs from ``source``: an ``.npz`` (one array per input; ``arrays``: whatever its name),
-    else text cut into token windows. An empty source gives the variant's example inputs.
-    """
-    import numpy as np
+    """Model inputs from ``source`` (:func:`edgesmith.optimize.training.feeds_from`)."""
+    from edgesmith.optimize.training import feeds_from
 
-    if not source:
-        return variant.example
-    if arrays or source.endswith(".npz"):
-        try:
-            with np.load(source, allow_pickle=False) as z:
-                arrays = {k: z[k] for k in z.files}
-        except (OSError, ValueError) as exc:
-            raise BadInputError(f"pass 'matformer': cannot read {what} data {source}: {exc}") from None
-        names = [s.name for s in variant.inputs]
-        missing = [n for n in names if n not in arrays]
-        if missing:
-            raise BadInputError(f"pass 'matformer': {what} data {source} has no array {missing[0]!r}",
-                                hint=f"store one array per model input: {', '.join(names)}")
-        return {n: arrays[n][:samples] for n in names}
-    from edgesmith.models.hf import tokenizer_for
-    from edgesmith.models.lm_eval import lm_feeds, text_source, token_windows
-
-    return lm_feeds(variant, token_windows(tokenizer_for(variant), text_source(source), seq_len, samples))
+    return feeds_from(variant, source, "pass 'matformer'", seq_len, samples, what, arrays)
 
 
 def _calibration(variant, options):
@@ -340,7 +321,7 @@ class Matformer(Pass):
         for ws in sets + [[f.hidden for f in ffns]]:
             if ws not in granularities:
                 granularities.append(ws)
-        objective = Objective(variant, _feeds(variant, o.train, o.seq_len, None, "training"))
+        objective = Objective(variant, _feeds(variant, o.train, o.seq_len, None, "training"), "pass 'matformer'")
         return train_nested(module, ffns, granularities, objective, o, checkpoint, state,
                             [order.clone() for order in orders], self.progress)
 
@@ -348,15 +329,15 @@ class Matformer(Pass):
         """Mix'n'Match within the budget: the chosen widths and the search's report."""
         import numpy as np
 
-        from edgesmith.optimize.matformer_train import Objective
+        from edgesmith.optimize.matformer_train import Objective, evaluate
         from edgesmith.optimize.mixnmatch import Search, front, latency_probe, refuse, sliced_copy
 
         o = self.options
         levels = parse_shares(o.levels, "levels")
         objective = Objective(variant, _feeds(variant, o.text or o.data, o.seq_len, o.search_samples, "calibration",
-                                              arrays=bool(o.data)))
+                                              arrays=bool(o.data)), "pass 'matformer'")
         index = np.arange(objective.samples)
-        search = Search(module, ffns, levels, lambda ws: objective.evaluate(module, ffns, ws, index), self.progress)
+        search = Search(module, ffns, levels, lambda ws: evaluate(objective, module, ffns, ws, index), self.progress)
         report: dict[str, Any] = {"levels": levels, "samples": objective.samples}
         if o.budget_params:
             limit = float(parse_count(o.budget_params))

@@ -20,14 +20,11 @@ the softmax for (N, K) logits, mean squared error otherwise).
 from __future__ import annotations
 
 import contextlib
-import math
-import time
 from typing import Any, Callable
-
-import numpy as np
 
 from edgesmith.errors import BadInputError
 from edgesmith.optimize.checkpoint import Checkpoint
+from edgesmith.optimize.training import Objective, Trainer
 
 CHECKPOINT_FORMAT = "edgesmith-matformer-1"
 
@@ -60,81 +57,10 @@ def masked(ffns, widths: list[int] | None):
             h.remove()
 
 
-class Objective:
-    """What the nested model is scored on: batches of a task, and the loss of the model on one.
-
-    Args:
-        variant: The original variant (its inputs name the feeds; its module is the teacher).
-        feeds: Training inputs, one array per model input (first axis: samples).
-
-    Raises:
-        BadInputError: An array whose shape the input does not take.
-    """
-
-    def __init__(self, variant, feeds: dict[str, np.ndarray]):
-        self.variant = variant
-        self.feeds = feeds
-        for spec in variant.inputs:
-            got = feeds[spec.name].shape
-            fixed = [(axis, d) for axis, d in enumerate(spec.shape)  # a language model takes any window length
-                     if axis > 0 and axis not in spec.dynamic and variant.task != "lm"]
-            if len(got) != len(spec.shape) or any(got[axis] != d for axis, d in fixed):
-                raise BadInputError(f"pass 'matformer': data for input {spec.name!r} has shape {tuple(got)}; "
-                                    f"{variant.name} takes {spec.describe()}",
-                                    hint="store one array per input, samples along the first axis")
-        self.samples = len(next(iter(feeds.values())))
-        self.lm = variant.task == "lm"
-        names = [s.name for s in variant.inputs]
-        self.ids = names.index("input_ids") if "input_ids" in names else 0
-
-    def args(self, index) -> list:
-        """The module's positional arguments for samples ``index``."""
-        import torch
-
-        return [torch.from_numpy(np.ascontiguousarray(self.feeds[s.name][index])) for s in self.variant.inputs]
-
-    def targets(self, args):
-        """What the loss compares with: the next tokens, or the original model's outputs."""
-        import torch
-
-        from edgesmith.models.variant import flatten_outputs
-
-        if self.lm:
-            return args[self.ids][:, 1:]
-        with torch.no_grad():
-            return [t.detach() for t in flatten_outputs(self.variant.module(*args))]
-
-    def loss(self, module, args, targets):
-        """The task loss of ``module`` on one batch (a scalar tensor)."""
-        import torch
-        from torch.nn import functional as F
-
-        from edgesmith.models.variant import flatten_outputs
-
-        outputs = flatten_outputs(module(*args))
-        if self.lm:
-            logits = outputs[0][:, :-1]
-            return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1))
-        total = 0.0
-        for out, ref in zip(outputs, targets):
-            if out.is_floating_point() and out.dim() == 2 and out.shape[-1] > 1:
-                total = total + F.kl_div(torch.log_softmax(out, -1), torch.softmax(ref, -1), reduction="batchmean")
-            elif out.is_floating_point():
-                total = total + F.mse_loss(out, ref)
-        return total
-
-    def evaluate(self, module, ffns, widths, index, batch: int = 8) -> float:
-        """Mean loss of ``module`` masked to ``widths`` over samples ``index``, without gradients."""
-        import torch
-
-        total, count = 0.0, 0
-        with torch.no_grad(), masked(ffns, widths):
-            for start in range(0, len(index), batch):
-                part = index[start:start + batch]
-                args = self.args(part)
-                total += float(self.loss(module, args, self.targets(args))) * len(part)
-                count += len(part)
-        return max(total / max(count, 1), 0.0)  # a KL of equal outputs can round below zero
+def evaluate(objective: Objective, module, ffns, widths, index) -> float:
+    """Mean loss of ``module`` masked to ``widths`` over samples ``index``, without gradients."""
+    with masked(ffns, widths):
+        return objective.evaluate(module, index)
 
 
 def train_nested(module, ffns, granularities: list[list[int]], objective: Objective, options,
@@ -156,8 +82,6 @@ def train_nested(module, ffns, granularities: list[list[int]], objective: Object
     Returns:
         The training report: steps, samples, granularities, first and last losses per granularity, seconds.
     """
-    import torch
-
     o = options
     if objective.samples < o.batch:
         raise BadInputError(f"pass 'matformer': {objective.samples} training samples, fewer than one batch of {o.batch}",
@@ -165,66 +89,19 @@ def train_nested(module, ffns, granularities: list[list[int]], objective: Object
     ffn_params = {id(p) for f in ffns for key in [*f.ups, *f.norms, f.down] for p in f.layer(key).parameters()}
     named = [(n, p) for n, p in module.named_parameters()
              if p.is_floating_point() and (o.tune == "all" or id(p) in ffn_params)]
-    for p in module.parameters():
-        p.requires_grad_(False)
-    for _, p in named:
-        p.requires_grad_(True)
-    params = [p for _, p in named]
-    optimizer = torch.optim.AdamW(params, lr=o.lr, weight_decay=0.0)
-    warmup = max(1, o.steps // 10)
-    schedule = torch.optim.lr_scheduler.LambdaLR(  # linear warm-up, then cosine down to a tenth
-        optimizer, lambda s: (s + 1) / warmup if s < warmup else
-        0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (s - warmup) / max(1, o.steps - warmup))))
-    generator = torch.Generator().manual_seed(o.seed)
-    history: list[list[float]] = []
-    start = 0
-    if state is not None:
-        with torch.no_grad():
-            trained = state["weights"]
-            for name, p in named:
-                p.copy_(trained[name])
-        optimizer.load_state_dict(state["optimizer"])
-        schedule.load_state_dict(state["schedule"])
-        generator.set_state(state["generator"])
-        history = [list(h) for h in state["history"]]
-        start = int(state["step"])
+    trainer = Trainer("matformer", module, named, o, checkpoint, state, {"orders": orders}, progress)
 
-    def save(step: int) -> None:
-        checkpoint.save({"step": step, "orders": orders, "weights": {n: p.detach() for n, p in named},
-                         "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
-                         "generator": generator.get_state(), "history": history})
+    def step(_i: int) -> list[float]:
+        index = trainer.batch_index(objective.samples, o.batch)
+        args = objective.args(index)
+        targets = objective.targets(args, index)
+        losses = []
+        for widths in granularities:
+            with masked(ffns, widths):
+                loss = objective.loss(module, args, targets) / len(granularities)
+            loss.backward()  # one granularity at a time: only one graph is held
+            losses.append(float(loss.detach()) * len(granularities))
+        return losses
 
-    began = time.perf_counter()
-    module.train()
-    try:
-        for step in range(start, o.steps):
-            index = torch.randperm(objective.samples, generator=generator)[:o.batch].numpy()
-            args = objective.args(index)
-            targets = objective.targets(args)
-            losses = []
-            for widths in granularities:
-                with masked(ffns, widths):
-                    loss = objective.loss(module, args, targets) / len(granularities)
-                loss.backward()  # one granularity at a time: only one graph is held
-                losses.append(float(loss.detach()) * len(granularities))
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            schedule.step()
-            history.append(losses)
-            if progress:
-                progress(f"matformer nested training, loss {' / '.join(f'{x:.3f}' for x in losses)}", step + 1, o.steps)
-            if (step + 1) % o.save_every == 0 or step + 1 == o.steps:
-                save(step + 1)
-    finally:
-        module.eval()
-        for p in module.parameters():
-            p.requires_grad_(False)
-
-    def mean(rows):
-        return [round(sum(r[i] for r in rows) / len(rows), 4) for i in range(len(granularities))] if rows else []
-
-    return {"steps": o.steps, "resumed_at": start, "batch": o.batch, "samples": objective.samples,
-            "trained_parameters": sum(p.numel() for p in params), "granularities": granularities,
-            "loss_first": mean(history[:5]), "loss_last": mean(history[-5:]),
-            "seconds": round(time.perf_counter() - began, 1)}
+    report = trainer.run(step, lambda losses: f"matformer nested training, loss {' / '.join(f'{x:.3f}' for x in losses)}")
+    return {**report, "batch": o.batch, "samples": objective.samples, "granularities": granularities}

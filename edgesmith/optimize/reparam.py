@@ -12,8 +12,10 @@ and Hugging Face models. The main one::
 and, repeated until none applies (:mod:`edgesmith.optimize.folds`): BatchNorm
 into the following linear or unpadded conv, a per-channel constant scale
 (LayerScale) into the preceding conv/linear, ``conv3x3(x) + conv1x1(x) + x``
-into one conv, and ops on weights alone (a bias table indexed by constants)
-into one precomputed weight. Every fold is exact up to float rounding; the pass
+into one conv, ops on weights alone (a bias table indexed by constants)
+into one precomputed weight, and SLAB's RepBN (or a BatchNorm over token channels)
+into the Linear that reads or produces it (:mod:`edgesmith.optimize.fold_tokens`). A
+norm that cannot fold stays, and the pass says which and why. Every fold is exact up to float rounding; the pass
 checks it on the variant's example inputs and reports the largest difference.
 """
 
@@ -46,6 +48,7 @@ class Reparam(Pass):
     def _apply_impl(self, variant):
         from edgesmith.errors import BadInputError
         from edgesmith.models.program import export_program
+        from edgesmith.optimize.fold_tokens import unfolded_norms
         from edgesmith.optimize.folds import fold_all
         from edgesmith.parity import compare
 
@@ -57,7 +60,9 @@ class Reparam(Pass):
             "by_fold": {name.removeprefix("fold_"): len(v) for name, v in done.items()},
             "constants": len(constants),
             "pairs": [line for v in done.values() for line in v],
+            "kept": unfolded_norms(gm),
         }
+        self.notes += report["kept"]
         if self.options.check:
             from edgesmith.models.variant import run_module
 

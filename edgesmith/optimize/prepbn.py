@@ -1,0 +1,230 @@
+"""SLAB's progressive re-parameterised BatchNorm (``prepbn``): LayerNorm out, foldable BatchNorm in.
+
+SLAB (Guo et al., 2024, arXiv 2405.11582) replaces the LayerNorms of transformer blocks with
+RepBN, a BatchNorm over the channels plus a learned multiple of its input::
+
+    RepBN(x) = BN(x) + alpha * x            (per token, over the last axis; alpha a scalar)
+
+At inference BN is a per-channel affine of fixed statistics, so RepBN is ``a * x + b`` with
+``a = gamma / sqrt(var + eps) + alpha`` and ``b = beta - gamma * mean / sqrt(var + eps)``, which
+the ``reparam`` pass folds into the adjacent Linear: no statistics are computed at run time.
+Switching a trained model from LayerNorm to BatchNorm at once collapses it, so training moves
+progressively::
+
+    Norm(x) = lam * LN(x) + (1 - lam) * RepBN(x),    lam: 1 -> 0 linearly over the first
+                                                     ``decay`` share of the steps, then 0
+
+Here the LayerNorm keeps the model's trained weights, RepBN starts from them (gamma and beta
+copied), and the loss is distillation from the original model plus the labels' cross-entropy
+where the data has labels (:mod:`edgesmith.optimize.training`). After training the BatchNorm
+statistics are re-estimated over the training data and only RepBN remains.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import torch
+from torch import nn
+
+from edgesmith.errors import BadInputError, UsageError
+from edgesmith.optimize import PASSES, Pass
+
+CHECKPOINT_FORMAT = "edgesmith-prepbn-1"
+
+
+class RepBN(nn.Module):
+    """``BN(x) + alpha * x`` over the last axis of ``(..., C)`` tokens."""
+
+    def __init__(self, channels: int, eps: float = 1e-5, alpha: float = 1.0):
+        super().__init__()
+        self.bn = nn.BatchNorm1d(channels, eps=eps)
+        self.alpha = nn.Parameter(torch.full((1,), float(alpha)))
+
+    def forward(self, x):
+        flat = x.reshape(-1, x.shape[-1])
+        return (self.bn(flat) + self.alpha * flat).reshape(x.shape)
+
+
+class ProgressiveNorm(nn.Module):
+    """``lam * LN(x) + (1 - lam) * RepBN(x)``; the training loop sets ``lam``. RepBN starts from LN's weights."""
+
+    def __init__(self, norm: nn.LayerNorm, alpha: float):
+        super().__init__()
+        self.ln = norm
+        self.repbn = RepBN(norm.normalized_shape[0], norm.eps, alpha)
+        if norm.elementwise_affine:
+            with torch.no_grad():
+                self.repbn.bn.weight.copy_(norm.weight)
+                if norm.bias is not None:
+                    self.repbn.bn.bias.copy_(norm.bias)
+        self.register_buffer("lam", torch.ones(()))
+
+    def forward(self, x):
+        return self.lam * self.ln(x) + (1 - self.lam) * self.repbn(x)
+
+
+def layer_norms(module) -> list[tuple[str, Any]]:
+    """``[(name, nn.LayerNorm)]`` over one (last) axis: what ``prepbn`` converts."""
+    return [(n, m) for n, m in module.named_modules()
+            if isinstance(m, nn.LayerNorm) and len(m.normalized_shape) == 1]
+
+
+def found_norms(module) -> str:
+    """What normalisation layers a model has, by class (``LlamaRMSNorm x 61``), for messages."""
+    counts: dict[str, int] = {}
+    for m in module.modules():
+        kind = type(m).__name__
+        if "norm" in kind.lower():
+            counts[kind] = counts.get(kind, 0) + 1
+    return ", ".join(f"{k} x {v}" for k, v in sorted(counts.items())) or "no normalisation layer"
+
+
+def _set(module, name: str, new) -> None:
+    parent, _, leaf = name.rpartition(".")
+    setattr(module.get_submodule(parent) if parent else module, leaf, new)
+
+
+@dataclasses.dataclass
+class PrepbnOptions:
+    """Options of the ``prepbn`` pass.
+
+    Attributes:
+        train: Training data: the model's offline dataset (``sklearn-digits`` for the digits zoo
+            models), an ``.npz`` (one array per input, or ``x_train``/``y_train`` images), an image
+            folder, or for a model with a tokenizer ``devils-dictionary`` / a text file.
+        data: The same, as ``edgesmith optimize --data`` fills it (``train`` wins when both are given).
+        steps: Training steps.
+        batch: Samples per step.
+        lr: Peak learning rate (AdamW; warm-up over a tenth of the steps, then cosine to a tenth).
+        decay: Share of the steps over which LayerNorm's weight ``lam`` falls from 1 to 0; the rest
+            train RepBN alone. SLAB uses about 0.8; a decay as long as the run leaves no step for
+            BatchNorm alone and diverged in users' reports.
+        alpha: RepBN's ``alpha`` at the start (the paper: 1).
+        label_weight: Share of the loss given to labels when the data has them (the rest: distillation).
+        seq_len: Token window for text data.
+        samples: At most this many training samples (text windows); 0: all.
+        seed: Seed of the batch order.
+        save_every: Steps between checkpoints.
+        checkpoint: Directory of the training checkpoint (``edgesmith optimize`` uses ``OUT.ckpt``).
+        resume: Continue the training from the checkpoint.
+        force: Start over even if ``checkpoint`` holds a run.
+    """
+
+    train: str = ""
+    data: str = ""
+    steps: int = 400
+    batch: int = 32
+    lr: float = 5e-4
+    decay: float = 0.8
+    alpha: float = 1.0
+    label_weight: float = 0.5
+    seq_len: int = 128
+    samples: int = 0
+    seed: int = 0
+    save_every: int = 50
+    checkpoint: str = ""
+    resume: bool = False
+    force: bool = False
+
+    def __post_init__(self):
+        for key in ("steps", "batch", "seq_len", "save_every"):
+            if getattr(self, key) < 1:
+                raise UsageError(f"pass 'prepbn': {key}={getattr(self, key)} must be at least 1")
+        if not 0.0 < self.decay <= 1.0:
+            raise UsageError(f"pass 'prepbn': decay={self.decay} is outside (0, 1]",
+                             hint="decay is the share of the steps over which LayerNorm fades out, e.g. 0.8")
+        if self.lr <= 0 or not 0.0 <= self.label_weight <= 1.0:
+            raise UsageError("pass 'prepbn': lr must be positive and label_weight within [0, 1]")
+
+
+@PASSES.register("prepbn")
+class Prepbn(Pass):
+    """Replace LayerNorms with RepBN, trained progressively (SLAB's PRepBN); ``reparam`` then folds them."""
+
+    name = "prepbn"
+    Options = PrepbnOptions
+
+    def _apply_impl(self, variant):
+        import copy
+
+        from edgesmith.optimize.checkpoint import Checkpoint
+        from edgesmith.optimize.training import Objective, Trainer, accuracy, training_set
+
+        o = self.options
+        norms = layer_norms(variant.module)
+        if not norms:
+            raise BadInputError(f"pass 'prepbn': {variant.name} has no LayerNorm to convert "
+                                f"(found: {found_norms(variant.module)})",
+                                hint="prepbn converts torch.nn.LayerNorm over the channel axis (ViT, BERT, "
+                                     "EfficientFormer's 3D blocks); RMSNorm and BatchNorm models have none")
+        source = o.train or o.data
+        if not source:
+            raise UsageError("pass 'prepbn' trains: give train=DATA",
+                             hint="e.g. -p prepbn:train=sklearn-digits for the digits zoo models, an .npz or "
+                                  "image folder (--data), or train=devils-dictionary for a model with a tokenizer")
+        owner = "pass 'prepbn'"
+        data = training_set(variant, source, owner, o.seq_len, o.samples or None)
+        objective = Objective(variant, data, owner, o.label_weight)
+        if objective.samples < o.batch:
+            raise BadInputError(f"{owner}: {objective.samples} training samples, fewer than one batch of {o.batch}",
+                                hint="give more training data or a smaller batch")
+        run = {**{k: getattr(o, k) for k in ("train", "data", "steps", "batch", "lr", "decay", "alpha",
+                                               "label_weight", "seq_len", "samples", "seed")},
+               "model": variant.source.get("sha256") or variant.name}
+        checkpoint = Checkpoint("prepbn", CHECKPOINT_FORMAT, o.checkpoint, run, o.resume, o.force)
+        state = checkpoint.load()
+
+        module = copy.deepcopy(variant.module).float()
+        mixed = []
+        for name, norm in layer_norms(module):
+            mixed.append((name, ProgressiveNorm(norm, o.alpha)))
+            _set(module, name, mixed[-1][1])
+        named = [(n, p) for n, p in module.named_parameters() if p.is_floating_point()]
+        trainer = Trainer("prepbn", module, named, o, checkpoint, state, progress=self.progress)
+        fade = max(1, round(o.decay * o.steps))
+
+        def step(i: int) -> list[float]:
+            lam = max(0.0, 1.0 - i / fade)
+            for _, m in mixed:
+                m.lam.fill_(lam)
+            index = trainer.batch_index(objective.samples, o.batch)
+            args = objective.args(index)
+            loss = objective.loss(module, args, objective.targets(args, index))
+            loss.backward()
+            return [float(loss.detach()), lam]
+
+        report: dict[str, Any] = {"converted": [n for n, _ in mixed], "samples": objective.samples,
+                                  "fade_steps": fade}
+        report["training"] = trainer.run(step, lambda v: f"prepbn training, loss {v[0]:.4f}, LayerNorm share {v[1]:.2f}")
+        for name, m in mixed:
+            _set(module, name, m.repbn)
+        report["recalibrated_batches"] = _recalibrate(module, objective, trainer, o.batch)
+        if data.test_labels is not None:
+            report["test_accuracy"] = {
+                "layernorm": round(accuracy(variant.module, data.test_feeds, data.test_labels, variant), 4),
+                "repbn": round(accuracy(module, data.test_feeds, data.test_labels, variant), 4),
+                "samples": len(data.test_labels)}
+        with torch.no_grad():
+            report["alpha"] = [round(float(m.repbn.alpha), 4) for _, m in mixed]
+        return module.eval(), report
+
+
+def _recalibrate(module, objective, trainer, batch: int, batches: int = 32) -> int:
+    """Re-estimate every RepBN's statistics as a plain average over training batches, without gradients."""
+    norms = [m for m in module.modules() if isinstance(m, RepBN)]
+    for m in norms:
+        m.bn.reset_running_stats()
+        m.bn.momentum = None  # cumulative average
+        m.bn.train()  # only these: the model's other BatchNorms and dropouts stay in eval mode
+    count = min(batches, max(1, objective.samples // batch))
+    try:
+        with torch.no_grad():
+            for _ in range(count):
+                module(*objective.args(trainer.batch_index(objective.samples, batch)))
+    finally:
+        module.eval()
+        for m in norms:
+            m.bn.momentum = 0.1
+    return count

@@ -1,0 +1,153 @@
+"""SLAB's RepBN: the ``reparam`` fold into adjacent Linears is exact, and ``prepbn`` converts LayerNorms."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from torch import nn
+
+from edgesmith import api as es
+from edgesmith.errors import BadInputError, UsageError
+from edgesmith.models.variant import Variant
+from edgesmith.optimize.prepbn import RepBN
+from edgesmith.specs import TensorSpec
+
+
+def _random_repbn(channels: int, gen: torch.Generator) -> RepBN:
+    norm = RepBN(channels, eps=1e-3)
+    with torch.no_grad():
+        norm.bn.running_mean.copy_(torch.randn(channels, generator=gen) * 2)
+        norm.bn.running_var.copy_(torch.rand(channels, generator=gen) * 3 + 0.05)
+        norm.bn.weight.copy_(torch.randn(channels, generator=gen) * 1.5)
+        norm.bn.bias.copy_(torch.randn(channels, generator=gen))
+        norm.alpha.fill_(0.37)  # not 1: a fold that drops or mis-scales alpha shows
+    return norm
+
+
+class _Block(nn.Module):
+    """Pre-norm transformer block with RepBN: each norm is read by Linears only (folds backward)."""
+
+    def __init__(self, dim: int, heads: int, gen: torch.Generator):
+        super().__init__()
+        self.heads = heads
+        self.norm1, self.norm2 = _random_repbn(dim, gen), _random_repbn(dim, gen)
+        self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+        self.fc1, self.fc2 = nn.Linear(dim, 2 * dim), nn.Linear(2 * dim, dim)
+
+    def forward(self, x):
+        b, n, c = x.shape
+        q, k, v = self.qkv(self.norm1(x)).reshape(b, n, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
+        attn = ((q @ k.transpose(-2, -1)) * (c // self.heads) ** -0.5).softmax(-1)
+        x = x + self.proj((attn @ v).transpose(1, 2).reshape(b, n, c))
+        return x + self.fc2(nn.functional.gelu(self.fc1(self.norm2(x))))
+
+
+class _Tokens(nn.Module):
+    """Embedding Linear -> RepBN (folds forward, carrying the embedding's bias), blocks, RepBN -> mean -> head."""
+
+    def __init__(self, seed: int = 0, dim: int = 16):
+        super().__init__()
+        gen = torch.Generator().manual_seed(seed)
+        self.embed, self.embed_norm = nn.Linear(6, dim), _random_repbn(dim, gen)
+        self.blocks = nn.ModuleList(_Block(dim, 2, gen) for _ in range(2))
+        self.norm, self.head = _random_repbn(dim, gen), nn.Linear(dim, 5)
+        with torch.no_grad():
+            for m in self.modules():
+                if isinstance(m, nn.Linear):
+                    m.bias.copy_(torch.randn(m.bias.shape, generator=gen))  # non-zero (upstream) biases
+
+    def forward(self, x):
+        x = self.embed_norm(self.embed(x)) * 0.5 + 0.0  # the embedding's only reader is the norm
+        for block in self.blocks:
+            x = block(x)
+        return self.head(self.norm(x).mean(dim=1))
+
+
+class _PostNorm(nn.Module):
+    """BERT-style post-norm: the norm reads a residual sum and feeds the next residual: nothing to fold into."""
+
+    def __init__(self):
+        super().__init__()
+        gen = torch.Generator().manual_seed(3)
+        self.fc, self.norm, self.out = nn.Linear(8, 8), _random_repbn(8, gen), nn.Linear(8, 8)
+
+    def forward(self, x):
+        x = self.norm(x + self.fc(x))
+        return x + self.out(x)
+
+
+def _variant(module: nn.Module, shape: tuple[int, ...], name: str) -> Variant:
+    example = {"x": np.random.default_rng(0).standard_normal(shape).astype(np.float32)}
+    module = module.eval()
+    with torch.no_grad():
+        out = module(torch.from_numpy(example["x"]))
+    return Variant(name=name, module=module,
+                   inputs=[TensorSpec("x", shape, "float32", {0: "batch"})],
+                   outputs=[TensorSpec("y", tuple(out.shape), "float32", {0: "batch"})],
+                   example=example, source={"reference": f"test:{name}", "format": "test", "sha256": ""})
+
+
+def _norm_nodes(path) -> list[str]:
+    return [n.op_type for n in onnx.load(str(path)).graph.node
+            if n.op_type in ("LayerNormalization", "BatchNormalization")]
+
+
+def test_repbn_folds_into_adjacent_linears_exactly(tmp_path):
+    module = _Tokens()
+    variant = _variant(module, (3, 10, 6), "tokens")
+    unfolded, _ = es.export(variant, tmp_path, target="onnx", name="unfolded")
+    assert len(_norm_nodes(unfolded.path / "model.onnx")) == 6  # the test can fail: the norms are there before
+
+    folded = es.optimize(variant, ["reparam"])
+    report = folded.passes[-1]["report"]
+    assert report["by_fold"]["token_norms"] == 6 and report["kept"] == []
+    assert any("embed <- embed_norm" in line for line in report["pairs"])  # forward, into the producer
+    assert any("norm -> head" in line for line in report["pairs"])  # backward, through the mean over tokens
+    rng = np.random.default_rng(1)
+    for batch, tokens in ((1, 10), (5, 10)):
+        x = torch.from_numpy(rng.standard_normal((batch, tokens, 6)).astype(np.float32))
+        with torch.no_grad():
+            ref, got = module(x), folded.module(x)
+        assert float((got - ref).norm() / ref.norm()) < 1e-5
+    bundle, parity = es.export(folded, tmp_path, target="onnx", name="folded")
+    assert parity.passed and _norm_nodes(bundle.path / "model.onnx") == []
+
+
+def test_fold_is_not_a_no_op():
+    """Dropping alpha * x (or the upstream bias) from the fold gives a visible error: the check above can fail."""
+    module = _Tokens()
+    x = torch.randn(2, 10, 6)
+    with torch.no_grad():
+        ref = module(x)
+        for m in module.modules():
+            if isinstance(m, RepBN):
+                m.alpha.zero_()
+        wrong = module(x)
+    assert float((wrong - ref).norm() / ref.norm()) > 1e-2
+
+
+def test_a_norm_without_an_adjacent_linear_stays_and_says_why():
+    variant = _variant(_PostNorm(), (2, 5, 8), "post-norm")
+    folded = es.optimize(variant, ["reparam"])
+    kept = folded.passes[-1]["report"]["kept"]
+    assert len(kept) == 1 and kept[0].startswith("RepBN norm stays: its output also feeds add")
+    assert "its input comes from add" in kept[0]
+    assert kept == folded.notes[-1:]
+
+
+def test_layernorm_left_in_a_model_is_named():
+    model = nn.Sequential(nn.Linear(4, 4), nn.LayerNorm(4), nn.Linear(4, 2))
+    folded = es.optimize(_variant(model, (2, 4), "ln"), ["reparam"])
+    assert "LayerNorm 1 stays: it computes statistics at run time" in folded.passes[-1]["report"]["kept"][0]
+
+
+@pytest.mark.parametrize("spec,error,text", [
+    ("prepbn", BadInputError, "digits-cnn has no LayerNorm to convert (found: BatchNorm1d x 1, BatchNorm2d x 3)"),
+    ("prepbn:decay=0", UsageError, "decay=0.0 is outside (0, 1]"),
+])
+def test_bad_prepbn_input_is_refused(spec, error, text):
+    with pytest.raises(error) as info:
+        es.optimize(es.load("zoo:digits-cnn"), [spec])
+    assert text in str(info.value)
