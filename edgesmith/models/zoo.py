@@ -119,6 +119,30 @@ def _digits_mlp():
     )
 
 
+def _digits_vit():
+    import torch
+
+    from edgesmith.bundle import sha256_file
+    from edgesmith.models import digits_cnn, digits_vit
+    from edgesmith.models.variant import Variant
+    from edgesmith.specs import TensorSpec
+
+    module = digits_vit.build(pretrained=True)
+    example = digits_cnn.example_inputs(batch=4)
+    with torch.no_grad():
+        out = module(torch.from_numpy(example["image"]))
+    return Variant(
+        name="digits-vit",
+        module=module,
+        inputs=[TensorSpec("image", example["image"].shape, "float32", {0: "batch"})],
+        outputs=[TensorSpec("logits", tuple(out.shape), "float32", {0: "batch"})],
+        example=example,
+        source={"reference": "zoo:digits-vit", "format": "zoo",
+                "sha256": sha256_file(digits_vit.WEIGHTS_PATH), "dataset": DIGITS},
+        task="classifier",
+    )
+
+
 ZOO.register("digits-cnn")(ZooEntry(
     "digits-cnn",
     "conv-BN-ReLU CNN for 8x8 scikit-learn digits (28k params, 99.4% test accuracy)",
@@ -130,6 +154,12 @@ ZOO.register("digits-mlp")(ZooEntry(
     "64-64-32-10 ReLU perceptron for 8x8 scikit-learn digits (6.6k params, 97.2% test accuracy)",
     "classifier",
     _digits_mlp,
+))
+ZOO.register("digits-vit")(ZooEntry(
+    "digits-vit",
+    "two-block pre-norm Vision Transformer for 8x8 scikit-learn digits, 16 tokens (40k params, 98.3% test accuracy)",
+    "classifier",
+    _digits_vit,
 ))
 
 

@@ -114,7 +114,7 @@ class PrepbnOptions:
 
     train: str = ""
     data: str = ""
-    steps: int = 400
+    steps: int = 1000
     batch: int = 32
     lr: float = 5e-4
     decay: float = 0.8

@@ -151,3 +151,46 @@ def test_bad_prepbn_input_is_refused(spec, error, text):
     with pytest.raises(error) as info:
         es.optimize(es.load("zoo:digits-cnn"), [spec])
     assert text in str(info.value)
+
+
+@pytest.fixture(scope="module")
+def digits_vit_prepbn():
+    return es.optimize(es.load("zoo:digits-vit"), ["prepbn:train=sklearn-digits"])
+
+
+def test_digits_vit_with_prepbn_stays_within_a_point_of_layernorm(digits_vit_prepbn):
+    report = digits_vit_prepbn.passes[-1]["report"]
+    assert report["converted"] == ["blocks.0.norm1", "blocks.0.norm2", "blocks.1.norm1", "blocks.1.norm2", "norm"]
+    acc = report["test_accuracy"]
+    assert acc["samples"] == 360 and acc["layernorm"] > 0.97
+    assert acc["repbn"] >= acc["layernorm"] - 0.01, acc
+    assert not any(isinstance(m, nn.LayerNorm) for m in digits_vit_prepbn.module.modules())
+
+
+@pytest.mark.parametrize("target", ["onnx", "coreml", "mlx"])
+def test_folded_digits_vit_exports_without_norms_and_passes_parity(digits_vit_prepbn, target, tmp_path):
+    from edgesmith.export import EXPORTERS
+
+    if target not in EXPORTERS:
+        pytest.skip(f"{target} is not installed")
+    folded = es.optimize(digits_vit_prepbn, ["reparam"])
+    assert folded.passes[-1]["report"]["by_fold"]["token_norms"] == 5
+    bundle, parity = es.export(folded, tmp_path, target=target)
+    assert parity.passed, parity.summary()
+    if target == "onnx":
+        assert _norm_nodes(bundle.path / "model.onnx") == []
+
+
+def test_training_data_of_the_wrong_shape_is_refused_and_nothing_written(tmp_path):
+    from edgesmith.cli import main
+
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, image=np.zeros((64, 1, 7, 7), np.float32))
+    out = tmp_path / "x.pt2"
+    assert main(["optimize", "zoo:digits-vit", "-p", f"prepbn:train={bad}", "-o", str(out)]) == 3
+    assert not out.exists() and not (tmp_path / "x.ckpt").exists()
+
+
+def test_prepbn_without_training_data_says_how_to_give_it():
+    with pytest.raises(UsageError, match="pass 'prepbn' trains: give train=DATA"):
+        es.optimize(es.load("zoo:digits-vit"), ["prepbn"])
