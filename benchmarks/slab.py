@@ -90,8 +90,7 @@ def with_repbn(variant: Variant) -> Variant:
         with torch.no_grad():
             rep.bn.running_mean.copy_(torch.randn(rep.bn.num_features, generator=gen) * 0.1)
             rep.bn.running_var.copy_(torch.rand(rep.bn.num_features, generator=gen) + 0.5)
-        parent, _, leaf = name.rpartition(".")
-        setattr(module.get_submodule(parent) if parent else module, leaf, rep)
+        module.set_submodule(name, rep)
     return variant.with_module(module.eval(), {"name": "repbn (random statistics)", "params": {}, "report": {}})
 
 

@@ -40,6 +40,8 @@ def test_readme_examples_run(tmp_path):
     assert (tmp_path / "out" / "lsnet-t.mlx" / "manifest.json").is_file()
     assert (tmp_path / "out" / "lsnet-t.tensorrt" / "manifest.json").is_file()
     assert (tmp_path / "out" / "digits-mlp-half.onnx" / "manifest.json").is_file()
+    assert (tmp_path / "out" / "digits-vit-repbn.onnx" / "manifest.json").is_file()
+    assert (tmp_path / "out" / "digits-vit-sla.pt2").is_file()
     assert (tmp_path / "out" / "all-minilm-l6-v2.tensorrt" / "build_engine.sh").is_file()
     assert (tmp_path / "out-recipe" / "report.html").is_file()
     assert (tmp_path / "out-sweep" / "report.html").is_file() and (tmp_path / "out-sweep2" / "profile.json").is_file()

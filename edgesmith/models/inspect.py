@@ -64,3 +64,17 @@ def _onnx_stats(path):
     size = sum(onnx.numpy_helper.to_array(t).nbytes for t in model.graph.initializer)
     ops = Counter(n.op_type for n in model.graph.node)
     return params, size, None, ops
+
+
+def module_kinds(module, word: str = "", limit: int = 8) -> str:
+    """The classes of ``module``'s submodules with counts, most common first (``LayerNorm x 5``).
+
+    Args:
+        module: A torch module.
+        word: Only classes whose name contains this (case-insensitive), e.g. ``norm``.
+        limit: At most this many classes.
+    """
+    from collections import Counter
+
+    counts = Counter(kind for kind in (type(m).__name__ for m in module.modules()) if word.lower() in kind.lower())
+    return ", ".join(f"{kind} x {n}" for kind, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:limit])

@@ -35,6 +35,7 @@ from collections import Counter
 from typing import Any
 
 from edgesmith.errors import BadInputError, UsageError
+from edgesmith.models.inspect import module_kinds
 from edgesmith.optimize import PASSES, Pass
 from edgesmith.optimize.ffns import Ffn, channels_last, find_ffns, reorder_and_slice, unit_scale
 from edgesmith.optimize.mixnmatch import parse_count
@@ -178,11 +179,6 @@ def parse_widths(text: str) -> list[int]:
     return widths
 
 
-def _what_it_has(module) -> str:
-    counts = Counter(type(m).__name__ for m in module.modules())
-    return ", ".join(f"{n} x{c}" for n, c in counts.most_common(8))
-
-
 def _feeds(variant, source: str, seq_len: int, samples: int | None, what: str, arrays: bool = False):
     """Model inputs from ``source`` (:func:`edgesmith.optimize.training.feeds_from`)."""
     from edgesmith.optimize.training import feeds_from
@@ -241,7 +237,7 @@ class Matformer(Pass):
         ffns = find_ffns(module)
         if not ffns:
             raise BadInputError(f"pass 'matformer' found no FFN it recognises in {variant.name} "
-                                f"(it has: {_what_it_has(variant.module)})",
+                                f"(it has: {module_kinds(variant.module)})",
                                 hint="it slices gated (gate/up/down_proj), BERT-style (intermediate/output.dense), "
                                      "Linear-activation-Linear and pointwise-conv FFNs")
         widths = parse_widths(o.widths)

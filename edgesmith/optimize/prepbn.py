@@ -71,21 +71,6 @@ def layer_norms(module) -> list[tuple[str, Any]]:
             if isinstance(m, nn.LayerNorm) and len(m.normalized_shape) == 1]
 
 
-def found_norms(module) -> str:
-    """What normalisation layers a model has, by class (``LlamaRMSNorm x 61``), for messages."""
-    counts: dict[str, int] = {}
-    for m in module.modules():
-        kind = type(m).__name__
-        if "norm" in kind.lower():
-            counts[kind] = counts.get(kind, 0) + 1
-    return ", ".join(f"{k} x {v}" for k, v in sorted(counts.items())) or "no normalisation layer"
-
-
-def _set(module, name: str, new) -> None:
-    parent, _, leaf = name.rpartition(".")
-    setattr(module.get_submodule(parent) if parent else module, leaf, new)
-
-
 @dataclasses.dataclass
 class PrepbnOptions:
     """Options of the ``prepbn`` pass.
@@ -101,7 +86,10 @@ class PrepbnOptions:
         decay: Share of the steps over which LayerNorm's weight ``lam`` falls from 1 to 0; the rest
             train RepBN alone. SLAB uses about 0.8; a decay as long as the run leaves no step for
             BatchNorm alone and diverged in users' reports.
-        alpha: RepBN's ``alpha`` at the start (the paper: 1).
+        alpha: RepBN's ``alpha`` at the start. The paper's 1 suits training from scratch; converting a
+            trained model, 0 starts RepBN as a per-channel norm with LayerNorm's weights, which
+            kept digits-vit at 98.9-99.2% over three seeds (98.1-98.6% at 1; LayerNorm: 98.3%) and keeps a
+            post-norm (BERT) residual stream from growing while LayerNorm fades.
         label_weight: Share of the loss given to labels when the data has them (the rest: distillation).
         seq_len: Token window for text data.
         samples: At most this many training samples (text windows); 0: all.
@@ -118,7 +106,7 @@ class PrepbnOptions:
     batch: int = 32
     lr: float = 5e-4
     decay: float = 0.8
-    alpha: float = 1.0
+    alpha: float = 0.0
     label_weight: float = 0.5
     seq_len: int = 128
     samples: int = 0
@@ -149,6 +137,7 @@ class Prepbn(Pass):
     def _apply_impl(self, variant):
         import copy
 
+        from edgesmith.models.inspect import module_kinds
         from edgesmith.optimize.checkpoint import Checkpoint
         from edgesmith.optimize.training import Objective, Trainer, accuracy, training_set
 
@@ -156,7 +145,7 @@ class Prepbn(Pass):
         norms = layer_norms(variant.module)
         if not norms:
             raise BadInputError(f"pass 'prepbn': {variant.name} has no LayerNorm to convert "
-                                f"(found: {found_norms(variant.module)})",
+                                f"(found: {module_kinds(variant.module, 'norm') or 'no normalisation layer'})",
                                 hint="prepbn converts torch.nn.LayerNorm over the channel axis (ViT, BERT, "
                                      "EfficientFormer's 3D blocks); RMSNorm and BatchNorm models have none")
         source = o.train or o.data
@@ -180,7 +169,7 @@ class Prepbn(Pass):
         mixed = []
         for name, norm in layer_norms(module):
             mixed.append((name, ProgressiveNorm(norm, o.alpha)))
-            _set(module, name, mixed[-1][1])
+            module.set_submodule(name, mixed[-1][1])
         named = [(n, p) for n, p in module.named_parameters() if p.is_floating_point()]
         trainer = Trainer("prepbn", module, named, o, checkpoint, state, progress=self.progress)
         fade = max(1, round(o.decay * o.steps))
@@ -199,7 +188,7 @@ class Prepbn(Pass):
                                   "fade_steps": fade}
         report["training"] = trainer.run(step, lambda v: f"prepbn training, loss {v[0]:.4f}, LayerNorm share {v[1]:.2f}")
         for name, m in mixed:
-            _set(module, name, m.repbn)
+            module.set_submodule(name, m.repbn)
         report["recalibrated_batches"] = _recalibrate(module, objective, trainer, o.batch)
         if data.test_labels is not None:
             report["test_accuracy"] = {

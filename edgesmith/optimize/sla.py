@@ -132,15 +132,6 @@ def attentions(module: nn.Module) -> list[tuple[str, nn.Module, Layout]]:
     return found
 
 
-def _attention_like(module: nn.Module) -> str:
-    counts: dict[str, int] = {}
-    for m in module.modules():
-        kind = type(m).__name__
-        if "attention" in kind.lower() or isinstance(m, nn.MultiheadAttention):
-            counts[kind] = counts.get(kind, 0) + 1
-    return ", ".join(f"{k} x {v}" for k, v in sorted(counts.items())) or "no attention module"
-
-
 def build_sla(attn: nn.Module, layout: Layout, grid, kernel: int, two_d: bool) -> SimplifiedLinearAttention:
     """SLA initialised from ``attn``'s projections (its ``proj`` copied)."""
     import copy
@@ -216,13 +207,14 @@ class Sla(Pass):
     def _apply_impl(self, variant):
         import copy
 
+        from edgesmith.models.inspect import module_kinds
         from edgesmith.optimize.training import Objective, accuracy, training_set
 
         o = self.options
         owner = "pass 'sla'"
         if not attentions(variant.module):
             raise BadInputError(f"{owner}: {variant.name} has no attention the pass recognises "
-                                f"(found: {_attention_like(variant.module)})",
+                                f"(found: {module_kinds(variant.module, 'attention') or 'no attention module'})",
                                 hint="sla converts attention with a fused qkv Linear ([q|k|v], `heads`) and a proj "
                                      "Linear, and EfficientFormer's token attention")
         source = o.train or o.data
@@ -245,7 +237,7 @@ class Sla(Pass):
             sla = build_sla(attn, layout, grid, o.kernel, two_d)
             before = _mse(attn, inputs, extra, outputs)
             fit = _distil_block(sla, inputs, extra, outputs, o, self.progress, name)
-            _set(module, name, sla)
+            module.set_submodule(name, sla)
             report["converted"].append({"module": name, "tokens": n, "grid": list(grid) if grid else None,
                                         "heads": layout.heads, "relative_mse_first": fit["first"],
                                         "relative_mse_last": fit["last"], "seconds": fit["seconds"],
@@ -258,11 +250,6 @@ class Sla(Pass):
                 "sla": round(accuracy(module, data.test_feeds, data.test_labels, variant), 4),
                 "samples": len(data.test_labels)}
         return module.eval(), report
-
-
-def _set(module, name: str, new) -> None:
-    parent, _, leaf = name.rpartition(".")
-    setattr(module.get_submodule(parent) if parent else module, leaf, new)
 
 
 def _grid(n: int, extra: tuple, hint, mode: str):

@@ -194,3 +194,37 @@ def test_training_data_of_the_wrong_shape_is_refused_and_nothing_written(tmp_pat
 def test_prepbn_without_training_data_says_how_to_give_it():
     with pytest.raises(UsageError, match="pass 'prepbn' trains: give train=DATA"):
         es.optimize(es.load("zoo:digits-vit"), ["prepbn"])
+
+
+def test_efficientformer_3d_blocks_convert_and_fold(tmp_path):
+    images = tmp_path / "images.npz"
+    np.savez(images, x=np.random.default_rng(0).random((8, 3, 224, 224)).astype(np.float32))
+    converted = es.optimize(es.load("zoo:efficientformer-l1"), [f"prepbn:train={images},steps=2,batch=4"])
+    assert converted.passes[-1]["report"]["converted"] == ["attn_blocks.0.norm1", "attn_blocks.0.norm2", "norm"]
+    report = es.optimize(converted, ["reparam"]).passes[-1]["report"]
+    assert report["by_fold"]["token_norms"] == 3 and report["kept"] == []
+
+
+def test_bert_post_norms_convert_and_stay_unfolded_with_the_reason():
+    converted = es.optimize(es.load("zoo:all-minilm-l6-v2"),
+                            ["prepbn:train=devils-dictionary,steps=2,batch=2,samples=4,seq_len=32"])
+    assert len(converted.passes[-1]["report"]["converted"]) == 13  # embeddings + 2 per layer
+    kept = es.optimize(converted, ["reparam"]).passes[-1]["report"]["kept"]
+    assert len(kept) == 13
+    assert kept[1].startswith("RepBN model.encoder.layer.0.attention.output.LayerNorm stays: its output also feeds add")
+
+
+def test_a_resumed_run_ends_where_the_uninterrupted_one_did(tmp_path):
+    spec = f"prepbn:train=sklearn-digits,steps=6,save_every=3,checkpoint={tmp_path / 'ckpt'}"
+    base = es.load("zoo:digits-vit")
+    first = es.optimize(base, [spec])
+    assert (tmp_path / "ckpt" / "last.pt").is_file()
+    with pytest.raises(UsageError, match="already holds a prepbn checkpoint"):
+        es.optimize(base, [spec])
+    resumed = es.optimize(base, [spec + ",resume=true"])
+    assert resumed.passes[-1]["report"]["training"]["resumed_at"] == 6
+    x = torch.from_numpy(base.example["image"])
+    with torch.no_grad():
+        assert torch.equal(first.module(x), resumed.module(x))
+    with pytest.raises(UsageError, match="made with other options: steps"):
+        es.optimize(base, [spec.replace("steps=6", "steps=8") + ",resume=true"])
