@@ -136,7 +136,7 @@ def test_a_model_without_an_ffn_says_what_it_found(tmp_path, capsys, py_module):
     assert main(["optimize", f"py:{module}:net", "--input", "x:1x1x8x8", "-p", "matformer:ratio=0.5",
                  "-o", str(out)]) == 3
     err = capsys.readouterr().err
-    assert "found no FFN it recognises in net" in err and "Conv2d x2" in err and "ReLU x1" in err
+    assert "found no FFN it recognises in net" in err and "Conv2d x 2" in err and "ReLU x 1" in err
     assert not out.exists()
 
 

@@ -115,3 +115,10 @@ def test_sla_digits_vit_exports_and_passes_parity(digits_vit_sla, target, tmp_pa
         pytest.skip(f"{target} is not installed")
     bundle, parity = es.export(digits_vit_sla, tmp_path, target=target)
     assert parity.passed, parity.summary()
+
+
+def test_tokens_as_a_sequence_get_a_1d_convolution_and_no_position_term():
+    variant = es.optimize(es.load("zoo:digits-vit"), ["sla:train=sklearn-digits,grid=1d,steps=5,tune_steps=0"])
+    assert [c["grid"] for c in variant.passes[-1]["report"]["converted"]] == [None, None]
+    layers = [m for m in variant.module.modules() if isinstance(m, SimplifiedLinearAttention)]
+    assert all(isinstance(m.dwc, nn.Conv1d) and m.pos is None for m in layers)
