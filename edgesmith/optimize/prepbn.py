@@ -25,48 +25,16 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-import torch
-from torch import nn
-
 from edgesmith.errors import BadInputError, UsageError
 from edgesmith.optimize import PASSES, Pass
 
 CHECKPOINT_FORMAT = "edgesmith-prepbn-1"
 
 
-class RepBN(nn.Module):
-    """``BN(x) + alpha * x`` over the last axis of ``(..., C)`` tokens."""
-
-    def __init__(self, channels: int, eps: float = 1e-5, alpha: float = 1.0):
-        super().__init__()
-        self.bn = nn.BatchNorm1d(channels, eps=eps)
-        self.alpha = nn.Parameter(torch.full((1,), float(alpha)))
-
-    def forward(self, x):
-        flat = x.reshape(-1, x.shape[-1])
-        return (self.bn(flat) + self.alpha * flat).reshape(x.shape)
-
-
-class ProgressiveNorm(nn.Module):
-    """``lam * LN(x) + (1 - lam) * RepBN(x)``; the training loop sets ``lam``. RepBN starts from LN's weights."""
-
-    def __init__(self, norm: nn.LayerNorm, alpha: float):
-        super().__init__()
-        self.ln = norm
-        self.repbn = RepBN(norm.normalized_shape[0], norm.eps, alpha)
-        if norm.elementwise_affine:
-            with torch.no_grad():
-                self.repbn.bn.weight.copy_(norm.weight)
-                if norm.bias is not None:
-                    self.repbn.bn.bias.copy_(norm.bias)
-        self.register_buffer("lam", torch.ones(()))
-
-    def forward(self, x):
-        return self.lam * self.ln(x) + (1 - self.lam) * self.repbn(x)
-
-
 def layer_norms(module) -> list[tuple[str, Any]]:
     """``[(name, nn.LayerNorm)]`` over one (last) axis: what ``prepbn`` converts."""
+    from torch import nn
+
     return [(n, m) for n, m in module.named_modules()
             if isinstance(m, nn.LayerNorm) and len(m.normalized_shape) == 1]
 
@@ -137,8 +105,11 @@ class Prepbn(Pass):
     def _apply_impl(self, variant):
         import copy
 
+        import torch
+
         from edgesmith.models.inspect import module_kinds
         from edgesmith.optimize.checkpoint import Checkpoint
+        from edgesmith.optimize.slab_layers import ProgressiveNorm
         from edgesmith.optimize.training import Objective, Trainer, accuracy, training_set
 
         o = self.options
@@ -202,6 +173,10 @@ class Prepbn(Pass):
 
 def _recalibrate(module, objective, trainer, batch: int, batches: int = 32) -> int:
     """Re-estimate every RepBN's statistics as a plain average over training batches, without gradients."""
+    import torch
+
+    from edgesmith.optimize.slab_layers import RepBN
+
     norms = [m for m in module.modules() if isinstance(m, RepBN)]
     for m in norms:
         m.bn.reset_running_stats()

@@ -11,7 +11,7 @@ from torch import nn
 from edgesmith import api as es
 from edgesmith.errors import BadInputError, UsageError
 from edgesmith.models.variant import Variant
-from edgesmith.optimize.prepbn import RepBN
+from edgesmith.optimize.slab_layers import RepBN
 from edgesmith.specs import TensorSpec
 
 
@@ -144,7 +144,7 @@ def test_layernorm_left_in_a_model_is_named():
 
 
 @pytest.mark.parametrize("spec,error,text", [
-    ("prepbn", BadInputError, "digits-cnn has no LayerNorm to convert (found: BatchNorm1d x 1, BatchNorm2d x 3)"),
+    ("prepbn", BadInputError, "digits-cnn has no LayerNorm to convert (found: BatchNorm2d x 3, BatchNorm1d x 1)"),
     ("prepbn:decay=0", UsageError, "decay=0.0 is outside (0, 1]"),
 ])
 def test_bad_prepbn_input_is_refused(spec, error, text):

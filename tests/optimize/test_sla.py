@@ -8,7 +8,7 @@ from torch import nn
 
 from edgesmith import api as es
 from edgesmith.errors import BadInputError, UsageError
-from edgesmith.optimize.sla import Layout, SimplifiedLinearAttention, attentions, build_sla, layout_of
+from edgesmith.optimize.slab_layers import Layout, SimplifiedLinearAttention, attentions, build_sla, layout_of
 
 
 def _quadratic(sla: SimplifiedLinearAttention, x, grid=None):
