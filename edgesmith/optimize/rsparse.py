@@ -1,0 +1,234 @@
+"""R-Sparse (``rsparse``): rank-aware activation sparsity for the linear layers of a language model.
+
+R-Sparse (Zhang et al., 2025, arXiv 2504.19449) splits each linear layer's input per token into
+the channels that matter, which go through the exact weights, and the rest, which share a
+low-rank approximation of the weights (:mod:`edgesmith.optimize.rsparse_layers`)::
+
+    before:  y = W x + b
+    after:   y = W (x * m) + b + ((x * (1 - m)) V_r S_r) U_r^T,   m = 1[|x * ||W[:, i]||| > t]
+
+Budget per layer at target sparsity ``s`` with sparse share ``rho``: ``c = floor(d_in (1 - s) rho)``
+channels active on average and rank ``r = floor((d_in d_out (1 - s) - c d_out) / (d_in + d_out))``,
+so the layer costs ``(1 - s)`` of its dense multiply-accumulates. ``t`` is the quantile of
+``|x_i * ||W[:, i]|||`` over the calibration tokens at which ``c`` channels stay active. ``rho = 1``
+is sparse-only (no low-rank part), ``rho = 0`` low-rank-only. The achieved sparsity is counted
+on the calibration text (skipped / dense multiply-accumulates), not assumed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+from edgesmith.errors import BadInputError, UsageError
+from edgesmith.optimize import PASSES, Pass
+
+_VALUES_PER_LAYER = 1 << 16  # calibration values kept per layer for its quantiles
+
+
+@dataclasses.dataclass
+class RsparseOptions:
+    """Options of the ``rsparse`` pass.
+
+    Attributes:
+        sparsity: Target share of each layer's multiply-accumulates skipped, in [0, 1).
+        rho: Share of the remaining budget spent on exact (sparse) channels; the rest is rank.
+            1: sparse-only; 0: low-rank-only; the paper's uniform baseline: 0.95.
+        text: Calibration text: ``devils-dictionary`` (the evaluation text's train split), a UTF-8 file,
+            or an ``.npz`` of ``input_ids`` windows.
+        seq_len: Tokens per calibration window.
+        samples: Calibration windows.
+        skip: Linear layers left dense: names ending with any of these ``/``-separated suffixes.
+        search: Generations of the evolutionary search for per-layer ``rho`` (0: uniform ``rho``).
+        population: Candidates per generation.
+        search_samples: Calibration windows the search scores each candidate on (next-token loss).
+        seed: Seed of the search.
+        rho_file: A JSON of per-layer ``rho``: written by a search (``search=N``), read otherwise
+            (a search result reused without searching again).
+    """
+
+    sparsity: float = 0.5
+    rho: float = 0.95
+    text: str = "devils-dictionary"
+    seq_len: int = 256
+    samples: int = 16
+    skip: str = "lm_head"
+    search: int = 0
+    population: int = 8
+    search_samples: int = 4
+    seed: int = 0
+    rho_file: str = ""
+
+    def __post_init__(self):
+        if not 0.0 <= self.sparsity < 1.0:
+            raise UsageError(f"pass 'rsparse': sparsity={self.sparsity} is outside [0, 1)",
+                             hint="sparsity is the share of multiply-accumulates skipped, e.g. sparsity=0.5")
+        if not 0.0 <= self.rho <= 1.0:
+            raise UsageError(f"pass 'rsparse': rho={self.rho} is outside [0, 1]",
+                             hint="rho is the sparse share of the budget: 1 sparse-only, 0 low-rank-only")
+        for key in ("seq_len", "samples", "population", "search_samples"):
+            if getattr(self, key) < 1:
+                raise UsageError(f"pass 'rsparse': {key}={getattr(self, key)} must be at least 1")
+
+
+def budget(d_in: int, d_out: int, sparsity: float, rho: float) -> tuple[int, int]:
+    """``(c, r)``: active channels and rank for one layer (see the module docstring).
+
+    What flooring the rank leaves of the budget goes to further channels (``0 < rho``), so small
+    layers still spend their ``1 - sparsity``; ``rho = 0`` stays low-rank-only.
+    """
+    total = d_in * d_out * (1 - sparsity)
+    c = math.floor(d_in * (1 - sparsity) * rho)
+    r = max(0, min(math.floor((total - c * d_out) / (d_in + d_out)), d_in, d_out))
+    if rho > 0:
+        c = min(d_in, math.floor((total - r * (d_in + d_out)) / d_out))
+    return c, r
+
+
+def targets(module, skip: str) -> list[tuple[str, Any]]:
+    """``[(name, nn.Linear)]`` the pass converts: every Linear but those whose name ends with a ``skip`` suffix."""
+    from torch import nn
+
+    suffixes = tuple(s for s in skip.split("/") if s)
+    return [(n, m) for n, m in module.named_modules()
+            if isinstance(m, nn.Linear) and not (suffixes and n.endswith(suffixes))]
+
+
+def calibrate(module, variant, layers, windows, seed: int = 0) -> dict[str, Any]:
+    """Per layer, a sorted sample of ``|x_i * ||W[:, i]|||`` over the calibration tokens (float32 tensor)."""
+    import torch
+
+    from edgesmith.models.lm_eval import lm_feeds
+    from edgesmith.models.variant import run_module
+
+    generator = torch.Generator().manual_seed(seed)
+    per_batch = max(1, _VALUES_PER_LAYER // max(1, len(windows)))
+    values: dict[str, list] = {name: [] for name, _ in layers}
+
+    def hook(name, scale):
+        def record(_m, args):
+            v = (args[0].detach() * scale).abs().reshape(-1).float()
+            pick = torch.randint(0, v.numel(), (min(per_batch, v.numel()),), generator=generator)
+            values[name].append(v[pick])
+        return record
+
+    handles = [m.register_forward_pre_hook(hook(n, m.weight.detach().norm(dim=0))) for n, m in layers]
+    try:
+        for i in range(len(windows)):
+            run_module(module, variant.inputs, variant.outputs, lm_feeds(variant, windows[i:i + 1]))
+    finally:
+        for h in handles:
+            h.remove()
+    return {name: torch.cat(v).sort().values for name, v in values.items()}
+
+
+def threshold(sorted_values, keep: float) -> float:
+    """The ``t`` at which a share ``keep`` of the calibration values is above it (0 keeps all)."""
+    if keep >= 1.0:
+        return 0.0
+    if keep <= 0.0:
+        return math.inf
+    index = min(len(sorted_values) - 1, int(round((1.0 - keep) * len(sorted_values))))
+    return float(sorted_values[index])
+
+
+@PASSES.register("rsparse")
+class Rsparse(Pass):
+    """Replace Linear layers with R-Sparse sparse-plus-low-rank layers calibrated on text."""
+
+    name = "rsparse"
+    Options = RsparseOptions
+
+    def _apply_impl(self, variant):
+        import copy
+
+        from edgesmith.optimize.rsparse_layers import RSparseLinear
+        from edgesmith.optimize.training import feeds_from
+
+        o = self.options
+        if variant.task != "lm":
+            raise BadInputError(f"pass 'rsparse': {variant.name} is not a language model (task {variant.task!r})",
+                                hint="rsparse calibrates on text; load a Hugging Face decoder LM")
+        module = copy.deepcopy(variant.module).eval()
+        layers = targets(module, o.skip)
+        if not layers:
+            raise BadInputError(f"pass 'rsparse': {variant.name} has no Linear layer to convert (skip={o.skip!r})")
+        windows = feeds_from(variant, o.text, "pass 'rsparse'", o.seq_len, o.samples, "calibration")["input_ids"]
+        if len(windows) < o.samples:
+            raise BadInputError(
+                f"pass 'rsparse': the calibration text gives {len(windows)} window(s) of {o.seq_len} tokens "
+                f"({len(windows) * o.seq_len:,} tokens); the thresholds need samples={o.samples} x seq_len={o.seq_len} "
+                f"= {o.samples * o.seq_len:,} tokens", hint="give a longer text, or fewer samples / a shorter seq_len")
+        if self.progress:
+            self.progress("rsparse: calibrating thresholds", 0, len(layers))
+        stats = calibrate(module, variant, layers, windows)
+        built = []
+        for i, (name, linear) in enumerate(layers):
+            built.append((name, RSparseLinear(linear, 0.0, 0)))
+            module.set_submodule(name, built[-1][1])
+            if self.progress:
+                self.progress("rsparse: SVD of every layer", i + 1, len(layers))
+
+        def configure(rhos: list[float]) -> list[dict[str, Any]]:
+            rows = []
+            for (name, layer), rho in zip(built, rhos):
+                c, r = budget(layer.in_features, layer.out_features, o.sparsity, rho)
+                t = threshold(stats[name], c / layer.in_features)
+                layer.configure(t, r)
+                rows.append({"layer": name, "rho": rho, "channels": c, "rank": r, "threshold": t})
+            return rows
+
+        report: dict[str, Any] = {"layers": len(built), "target_sparsity": o.sparsity,
+                                  "calibration_tokens": int(windows.size)}
+        names, model = [n for n, _ in built], variant.source.get("sha256") or variant.name
+        if o.search:
+            from edgesmith.optimize import rsparse_search
+
+            scoring = windows[:o.search_samples]
+            found = rsparse_search.evolve(lambda rhos: _loss(module, variant, scoring, configure(rhos)), len(built),
+                                          o.rho, o.search, o.population, o.seed, self.progress)
+            if o.rho_file:
+                rsparse_search.save(o.rho_file, model, o.sparsity, names, found)
+            rhos = found["rho"]
+            report["search"] = {k: found[k] for k in ("loss", "uniform_loss", "history", "scored")}
+        elif o.rho_file:
+            from edgesmith.optimize import rsparse_search
+
+            rhos = rsparse_search.load(o.rho_file, model, o.sparsity, names)
+            report["rho_file"] = o.rho_file
+        else:
+            rhos = [o.rho] * len(built)
+        rows = configure(rhos)
+        for _, layer in built:
+            layer.freeze()
+        report["achieved_sparsity"] = round(measure_sparsity(module, variant, windows), 4)
+        report["rho"] = {"mean": round(sum(rhos) / len(rhos), 4), "min": min(rhos), "max": max(rhos)}
+        report["per_layer"] = rows
+        return module, report
+
+
+def _loss(module, variant, windows, _rows) -> float:
+    """Mean next-token cross-entropy of ``module`` over ``windows`` (the search's score)."""
+    from edgesmith.models.lm_eval import perplexity
+
+    return perplexity(variant, windows, batch=len(windows), module=module)["nll"]
+
+
+def measure_sparsity(module, variant, windows) -> float:
+    """Skipped / dense multiply-accumulates of the R-Sparse layers over ``windows``."""
+    from edgesmith.models.lm_eval import lm_feeds
+    from edgesmith.models.variant import run_module
+    from edgesmith.optimize.rsparse_layers import RSparseLinear
+
+    layers = [m for m in module.modules() if isinstance(m, RSparseLinear)]
+    for m in layers:
+        m.counting, m.macs = True, [0, 0]
+    try:
+        for i in range(len(windows)):
+            run_module(module, variant.inputs, variant.outputs, lm_feeds(variant, windows[i:i + 1]))
+    finally:
+        for m in layers:
+            m.counting = False
+    used, dense = sum(m.macs[0] for m in layers), sum(m.macs[1] for m in layers)
+    return 1.0 - used / max(dense, 1)

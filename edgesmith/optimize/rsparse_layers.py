@@ -1,0 +1,83 @@
+"""The torch layer of R-Sparse (Zhang et al., 2025, arXiv 2504.19449): sparse input channels plus a low-rank rest.
+
+A linear layer ``y = W x + b`` with ``W = U S V^T`` (offline SVD) computes::
+
+    scale_i = ||W[:, i]||                      (how much input channel i can move the output)
+    m       = 1[|x_i * scale_i| > t]           (the active channels of this token)
+    y       = W (x * m) + b + ((x * (1 - m)) V_r S_r) U_r^T
+
+The active channels go through the exact weights; the many small ones share a rank-``r``
+approximation. With ``c`` channels active on average out of ``d_in`` the layer costs
+``c * d_out + r * (d_in + d_out)`` multiply-accumulates instead of ``d_in * d_out``: a kernel
+that reads only the active columns of ``W`` turns that into speed (a masked dense matmul,
+as here in torch, computes the same numbers at dense cost). Exact limits: ``t = 0`` keeps
+every non-zero channel (dense); ``r = min(d_in, d_out)`` makes the low-rank part exact (dense).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+class RSparseLinear(nn.Module):
+    """R-Sparse replacement of one ``nn.Linear``.
+
+    Args:
+        linear: The dense layer (its weight and bias are taken over).
+        threshold: ``t``; channels with ``|x_i * scale_i| > t`` are active.
+        rank: ``r`` of the low-rank part (0: none; the inactive channels are dropped).
+
+    Attributes:
+        macs: Running count of (used, dense) multiply-accumulates over the tokens seen while
+            ``counting`` is on, so the achieved sparsity is measured, not assumed.
+    """
+
+    def __init__(self, linear: nn.Linear, threshold: float, rank: int):
+        super().__init__()
+        w = linear.weight.detach()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.weight = nn.Parameter(w.clone(), requires_grad=False)
+        self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().clone(), requires_grad=False)
+        self.register_buffer("scale", w.double().norm(dim=0).to(w.dtype))
+        self.register_buffer("threshold", torch.tensor(0.0, dtype=w.dtype))
+        self.register_buffer("down", torch.zeros(self.in_features, 0, dtype=w.dtype))
+        self.register_buffer("up", torch.zeros(self.out_features, 0, dtype=w.dtype))
+        self.rank = 0
+        # Computed in float64, kept in the weight's dtype while the layer is being tuned (freeze drops it).
+        self._svd = tuple(t.to(w.dtype) for t in torch.linalg.svd(w.double(), full_matrices=False))
+        self.configure(threshold, rank)
+        self.counting = False
+        self.macs = [0, 0]
+
+    def configure(self, threshold: float, rank: int) -> None:
+        """Set ``t`` and ``r`` (a search tries many): the low-rank factors are slices of the SVD."""
+        if self._svd is None:
+            raise RuntimeError("this R-Sparse layer was frozen: its SVD is gone")
+        u, s, vh = self._svd
+        self.rank = int(max(0, min(rank, self.in_features, self.out_features)))
+        self.threshold.fill_(threshold)
+        # x (1 - m) -> (..., r) -> (..., d_out): down = V_r S_r, up = U_r
+        self.down = (vh[:self.rank].T * s[:self.rank]).contiguous()
+        self.up = u[:, :self.rank].contiguous()
+
+    def freeze(self) -> None:
+        """Drop the SVD (the model keeps only the factors in use)."""
+        self._svd = None
+
+    def forward(self, x):
+        active = (x * self.scale).abs() > self.threshold
+        y = F.linear(torch.where(active, x, torch.zeros_like(x)), self.weight, self.bias)
+        if self.rank:
+            y = y + (torch.where(active, torch.zeros_like(x), x) @ self.down) @ self.up.T
+        if self.counting:
+            tokens = active.numel() // self.in_features
+            used = int(active.sum()) * self.out_features + tokens * self.rank * (self.in_features + self.out_features)
+            self.macs[0] += used
+            self.macs[1] += tokens * self.in_features * self.out_features
+        return y
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, rank={self.rank}, "
+                f"threshold={float(self.threshold):.4g}")
