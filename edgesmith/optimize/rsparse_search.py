@@ -5,7 +5,8 @@ of ``rho`` meets the global target; what changes is how each layer spends it: ex
 or rank. Layers differ (some have a few dominant channels, some a fast-decaying spectrum), and
 the search finds the split that loses the least, scored by next-token loss on calibration text::
 
-    generation 0: uniform rho (the paper's 0.95 baseline) and mutations of it
+    generation 0: uniform rho (the paper's 0.95 baseline), uniform 1 / 0.9 / 0.8 (sparse-only and
+                  near it), and mutations of the start
     each generation: keep the best quarter; children = per-layer crossover of two kept
                      parents + mutation (a few layers move one or two steps on a 0.05 grid)
     result: the best candidate seen (never worse than uniform, which is scored first)
@@ -34,7 +35,7 @@ def evolve(score: Callable[[list[float]], float], layers: int, start: float, gen
         score: ``score(rhos) -> loss`` of the model configured with those per-layer values.
         layers: Number of layers.
         start: The uniform rho candidates start from.
-        generations, population: Search size (``generations * population`` scores, plus one for ``start``).
+        generations, population: Search size (``generations * population`` scores at most).
         seed: Seed of the mutations.
         progress: Called as ``progress(description, done, total)``.
 
@@ -43,7 +44,7 @@ def evolve(score: Callable[[list[float]], float], layers: int, start: float, gen
     """
     rng = np.random.default_rng(seed)
     home = int(np.abs(GRID - start).argmin())
-    total, done = generations * population + 1, 0
+    total, done = generations * population, 0
     cache: dict[tuple, float] = {}
 
     def scored(genes: np.ndarray) -> float:
@@ -64,7 +65,9 @@ def evolve(score: Callable[[list[float]], float], layers: int, start: float, gen
 
     uniform = np.full(layers, home)
     uniform_loss = scored(uniform)
-    pool = [(uniform_loss, uniform)] + [(scored(g), g) for g in (mutate(uniform) for _ in range(population - 1))]
+    others = [np.full(layers, int(np.abs(GRID - v).argmin())) for v in (1.0, 0.9, 0.8) if abs(v - start) > 1e-9]
+    seeds = others[:max(0, population - 2)] + [mutate(uniform) for _ in range(population)]
+    pool = [(uniform_loss, uniform)] + [(scored(g), g) for g in seeds[:population - 1]]
     history = [min(p[0] for p in pool)]
     for _ in range(1, generations):
         pool.sort(key=lambda p: p[0])
