@@ -71,7 +71,8 @@ def load_zoo(ref: str):
     return entry.load() if options is None else entry.load(**dataclasses.asdict(options))
 
 
-def _digits_cnn():
+def _digits(name: str, model):
+    """A digits zoo model as a variant; ``model`` is its module (``build``, ``WEIGHTS_PATH``)."""
     import torch
 
     from edgesmith.bundle import sha256_file
@@ -79,68 +80,38 @@ def _digits_cnn():
     from edgesmith.models.variant import Variant
     from edgesmith.specs import TensorSpec
 
-    module = digits_cnn.build(pretrained=True)
+    module = model.build(pretrained=True)
     example = digits_cnn.example_inputs(batch=4)
     with torch.no_grad():
         out = module(torch.from_numpy(example["image"]))
     return Variant(
-        name="digits-cnn",
+        name=name,
         module=module,
         inputs=[TensorSpec("image", example["image"].shape, "float32", {0: "batch"})],
         outputs=[TensorSpec("logits", tuple(out.shape), "float32", {0: "batch"})],
         example=example,
-        source={"reference": "zoo:digits-cnn", "format": "zoo",
-                "sha256": sha256_file(digits_cnn.WEIGHTS_PATH), "dataset": DIGITS},
+        source={"reference": f"zoo:{name}", "format": "zoo",
+                "sha256": sha256_file(model.WEIGHTS_PATH), "dataset": DIGITS},
         task="classifier",
     )
+
+
+def _digits_cnn():
+    from edgesmith.models import digits_cnn
+
+    return _digits("digits-cnn", digits_cnn)
 
 
 def _digits_mlp():
-    import torch
+    from edgesmith.models import digits_mlp
 
-    from edgesmith.bundle import sha256_file
-    from edgesmith.models import digits_cnn, digits_mlp
-    from edgesmith.models.variant import Variant
-    from edgesmith.specs import TensorSpec
-
-    module = digits_mlp.build(pretrained=True)
-    example = digits_cnn.example_inputs(batch=4)
-    with torch.no_grad():
-        out = module(torch.from_numpy(example["image"]))
-    return Variant(
-        name="digits-mlp",
-        module=module,
-        inputs=[TensorSpec("image", example["image"].shape, "float32", {0: "batch"})],
-        outputs=[TensorSpec("logits", tuple(out.shape), "float32", {0: "batch"})],
-        example=example,
-        source={"reference": "zoo:digits-mlp", "format": "zoo",
-                "sha256": sha256_file(digits_mlp.WEIGHTS_PATH), "dataset": DIGITS},
-        task="classifier",
-    )
+    return _digits("digits-mlp", digits_mlp)
 
 
 def _digits_vit():
-    import torch
+    from edgesmith.models import digits_vit
 
-    from edgesmith.bundle import sha256_file
-    from edgesmith.models import digits_cnn, digits_vit
-    from edgesmith.models.variant import Variant
-    from edgesmith.specs import TensorSpec
-
-    module = digits_vit.build(pretrained=True)
-    example = digits_cnn.example_inputs(batch=4)
-    with torch.no_grad():
-        out = module(torch.from_numpy(example["image"]))
-    return Variant(
-        name="digits-vit",
-        module=module,
-        inputs=[TensorSpec("image", example["image"].shape, "float32", {0: "batch"})],
-        outputs=[TensorSpec("logits", tuple(out.shape), "float32", {0: "batch"})],
-        example=example,
-        source={"reference": "zoo:digits-vit", "format": "zoo",
-                "sha256": sha256_file(digits_vit.WEIGHTS_PATH), "dataset": DIGITS},
-        task="classifier",
-    )
+    return _digits("digits-vit", digits_vit)
 
 
 ZOO.register("digits-cnn")(ZooEntry(

@@ -110,7 +110,7 @@ class Prepbn(Pass):
         from edgesmith.models.inspect import module_kinds
         from edgesmith.optimize.checkpoint import Checkpoint
         from edgesmith.optimize.slab_layers import ProgressiveNorm
-        from edgesmith.optimize.training import Objective, Trainer, accuracy, training_set
+        from edgesmith.optimize.training import Trainer, held_out_accuracy, objective_for
 
         o = self.options
         norms = layer_norms(variant.module)
@@ -119,17 +119,7 @@ class Prepbn(Pass):
                                 f"(found: {module_kinds(variant.module, 'norm') or 'no normalisation layer'})",
                                 hint="prepbn converts torch.nn.LayerNorm over the channel axis (ViT, BERT, "
                                      "EfficientFormer's 3D blocks); RMSNorm and BatchNorm models have none")
-        source = o.train or o.data
-        if not source:
-            raise UsageError("pass 'prepbn' trains: give train=DATA",
-                             hint="e.g. -p prepbn:train=sklearn-digits for the digits zoo models, an .npz or "
-                                  "image folder (--data), or train=devils-dictionary for a model with a tokenizer")
-        owner = "pass 'prepbn'"
-        data = training_set(variant, source, owner, o.seq_len, o.samples or None)
-        objective = Objective(variant, data, owner, o.label_weight)
-        if objective.samples < o.batch:
-            raise BadInputError(f"{owner}: {objective.samples} training samples, fewer than one batch of {o.batch}",
-                                hint="give more training data or a smaller batch")
+        data, objective = objective_for(variant, o, "prepbn", o.samples or None)
         run = {**{k: getattr(o, k) for k in ("train", "data", "steps", "batch", "lr", "decay", "alpha",
                                                "label_weight", "seq_len", "samples", "seed")},
                "model": variant.source.get("sha256") or variant.name}
@@ -149,9 +139,7 @@ class Prepbn(Pass):
             lam = max(0.0, 1.0 - i / fade)
             for _, m in mixed:
                 m.lam.fill_(lam)
-            index = trainer.batch_index(objective.samples, o.batch)
-            args = objective.args(index)
-            loss = objective.loss(module, args, objective.targets(args, index))
+            loss = objective.batch_loss(module, trainer.batch_index(objective.samples, o.batch))
             loss.backward()
             return [float(loss.detach()), lam]
 
@@ -161,11 +149,9 @@ class Prepbn(Pass):
         for name, m in mixed:
             module.set_submodule(name, m.repbn)
         report["recalibrated_batches"] = _recalibrate(module, objective, trainer, o.batch)
-        if data.test_labels is not None:
-            report["test_accuracy"] = {
-                "layernorm": round(accuracy(variant.module, data.test_feeds, data.test_labels, variant), 4),
-                "repbn": round(accuracy(module, data.test_feeds, data.test_labels, variant), 4),
-                "samples": len(data.test_labels)}
+        accuracy = held_out_accuracy(variant, module, data, "layernorm", "repbn")
+        if accuracy:
+            report["test_accuracy"] = accuracy
         with torch.no_grad():
             report["alpha"] = [round(float(m.repbn.alpha), 4) for _, m in mixed]
         return module.eval(), report

@@ -92,7 +92,7 @@ class Sla(Pass):
 
         from edgesmith.models.inspect import module_kinds
         from edgesmith.optimize.slab_layers import attentions, build_sla
-        from edgesmith.optimize.training import Objective, accuracy, training_set
+        from edgesmith.optimize.training import held_out_accuracy, objective_for
 
         o = self.options
         owner = "pass 'sla'"
@@ -101,16 +101,7 @@ class Sla(Pass):
                                 f"(found: {module_kinds(variant.module, 'attention') or 'no attention module'})",
                                 hint="sla converts attention with a fused qkv Linear ([q|k|v], `heads`) and a proj "
                                      "Linear, and EfficientFormer's token attention")
-        source = o.train or o.data
-        if not source:
-            raise UsageError("pass 'sla' distils: give train=DATA",
-                             hint="e.g. -p sla:train=sklearn-digits for the digits zoo models, an .npz or image "
-                                  "folder (--data), or train=devils-dictionary for a model with a tokenizer")
-        data = training_set(variant, source, owner, o.seq_len)
-        objective = Objective(variant, data, owner, o.label_weight)
-        if objective.samples < o.batch:
-            raise BadInputError(f"{owner}: {objective.samples} training samples, fewer than one batch of {o.batch}",
-                                hint="give more training data or a smaller batch")
+        data, objective = objective_for(variant, o, "sla")
         module = copy.deepcopy(variant.module).float().eval()
         report: dict[str, Any] = {"converted": [], "samples": objective.samples}
         grid_hint = getattr(module, "grid", None)
@@ -128,11 +119,9 @@ class Sla(Pass):
                                         "original_mse": before})
         if o.tune_steps:
             report["tune"] = _tune(module, objective, o, self.progress)
-        if data.test_labels is not None:
-            report["test_accuracy"] = {
-                "softmax": round(accuracy(variant.module, data.test_feeds, data.test_labels, variant), 4),
-                "sla": round(accuracy(module, data.test_feeds, data.test_labels, variant), 4),
-                "samples": len(data.test_labels)}
+        accuracy = held_out_accuracy(variant, module, data, "softmax", "sla")
+        if accuracy:
+            report["test_accuracy"] = accuracy
         return module.eval(), report
 
 
@@ -214,9 +203,7 @@ def _tune(module, objective, o, progress) -> dict[str, Any]:
                       progress=progress)
 
     def step(_i: int) -> list[float]:
-        index = trainer.batch_index(objective.samples, o.batch)
-        args = objective.args(index)
-        loss = objective.loss(module, args, objective.targets(args, index))
+        loss = objective.batch_loss(module, trainer.batch_index(objective.samples, o.batch))
         loss.backward()
         return [float(loss.detach())]
 

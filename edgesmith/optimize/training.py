@@ -89,6 +89,44 @@ def training_set(variant, source: str, owner: str, seq_len: int = 128, samples: 
     return TrainSet(feeds_from(variant, source, owner, seq_len, samples))
 
 
+def objective_for(variant, options, name: str, samples: int | None = None) -> tuple[TrainSet, Objective]:
+    """The data and loss of a pass that trains on ``options.train`` (or ``options.data``, as ``--data`` fills it).
+
+    Args:
+        variant: The original variant.
+        options: The pass options (``train``, ``data``, ``seq_len``, ``batch``, ``label_weight``).
+        name: The pass, in messages.
+        samples: At most this many text windows.
+
+    Raises:
+        UsageError: No training data was given (says how to give it).
+        BadInputError: Data the model cannot take, or fewer samples than one batch.
+    """
+    from edgesmith.errors import UsageError
+
+    owner = f"pass {name!r}"
+    source = options.train or options.data
+    if not source:
+        raise UsageError(f"{owner} trains: give train=DATA",
+                         hint=f"e.g. -p {name}:train=sklearn-digits for the digits zoo models, an .npz or image "
+                              "folder (--data), or train=devils-dictionary for a model with a tokenizer")
+    data = training_set(variant, source, owner, options.seq_len, samples)
+    objective = Objective(variant, data, owner, options.label_weight)
+    if objective.samples < options.batch:
+        raise BadInputError(f"{owner}: {objective.samples} training samples, fewer than one batch of {options.batch}",
+                            hint="give more training data or a smaller batch")
+    return data, objective
+
+
+def held_out_accuracy(variant, module, data: TrainSet, before: str, after: str) -> dict[str, Any] | None:
+    """Held-out accuracy of the original and the converted model, where the data has labelled test samples."""
+    if data.test_labels is None:
+        return None
+    return {before: round(accuracy(variant.module, data.test_feeds, data.test_labels, variant), 4),
+            after: round(accuracy(module, data.test_feeds, data.test_labels, variant), 4),
+            "samples": len(data.test_labels)}
+
+
 def _image_npz(source: str) -> bool:
     if not source.endswith(".npz") or not Path(source).is_file():
         return False
@@ -173,6 +211,11 @@ class Objective:
         if targets.get("labels") is not None:
             total = (1 - self.label_weight) * total + self.label_weight * F.cross_entropy(outputs[0], targets["labels"])
         return total
+
+    def batch_loss(self, module, index):
+        """The loss of ``module`` on samples ``index`` (a scalar tensor, ready for ``backward``)."""
+        args = self.args(index)
+        return self.loss(module, args, self.targets(args, index))
 
     def evaluate(self, module, index, batch: int = 8) -> float:
         """Mean loss of ``module`` over samples ``index``, without gradients."""
