@@ -200,8 +200,12 @@ class Rsparse(Pass):
             configure([o.rho] * len(built))
             stats.update(calibrate(module, variant, built, windows))  # the search scores with settled thresholds
             scoring = windows[:o.search_samples]
-            found = rsparse_search.evolve(lambda rhos: _loss(module, variant, scoring, configure(rhos)), len(built),
-                                          o.rho, o.search, o.population, o.seed, self.progress)
+
+            def score(rhos: list[float]) -> float:
+                configure(rhos)
+                return _loss(module, variant, scoring)
+
+            found = rsparse_search.evolve(score, len(built), o.rho, o.search, o.population, o.seed, self.progress)
             if o.rho_file:
                 rsparse_search.save(o.rho_file, model, o.sparsity, names, found)
             rhos = found["rho"]
@@ -226,7 +230,7 @@ class Rsparse(Pass):
         return module, report
 
 
-def _loss(module, variant, windows, _rows) -> float:
+def _loss(module, variant, windows) -> float:
     """Mean next-token cross-entropy of ``module`` over ``windows`` (the search's score)."""
     from edgesmith.models.lm_eval import perplexity
 
