@@ -111,3 +111,9 @@ def test_search_is_never_worse_than_uniform_and_its_result_is_reused(tiny_llama,
     assert [r["rho"] for r in reused["per_layer"]] == [r["rho"] for r in report["per_layer"]]
     with pytest.raises(BadInputError, match="was searched for sparsity 0.5, not 0.4"):
         es.optimize(tiny_llama, [f"{spec.replace('0.5', '0.4')},rho_file={rho_file}"])
+
+
+def test_the_sparse_model_exports_to_onnx_with_parity(tiny_llama, calibration, tmp_path):
+    sparse = es.optimize(tiny_llama, [f"rsparse:sparsity=0.5,text={calibration},seq_len=32,samples=8"])
+    bundle, parity = es.export(sparse, tmp_path, target="onnx")
+    assert parity.passed, parity.summary()
