@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from edgesmith.models import digits_mlp  # noqa: E402
 from edgesmith.models.datasets import digits_split  # noqa: E402
-from train_digits_cnn import accuracy  # noqa: E402
+from train_digits_cnn import accuracy, shift  # noqa: E402
 
 SEED = 0
 EPOCHS = 60
@@ -35,8 +35,16 @@ BATCH_SIZE = 64
 LEARNING_RATE = 3e-3
 
 
-def main() -> None:
-    """Train, evaluate on the held-out split, write the weights and the card."""
+def train(model_module, name: str, epochs: int, make_optimizer, augment: bool = False) -> None:
+    """Train ``model_module.build()`` on the digits split, evaluate, write its weights and card.
+
+    Args:
+        model_module: The zoo model's module (``build``, ``WEIGHTS_PATH``, ``CARD_PATH``).
+        name: The zoo name (``digits-mlp``); the card names ``scripts/train_<name>.py`` as its command.
+        epochs: Passes over the training split.
+        make_optimizer: ``make_optimizer(parameters) -> torch.optim.Optimizer``.
+        augment: One-pixel random shifts (``train_digits_cnn.shift``) of every batch.
+    """
     from safetensors.torch import save_file
 
     start = time.perf_counter()
@@ -47,18 +55,19 @@ def main() -> None:
     x_train, x_test, y_train, y_test = digits_split()
     images, labels = torch.from_numpy(x_train), torch.from_numpy(y_train)
     generator = torch.Generator().manual_seed(SEED)
-    model = digits_mlp.build(pretrained=False).train()
-    optimizer = torch.optim.Adam(model.parameters(), lr=LEARNING_RATE, weight_decay=1e-4)
-    steps = EPOCHS * -(-len(images) // BATCH_SIZE)
+    model = model_module.build(pretrained=False).train()
+    optimizer = make_optimizer(model.parameters())
+    steps = epochs * -(-len(images) // BATCH_SIZE)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=LEARNING_RATE, total_steps=steps)
     loss_fn = nn.CrossEntropyLoss()
-    for epoch in range(EPOCHS):
+    for epoch in range(epochs):
         model.train()
         order = torch.randperm(len(images), generator=generator)
         total = 0.0
         for begin in range(0, len(order), BATCH_SIZE):
             index = order[begin: begin + BATCH_SIZE]
-            loss = loss_fn(model(images[index]), labels[index])
+            batch = shift(images[index], generator) if augment else images[index]
+            loss = loss_fn(model(batch), labels[index])
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -68,21 +77,27 @@ def main() -> None:
             print(f"epoch {epoch + 1:3d}  loss {total / len(order):.4f}")
     test_accuracy = accuracy(model, x_test, y_test)
     print(f"test accuracy {test_accuracy:.4f} on {len(y_test)} held-out digits ({time.perf_counter() - start:.1f} s)")
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(digits_mlp.WEIGHTS_PATH))
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(model_module.WEIGHTS_PATH))
     card = {
-        "name": "digits-mlp",
+        "name": name,
         "dataset": "scikit-learn digits (8x8)",
         "split": {"method": "sklearn.model_selection.train_test_split, stratified", "test_size": 0.2,
                   "random_state": 0, "train_samples": len(y_train)},
         "seed": SEED,
-        "epochs": EPOCHS,
+        "epochs": epochs,
         "params": sum(p.numel() for p in model.parameters()),
         "test_accuracy": round(test_accuracy, 4),
         "test_samples": len(y_test),
-        "command": "python scripts/train_digits_mlp.py",
+        "command": f"python scripts/train_{name.replace('-', '_')}.py",
     }
-    digits_mlp.CARD_PATH.write_text(json.dumps(card, indent=2) + "\n")
-    print(f"wrote {digits_mlp.WEIGHTS_PATH.name}, {digits_mlp.CARD_PATH.name}")
+    model_module.CARD_PATH.write_text(json.dumps(card, indent=2) + "\n")
+    print(f"wrote {model_module.WEIGHTS_PATH.name}, {model_module.CARD_PATH.name}")
+
+
+def main() -> None:
+    """Train, evaluate on the held-out split, write the weights and the card."""
+    train(digits_mlp, "digits-mlp", EPOCHS,
+          lambda params: torch.optim.Adam(params, lr=LEARNING_RATE, weight_decay=1e-4))
 
 
 if __name__ == "__main__":

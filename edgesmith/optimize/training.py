@@ -27,7 +27,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from edgesmith.errors import BadInputError
+from edgesmith.errors import BadInputError, UsageError
 from edgesmith.optimize.checkpoint import Checkpoint
 
 
@@ -79,13 +79,13 @@ def training_set(variant, source: str, owner: str, seq_len: int = 128, samples: 
 
     if source and source == variant.source.get("dataset"):
         x_train, x_test, y_train, y_test = dataset_split(source)
-        return _images(variant, x_train, y_train, x_test, y_test, owner)
+        return _images(variant, x_train, y_train, x_test, y_test)
     image_input = len(variant.inputs) == 1 and len(variant.inputs[0].shape) == 4
     if image_input and (Path(source).is_dir() or _image_npz(source)):
         from edgesmith.optimize.data import load_image_data
 
         data = load_image_data(source, tuple(variant.inputs[0].shape[1:]))
-        return _images(variant, data.x_train, data.y_train, data.x_test, data.y_test, owner)
+        return _images(variant, data.x_train, data.y_train, data.x_test, data.y_test)
     return TrainSet(feeds_from(variant, source, owner, seq_len, samples))
 
 
@@ -102,8 +102,6 @@ def objective_for(variant, options, name: str, samples: int | None = None) -> tu
         UsageError: No training data was given (says how to give it).
         BadInputError: Data the model cannot take, or fewer samples than one batch.
     """
-    from edgesmith.errors import UsageError
-
     owner = f"pass {name!r}"
     source = options.train or options.data
     if not source:
@@ -137,7 +135,7 @@ def _image_npz(source: str) -> bool:
         return False
 
 
-def _images(variant, x_train, y_train, x_test, y_test, owner: str) -> TrainSet:
+def _images(variant, x_train, y_train, x_test, y_test) -> TrainSet:
     name = variant.inputs[0].name
     return TrainSet({name: x_train}, y_train, {name: x_test}, y_test)
 
