@@ -38,6 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=20)
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--json", dest="json_out", help="also write the rows here")
+    parser.add_argument("--no-compile", action="store_true",
+                        help="skip torch.compile (its max-autotune tuning takes minutes per backbone)")
     args = parser.parse_args(argv)
     import torch
 
@@ -61,7 +63,8 @@ def main(argv: list[str] | None = None) -> int:
                                                                  name=f"{variant.name}-{precision}",
                                                                  options={"precision": precision})[0].path
             row = {"model": model, "gpu": gpus()[0], "device": name}
-            for label, path in [*bundles.items(), ("torch.compile", bundles["torch eager"])]:
+            compiled = [] if args.no_compile else [("torch.compile", bundles["torch eager"])]
+            for label, path in [*bundles.items(), *compiled]:
                 doc = es.profile([path], device=name, runs=args.runs, warmup=args.warmup, layers=False,
                                  compiled=label == "torch.compile")
                 entry = doc["entries"][0]
@@ -70,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
                     row["predicted"] = entry["prediction"]["latency_ms"]
                     row["band"] = [entry["prediction"]["low_ms"], entry["prediction"]["high_ms"]]
                     row[f"error vs {label}"] = entry["prediction"]["error"]
-                print(f"{model}: {label} p50 {row[label]:.4f} ms", file=sys.stderr)
+                print(f"{model}: {label} p50 {row[label]:.4f} ms (predicted {row.get('predicted')})", file=sys.stderr)
             rows.append(row)
     labels = [k for k in rows[0] if k in ("torch eager", "torch.compile") or k.startswith("TensorRT")]
     print(f"| model | {' | '.join(f'{lb} p50 (ms)' for lb in labels)} | predicted on {name} (band) | "
