@@ -111,7 +111,7 @@ def apply_passes(variant, specs: list[str], defaults: dict[str, str] | None = No
 
 
 def _register_builtins() -> None:
-    from edgesmith.optimize import distill, matformer, matryoshka, prepbn, reparam, rsparse, sla  # noqa: F401
+    from edgesmith.optimize import deltallm, distill, matformer, matryoshka, prepbn, reparam, rsparse, sla  # noqa: F401
 
 
 _register_builtins()

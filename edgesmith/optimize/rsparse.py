@@ -53,6 +53,9 @@ class RsparseOptions:
             thresholds skip about 3 points more than the target on SmolLM2).
         rho_file: A JSON of per-layer ``rho``: written by a search (``search=N``), read otherwise
             (a search result reused without searching again).
+        lowrank: How the rank-``r`` part is made: ``svd`` (the paper's: top singular vectors of ``W``) or
+            ``data`` (fitted to the inactive channels of the calibration tokens: top singular vectors
+            of ``W C^(1/2)``, ``C`` their second moment; see ``RSparseLinear.fit_low_rank``).
     """
 
     sparsity: float = 0.5
@@ -67,6 +70,7 @@ class RsparseOptions:
     seed: int = 0
     rho_file: str = ""
     refine: int = 2
+    lowrank: str = "data"
 
     def __post_init__(self):
         if not 0.0 <= self.sparsity < 1.0:
@@ -75,6 +79,9 @@ class RsparseOptions:
         if not 0.0 <= self.rho <= 1.0:
             raise UsageError(f"pass 'rsparse': rho={self.rho} is outside [0, 1]",
                              hint="rho is the sparse share of the budget: 1 sparse-only, 0 low-rank-only")
+        if self.lowrank not in ("svd", "data"):
+            raise UsageError(f"pass 'rsparse': lowrank={self.lowrank!r} is not svd or data",
+                             hint="svd: the weights' own singular vectors; data: fitted to the inactive inputs")
         if self.search < 0 or self.refine < 0:
             raise UsageError("pass 'rsparse': search and refine must be at least 0")
         for key in ("seq_len", "samples", "population", "search_samples"):
@@ -131,6 +138,34 @@ def calibrate(module, variant, layers, windows, seed: int = 0) -> dict[str, Any]
         for h in handles:
             h.remove()
     return {name: torch.cat(v).sort().values for name, v in values.items()}
+
+
+def inactive_moments(module, variant, layers, windows) -> dict[str, Any]:
+    """Per R-Sparse layer, ``E[x_in x_in^T]`` of its inactive inputs ``x * (1 - m)`` over ``windows`` (float64)."""
+    import torch
+
+    from edgesmith.models.lm_eval import lm_feeds
+    from edgesmith.models.variant import run_module
+
+    sums = {name: torch.zeros(m.in_features, m.in_features, dtype=torch.float64) for name, m in layers}
+    counts = dict.fromkeys(sums, 0)
+
+    def hook(name):
+        def record(m, args):
+            x = args[0].detach().reshape(-1, m.in_features)
+            rest = torch.where((x * m.scale).abs() > m.threshold, torch.zeros_like(x), x).double()
+            sums[name] += rest.T @ rest
+            counts[name] += x.shape[0]
+        return record
+
+    handles = [m.register_forward_pre_hook(hook(n)) for n, m in layers]
+    try:
+        for i in range(len(windows)):
+            run_module(module, variant.inputs, variant.outputs, lm_feeds(variant, windows[i:i + 1]))
+    finally:
+        for h in handles:
+            h.remove()
+    return {name: sums[name] / max(1, counts[name]) for name in sums}
 
 
 def threshold(sorted_values, keep: float) -> float:
@@ -222,6 +257,10 @@ class Rsparse(Pass):
             stats.update(calibrate(module, variant, built, windows))
             configure(rhos)
         rows = configure(rhos)
+        if o.lowrank == "data":
+            moments = inactive_moments(module, variant, built, windows)
+            for name, layer in built:
+                layer.fit_low_rank(moments[name])
         for _, layer in built:
             layer.freeze()
         report["achieved_sparsity"] = round(measure_sparsity(module, variant, windows), 4)

@@ -67,6 +67,25 @@ class RSparseLinear(nn.Module):
         self.down = (vh[:self.rank].T * s[:self.rank]).contiguous()
         self.up = u[:, :self.rank].contiguous()
 
+    def fit_low_rank(self, second_moment) -> None:
+        """Refit the rank-``r`` part to the inputs it actually sees (the inactive channels).
+
+        With ``C = E[x_in x_in^T]`` over the inactive part ``x_in = x * (1 - m)`` of calibration tokens,
+        the rank-``r`` map ``A`` minimising ``E ||W x_in - A x_in||^2`` is ``U_r U_r^T W`` where ``U_r`` are
+        the top-``r`` left singular vectors of ``W C^(1/2)`` (any square root: a Cholesky factor here).
+        The plain SVD (``C = I``) spends the rank on the directions of ``W`` that the large, active
+        channels use; this one on what the small channels add up to. ``down = W^T U_r``, ``up = U_r``.
+        """
+        if not self.rank:
+            return
+        w = self.weight.detach().double()
+        c = second_moment.double()
+        c = c + torch.eye(c.shape[0], dtype=c.dtype) * (1e-6 * float(c.diagonal().mean()) + 1e-12)
+        factor = torch.linalg.cholesky(c)
+        u = torch.linalg.svd(w @ factor, full_matrices=False)[0][:, :self.rank]
+        self.down = (w.T @ u).to(self.weight.dtype).contiguous()
+        self.up = u.to(self.weight.dtype).contiguous()
+
     def freeze(self) -> None:
         """Drop the SVD (the model keeps only the factors in use)."""
         self._svd = None

@@ -47,6 +47,30 @@ def test_sparsity_is_counted_not_assumed():
     assert sparse.macs == [6 * 4 * (24 + 16), 6 * 24 * 16]
 
 
+def test_data_fitted_low_rank_beats_the_weights_own_svd_on_the_inactive_inputs():
+    torch.manual_seed(3)
+    layer = nn.Linear(48, 40, bias=False).double()
+    sparse = RSparseLinear(layer, threshold=0.0, rank=0)
+    # correlated inputs: a few latent directions, so the inactive part has structure to fit
+    x = (torch.randn(4000, 3, dtype=torch.float64) @ torch.randn(3, 48, dtype=torch.float64)
+         + 0.05 * torch.randn(4000, 48, dtype=torch.float64))
+    t = float((x * sparse.scale).abs().median())
+    rest = torch.where((x * sparse.scale).abs() > t, torch.zeros_like(x), x)
+
+    def error() -> float:
+        approx = (rest @ sparse.down) @ sparse.up.T
+        return float(((rest @ layer.weight.T - approx) ** 2).mean())
+
+    sparse.configure(t, 3)
+    plain = error()
+    sparse.fit_low_rank(rest.T @ rest / len(rest))
+    fitted = error()
+    assert fitted < 0.9 * plain
+    sparse.configure(t, 40)  # full rank stays exact after a fit
+    sparse.fit_low_rank(rest.T @ rest / len(rest))
+    assert error() < 1e-20
+
+
 @pytest.mark.parametrize("rho,expected", [(1.0, (12, 0)), (0.0, (0, 4)), (0.95, (12, 0)), (0.5, (7, 2))])
 def test_budget_spends_the_same_macs(rho, expected):
     c, r = budget(24, 16, 0.5, rho)
@@ -81,6 +105,7 @@ def test_sparsity_zero_all_sparse_is_the_dense_model(tiny_llama, calibration):
     ("rsparse:sparsity=1", UsageError, "sparsity=1.0 is outside [0, 1)"),
     ("rsparse:sparsity=-0.1", UsageError, "sparsity=-0.1 is outside [0, 1)"),
     ("rsparse:rho=2", UsageError, "rho=2.0 is outside [0, 1]"),
+    ("rsparse:lowrank=asvd", UsageError, "lowrank='asvd' is not svd or data"),
 ])
 def test_bad_options_are_refused(spec, error, text, tiny_llama):
     with pytest.raises(error) as info:
