@@ -40,7 +40,7 @@ from edgesmith.devices.host import fingerprint  # noqa: E402
 from edgesmith.models.datasets import eval_text  # noqa: E402
 from edgesmith.models.hf import tokenizer_for  # noqa: E402
 from edgesmith.models.lm_eval import token_windows  # noqa: E402
-from edgesmith.optimize.deltallm import convert, counted_sparsity, counting, decode_logits, states  # noqa: E402
+from edgesmith.optimize.deltallm import convert, counted_sparsity, counting, decode_logits, scale_by_keys, states  # noqa: E402
 
 
 def _nll(logits: torch.Tensor, ids: torch.Tensor, start: int) -> float:
@@ -77,6 +77,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prefix", type=int, default=32, help="tokens prefilled before decoding the rest")
     parser.add_argument("--thetas", default="0,0.1,0.3,0.5,1", help="comma-separated firing thresholds")
     parser.add_argument("--attn-windows", default="16,64", help="comma-separated local windows (exact keys)")
+    parser.add_argument("--criteria", default="key,query",
+                        help="comma-separated firing tests: key (|dq| x key RMS, the pass's default), query (|dq|)")
+    parser.add_argument("--key-thetas", default="", help="thresholds for the key criterion (default: --thetas)")
+    parser.add_argument("--sinks", type=int, default=4, help="first keys always scored exactly (the pass's default)")
     parser.add_argument("--batch", type=int, default=8, help="text windows per forward pass")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--json", default="", help="also write the rows to this JSON file")
@@ -94,24 +98,29 @@ def main(argv: list[str] | None = None) -> int:
     rows = [{"theta": None, "window": None, **_measure(base.module, ids, args.prefix, args.batch),
              "seconds": time.perf_counter() - start}]
     print(f"dense: {rows[0]}", file=sys.stderr)
-    delta = convert(copy.deepcopy(base.module).eval(), 0.0, 1)
-    for window in windows:
-        for theta in thetas:
-            for s in states(delta):
-                s.theta, s.window = theta, window
-            start = time.perf_counter()
-            rows.append({"theta": theta, "window": window, **_measure(delta, ids, args.prefix, args.batch),
-                         "seconds": time.perf_counter() - start})
-            print(f"theta {theta}, window {window}: {rows[-1]}", file=sys.stderr)
+    for criterion in args.criteria.split(","):
+        delta = convert(copy.deepcopy(base.module).eval(), 0.0, 1)
+        grid = thetas
+        if criterion == "key":  # key RMS from the train split, as the pass does (4 windows of 256 tokens)
+            scale_by_keys(delta, base, token_windows(tokenizer_for(base), eval_text("train"), 256, 4))
+            grid = [float(t) for t in args.key_thetas.split(",")] if args.key_thetas else thetas
+        for window in windows:
+            for theta in grid:
+                for s in states(delta):
+                    s.theta, s.window, s.sinks = theta, window, args.sinks
+                start = time.perf_counter()
+                rows.append({"criterion": criterion, "theta": theta, "window": window,
+                             **_measure(delta, ids, args.prefix, args.batch), "seconds": time.perf_counter() - start})
+                print(f"{criterion} theta {theta}, window {window}: {rows[-1]}", file=sys.stderr)
     dense = rows[0]
     print(f"\nSmolLM2-135M, {len(ids)} test window(s) of {args.seq_len} tokens; decode after a {args.prefix}-token "
           "prefill. Sparsity: share of multiply-accumulates skipped, counted; attention = QK^T + PV (PV dense).\n")
-    print("| theta | window | prefill ppl | vs dense | prefill sparsity: scores / attention | decode ppl | vs dense "
+    print("| criterion | theta | window | prefill ppl | vs dense | prefill sparsity: scores / attention | decode ppl | vs dense "
           "| decode sparsity: scores / attention | seconds |")
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
-        label = ("dense", "-") if r["theta"] is None else (f"{r['theta']:g}", str(r["window"]))
-        print(f"| {label[0]} | {label[1]} | {r['prefill_perplexity']:.2f} | "
+        label = ("dense", "-", "-") if r["theta"] is None else (r["criterion"], f"{r['theta']:g}", str(r["window"]))
+        print(f"| {label[0]} | {label[1]} | {label[2]} | {r['prefill_perplexity']:.2f} | "
               f"{r['prefill_perplexity'] / dense['prefill_perplexity']:.3f}x | "
               f"{r['prefill_scores_sparsity']:.1%} / {r['prefill_attention_sparsity']:.1%} | "
               f"{r['decode_perplexity']:.2f} | {r['decode_perplexity'] / dense['decode_perplexity']:.3f}x | "

@@ -27,12 +27,11 @@ falls back to static shapes with a note); left padding takes part in the scan, s
 row scores differently from the same row unpadded (right padding does not); decode needs a cache
 that keeps every key (``DynamicCache``, the default).
 
-Default ``theta = 0.3``: SmolLM2-135M's rotary-embedded query entries have a median size of 0.70
-and a median token-to-token change of 0.54 (layer 0: 0.55 and 0.38; layer 29: 0.78 and 0.56), so
-``theta = 0.05`` still fires 94% of the entries. On four 256-token windows of the evaluation text's train
-split with ``window=32``, ``theta`` 0.3 / 0.5 / 1.0 skipped 24 / 36 / 55% of the score
-multiply-accumulates at 1.004 / 1.024 / 1.11 times the dense perplexity; 0.3 is the cautious
-choice. ``benchmarks/deltallm_quality.py`` measures the curve on the test split.
+Defaults (``benchmarks/deltallm_quality.py`` measures the trade-off; BENCHMARKS.md): ``criterion=key``
+scales the firing test by the keys' RMS per entry, so ``theta`` is in score units and entries fire
+where a change moves scores (at the same sparsity it loses less than the plain ``|dq| >= theta``);
+``theta=1.0``; ``window=32``; ``sinks=4``, the first keys always exact (a departure from the paper:
+the sink keys most heads weight heavily made the largest errors).
 """
 
 from __future__ import annotations
@@ -60,28 +59,41 @@ class DeltallmOptions:
     Attributes:
         theta: Firing threshold on ``|q_t - q_ref|`` per query entry (0: dense attention).
         window: Keys less than this many positions back are scored exactly (at least 1).
+        sinks: The first keys of a sequence, always scored exactly (the attention sinks most heads put
+            much of their weight on, where a small score error moves every probability).
         text: Text the achieved sparsity is counted on: ``devils-dictionary`` (the evaluation text's
             train split), a UTF-8 file, or an ``.npz`` of ``input_ids`` windows.
         seq_len: Tokens per counting window (sparsity grows with it: the first ``window`` keys are exact).
         samples: Counting windows, spread evenly over the text.
+        criterion: The firing test: ``key`` (``|dq_d| * rms(k_d) >= theta``, the RMS of the layer's keys
+            per query head and entry over the counting text, so ``theta`` is in score units and an
+            entry fires where the keys would turn its change into a score change) or ``query``
+            (``|dq_d| >= theta``, the paper's plain delta threshold).
     """
 
-    theta: float = 0.3
+    theta: float = 1.0
     window: int = 32
+    sinks: int = 4
     text: str = "devils-dictionary"
     seq_len: int = 256
     samples: int = 4
+    criterion: str = "key"
 
     def __post_init__(self):
         if not self.theta >= 0.0:  # also refuses NaN
             raise UsageError(f"pass 'deltallm': theta={self.theta} must be at least 0",
                              hint="theta is the change a query entry needs to fire, e.g. theta=0.3; 0 is dense")
+        if self.sinks < 0:
+            raise UsageError(f"pass 'deltallm': sinks={self.sinks} must be at least 0")
         if self.window < 1:
             raise UsageError(f"pass 'deltallm': window={self.window} must be at least 1",
                              hint="window is how many recent keys are scored exactly, e.g. window=32")
         for key in ("seq_len", "samples"):
             if getattr(self, key) < 1:
                 raise UsageError(f"pass 'deltallm': {key}={getattr(self, key)} must be at least 1")
+        if self.criterion not in ("key", "query"):
+            raise UsageError(f"pass 'deltallm': criterion={self.criterion!r} is not key or query",
+                             hint="key: |dq| x key RMS >= theta; query: |dq| >= theta")
 
 
 def is_llama_attention(module) -> bool:
@@ -153,27 +165,50 @@ class Deltallm(Pass):
         windows = feeds_from(variant, o.text, "pass 'deltallm'", o.seq_len, None, "counting")["input_ids"]
         if len(windows) > o.samples:
             windows = windows[np.linspace(0, len(windows) - 1, o.samples).round().astype(int)]
-        module = convert(copy.deepcopy(variant.module).eval(), o.theta, o.window)
+        module = convert(copy.deepcopy(variant.module).eval(), o.theta, o.window, o.sinks)
+        if o.criterion == "key":
+            scale_by_keys(module, variant, windows)
         if self.progress:
             self.progress("deltallm: counting sparsity", 0, len(windows))
         counted = measure_sparsity(module, variant, windows)["prefill"]
         if self.progress:
             self.progress("deltallm: counting sparsity", len(windows), len(windows))
         return module, {"attention_layers": len(recognised), "theta": o.theta, "window": o.window,
+                        "sinks": o.sinks, "criterion": o.criterion,
                         "counted_on": "prefill", "counting_tokens": int(windows.size), "seq_len": int(windows.shape[1]),
                         "score_sparsity": counted["scores"], "attention_sparsity": counted["attention"]}
 
 
-def convert(module, theta: float, window: int):
+def convert(module, theta: float, window: int, sinks: int = 0):
     """Give every recognised attention of ``module`` (changed in place) delta attention; returns ``module``."""
     from edgesmith.optimize.deltallm_attention import NAME, DeltaState, install
 
     install()
     recognised, _ = attention_modules(module)
     for name, attn in recognised:
-        attn.add_module("deltallm", DeltaState(name, theta, window))
+        attn.add_module("deltallm", DeltaState(name, theta, window, sinks))
         attn.config._attn_implementation = NAME
     return module
+
+
+def scale_by_keys(module, variant, windows: np.ndarray) -> None:
+    """Give every delta attention of ``module`` the ``key`` criterion: collect its keys' RMS over prefills of
+    ``windows`` (scored densely meanwhile: ``theta`` 0), then scale its firing test by it."""
+    from edgesmith.models.lm_eval import lm_feeds
+    from edgesmith.models.variant import run_module
+
+    layers = states(module)
+    thetas = [s.theta for s in layers]
+    for s in layers:
+        s.collecting, s.theta, s.scale = True, 0.0, None
+    try:
+        for i in range(len(windows)):
+            run_module(module, variant.inputs, variant.outputs, lm_feeds(variant, windows[i:i + 1]))
+    finally:
+        for s, theta in zip(layers, thetas):
+            s.collecting, s.theta = False, theta
+    for s in layers:
+        s.scale_by_keys()
 
 
 def states(module) -> list:

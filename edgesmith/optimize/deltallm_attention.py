@@ -53,13 +53,29 @@ class DeltaState(nn.Module):
             ``tokens``, ``scores_delta``, ``scores_dense`` and ``pv`` (dense ``P @ V``).
     """
 
-    def __init__(self, name: str, theta: float, window: int):
+    def __init__(self, name: str, theta: float, window: int, sinks: int = 0):
         super().__init__()
-        self.name, self.theta, self.window = name, float(theta), int(window)
+        self.name, self.theta, self.window, self.sinks = name, float(theta), int(window), int(sinks)
+        self.register_buffer("scale", None)  # (H, D) key RMS per query head and entry, or None
         self.carry: tuple[torch.Tensor, torch.Tensor] | None = None
         self.position = 0
         self.counting = False
         self.macs = empty_counts()
+        self.collecting = False
+        self.key_moments: list = [None, 0]  # sum of k^2 over keys (H, D), keys seen
+
+    def collect(self, k: torch.Tensor) -> None:
+        """Add the keys ``(B, H, L, D)`` of a call to the second moment the ``key`` criterion is scaled by."""
+        sums = k.detach().double().pow(2).sum(dim=(0, 2))
+        self.key_moments[0] = sums if self.key_moments[0] is None else self.key_moments[0] + sums
+        self.key_moments[1] += k.shape[0] * k.shape[2]
+
+    def scale_by_keys(self) -> None:
+        """Scale the firing test by the keys' RMS per entry collected so far: ``|dq_d| * rms(k_d) >= theta``."""
+        if not self.key_moments[1]:
+            raise RuntimeError(f"attention {self.name}: no keys were collected")
+        self.scale = (self.key_moments[0] / self.key_moments[1]).sqrt().float()
+        self.key_moments = [None, 0]
 
     def resume(self, past: int, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The carry of a sequence whose first ``past`` tokens are cached.
@@ -86,8 +102,8 @@ class DeltaState(nn.Module):
         """Add one call's multiply-accumulates: ``fired`` (B, H, T, D) of queries at positions ``past..length-1``."""
         batch, heads, new, dim = fired.shape
         t = torch.arange(past, length, dtype=torch.int64)
-        inside = torch.clamp(t + 1, max=self.window)
-        outside = torch.clamp(t + 1 - self.window, min=0)
+        outside = torch.clamp(t + 1 - self.window - self.sinks, min=0)
+        inside = t + 1 - outside
         per_step = fired.sum(dim=(0, 1, 3)).to(torch.int64).cpu()  # nnz(dq_t) over rows and heads
         pairs = int((t + 1).sum()) * batch * heads
         counts = self.macs["prefill" if past == 0 else "decode"]
@@ -97,7 +113,7 @@ class DeltaState(nn.Module):
         counts["pv"] += pairs * value_dim
 
     def extra_repr(self) -> str:
-        return f"theta={self.theta:g}, window={self.window}"
+        return f"theta={self.theta:g}, window={self.window}, sinks={self.sinks}"
 
 
 def empty_counts() -> dict[str, dict[str, int]]:
@@ -105,13 +121,15 @@ def empty_counts() -> dict[str, dict[str, int]]:
     return {phase: {"tokens": 0, "scores_delta": 0, "scores_dense": 0, "pv": 0} for phase in ("prefill", "decode")}
 
 
-def reference_queries(q: torch.Tensor, theta: float, start: torch.Tensor | None = None):
+def reference_queries(q: torch.Tensor, theta: float, start: torch.Tensor | None = None,
+                      scale: torch.Tensor | None = None):
     """``q_ref_t`` for every query and which entries fired, scanning the tokens in order.
 
     Args:
         q: ``(B, H, T, D)`` queries.
         theta: Firing threshold.
         start: ``q_ref`` of the token before ``q[..., 0, :]`` (B, H, D); None: ``q_0`` is taken exactly.
+        scale: ``(H, D)`` weights of the test, ``|dq| * scale >= theta`` (None: ``|dq| >= theta``).
 
     Returns:
         ``(q_ref (B, H, T, D), fired (B, H, T, D) bool)``. A Python loop, unrolled by tracing:
@@ -124,7 +142,8 @@ def reference_queries(q: torch.Tensor, theta: float, start: torch.Tensor | None 
             fired = torch.ones_like(qi, dtype=torch.bool)
             ref = qi
         else:
-            fired = (qi - ref).abs() >= theta
+            change = (qi - ref).abs()
+            fired = (change if scale is None else change * scale) >= theta
             ref = torch.where(fired, qi, ref)
         refs.append(ref)
         fires.append(fired)
@@ -132,7 +151,8 @@ def reference_queries(q: torch.Tensor, theta: float, start: torch.Tensor | None 
 
 
 def delta_scores(q: torch.Tensor, k: torch.Tensor, theta: float, window: int,
-                 carry: tuple[torch.Tensor, torch.Tensor] | None = None):
+                 carry: tuple[torch.Tensor, torch.Tensor] | None = None, scale: torch.Tensor | None = None,
+                 sinks: int = 0):
     """Unscaled, unmasked scores of delta attention and what the next call continues from.
 
     Args:
@@ -141,6 +161,8 @@ def delta_scores(q: torch.Tensor, k: torch.Tensor, theta: float, window: int,
         theta: Firing threshold.
         window: Keys less than ``window`` positions back are scored exactly.
         carry: ``(q_ref, constants)`` after the first ``L - T`` positions; None when ``L == T``.
+        scale: Weights of the firing test (see :func:`reference_queries`).
+        sinks: The first ``sinks`` keys of the sequence are always scored exactly.
 
     Returns:
         ``(scores (B, H, T, L), fired (B, H, T, D), carry)``; keys after a query are scored too
@@ -148,7 +170,7 @@ def delta_scores(q: torch.Tensor, k: torch.Tensor, theta: float, window: int,
     """
     new, length = q.shape[-2], k.shape[-2]
     past = length - new
-    q_ref, fired = reference_queries(q, theta, None if carry is None else carry[0])
+    q_ref, fired = reference_queries(q, theta, None if carry is None else carry[0], scale)
     scores = q @ k.transpose(-1, -2)
     # Per-key constants e_{j+window-1} . k_j: the carried ones, then those this call's residuals fix.
     known = 0 if carry is None else carry[1].shape[-1]
@@ -160,7 +182,8 @@ def delta_scores(q: torch.Tensor, k: torch.Tensor, theta: float, window: int,
     if length > window:  # some key is out of the window for some query
         padded = torch.cat([constants, constants.new_zeros((*constants.shape[:-1], length - fixed))], dim=-1)
         t = torch.arange(past, length, device=q.device)[:, None]
-        outside = t - torch.arange(length, device=q.device)[None, :] >= window
+        j = torch.arange(length, device=q.device)[None, :]
+        outside = (t - j >= window) & (j >= sinks)
         scores = torch.where(outside, q_ref @ k.transpose(-1, -2) + padded[..., None, :], scores)
     return scores, fired, (q_ref[..., -1, :], constants)
 
@@ -207,7 +230,9 @@ def delta_attention_forward(module, query, key, value, attention_mask, scaling: 
                                 "exported; its delta state (q_ref, per-key constants) is not a graph input",
                                 hint="export the prefill (the variant itself)")
         carry = state.resume(past, batch)
-    scores, fired, carry = delta_scores(query, k, state.theta, state.window, carry)
+    if state.collecting and not tracing:
+        state.collect(k)
+    scores, fired, carry = delta_scores(query, k, state.theta, state.window, carry, state.scale, state.sinks)
     scores = scores * scaling
     positions = torch.arange(length, device=query.device)
     allowed = positions[None, :] <= positions[past:, None]  # causal: key j up to query position t

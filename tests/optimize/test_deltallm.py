@@ -15,7 +15,7 @@ from edgesmith.optimize.deltallm_attention import DeltaState, delta_scores, refe
 from edgesmith.specs import TensorSpec
 
 
-def _recursion(q, k, theta: float, window: int):
+def _recursion(q, k, theta: float, window: int, sinks: int = 0):
     """Scores step by step as the paper states them: exact in the window, previous score + dq . k outside."""
     b, h, n, _ = q.shape
     scores = torch.zeros(b, h, n, n, dtype=q.dtype)
@@ -27,33 +27,42 @@ def _recursion(q, k, theta: float, window: int):
             dq = torch.where(fired, q[..., t, :] - ref, torch.zeros_like(ref))
             ref = torch.where(fired, q[..., t, :], ref)
         for j in range(t + 1):
-            if t - j < window:
+            if t - j < window or j < sinks:
                 scores[..., t, j] = (q[..., t, :] * k[..., j, :]).sum(-1)
             else:
                 scores[..., t, j] = scores[..., t - 1, j] + (dq * k[..., j, :]).sum(-1)
     return scores
 
 
-@pytest.mark.parametrize("window", [1, 3, 11])
-def test_closed_form_equals_the_step_by_step_recursion(window):
+@pytest.mark.parametrize("window,sinks", [(1, 0), (3, 0), (11, 0), (2, 3)])
+def test_closed_form_equals_the_step_by_step_recursion(window, sinks):
     gen = torch.Generator().manual_seed(window)
     q = torch.randn(2, 3, 11, 5, dtype=torch.float64, generator=gen).cumsum(-2) * 0.3  # drifting queries
     k = torch.randn(2, 3, 11, 5, dtype=torch.float64, generator=gen)
     causal = torch.ones(11, 11, dtype=torch.bool).tril()
-    expected = _recursion(q, k, 0.4, window)
-    scores, fired, _ = delta_scores(q, k, 0.4, window)
+    expected = _recursion(q, k, 0.4, window, sinks)
+    scores, fired, _ = delta_scores(q, k, 0.4, window, sinks=sinks)
     assert torch.allclose(scores[..., causal], expected[..., causal], rtol=0, atol=1e-12)
     assert 0.2 < float(fired[..., 1:, :].double().mean()) < 0.9  # the threshold bites: some fire, some not
     # the same scores in two calls, the second continuing from the first's carry (prefill, then decode)
-    head, _, carry = delta_scores(q[..., :6, :], k[..., :6, :], 0.4, window)
-    tail, _, _ = delta_scores(q[..., 6:, :], k, 0.4, window, carry)
+    head, _, carry = delta_scores(q[..., :6, :], k[..., :6, :], 0.4, window, sinks=sinks)
+    tail, _, _ = delta_scores(q[..., 6:, :], k, 0.4, window, carry, sinks=sinks)
     assert torch.allclose(tail[..., causal[6:]], expected[..., 6:, :][..., causal[6:]], rtol=0, atol=1e-12)
 
 
 def test_theta_zero_keeps_every_query_bit_exact():
     q = torch.randn(2, 3, 9, 4)
-    ref, fired = reference_queries(q, 0.0)
-    assert torch.equal(ref, q) and bool(fired.all())
+    for scale in (None, torch.rand(3, 4)):
+        ref, fired = reference_queries(q, 0.0, scale=scale)
+        assert torch.equal(ref, q) and bool(fired.all())
+
+
+def test_the_key_criterion_fires_where_keys_are_large():
+    q = torch.randn(1, 2, 40, 4).cumsum(-2)
+    scale = torch.tensor([[0.0, 0.1, 1.0, 10.0]] * 2)  # key RMS per entry
+    _, fired = reference_queries(q, 0.5, scale=scale)
+    rate = fired[..., 1:, :].float().mean(dim=(0, 1, 2))
+    assert rate[0] == 0 and rate[1] < rate[2] < rate[3]
 
 
 def test_macs_are_counted_per_pair():
@@ -137,6 +146,8 @@ def test_pass_counts_its_sparsity_on_text(tiny_llama, counting_text):
 @pytest.mark.parametrize("spec,text", [
     ("deltallm:theta=-0.1", "theta=-0.1 must be at least 0"),
     ("deltallm:window=0", "window=0 must be at least 1"),
+    ("deltallm:sinks=-1", "sinks=-1 must be at least 0"),
+    ("deltallm:criterion=norm", "criterion='norm' is not key or query"),
 ])
 def test_bad_options_are_refused(spec, text, tiny_llama):
     with pytest.raises(UsageError) as info:
