@@ -169,13 +169,24 @@ def inactive_moments(module, variant, layers, windows) -> dict[str, Any]:
 
 
 def threshold(sorted_values, keep: float) -> float:
-    """The ``t`` at which a share ``keep`` of the calibration values is above it (0 keeps all)."""
+    """The ``t`` at which a share ``keep`` of the calibration values is above it (0 keeps all).
+
+    ``t`` lies halfway between two distinct calibration values, never on one: an input that
+    recurs exactly (layer 0 sees the same embedding rows in calibration and in use) would
+    otherwise sit on the threshold, where another runtime's last-bit rounding flips it.
+    """
+    import torch
+
     if keep >= 1.0:
         return 0.0
     if keep <= 0.0:
         return math.inf
     index = min(len(sorted_values) - 1, int(round((1.0 - keep) * len(sorted_values))))
-    return float(sorted_values[index])
+    low = sorted_values[index]
+    above = int(torch.searchsorted(sorted_values, low, right=True))
+    if above >= len(sorted_values):
+        return float(low)
+    return float((low.double() + sorted_values[above].double()) / 2)
 
 
 @PASSES.register("rsparse")

@@ -9,7 +9,7 @@ from torch import nn
 
 from edgesmith import api as es
 from edgesmith.errors import BadInputError, UsageError
-from edgesmith.optimize.rsparse import budget
+from edgesmith.optimize.rsparse import budget, threshold
 from edgesmith.optimize.rsparse_layers import RSparseLinear
 
 
@@ -138,7 +138,18 @@ def test_search_is_never_worse_than_uniform_and_its_result_is_reused(tiny_llama,
         es.optimize(tiny_llama, [f"{spec.replace('0.5', '0.4')},rho_file={rho_file}"])
 
 
-def test_the_sparse_model_exports_to_onnx_with_parity(tiny_llama, calibration, tmp_path):
+def test_thresholds_never_sit_on_a_calibration_value():
+    values = torch.tensor([0.1, 0.2, 0.2, 0.2, 0.4, 0.5], dtype=torch.float32)
+    assert threshold(values, 0.5) == pytest.approx(0.3)  # the tie at 0.2 is stepped over
+    assert threshold(values, 1.0) == 0.0 and threshold(values, 0.0) == float("inf")
+    assert threshold(values, 0.01) == pytest.approx(0.5)  # nothing above the largest value
+    assert all(threshold(values, k / 10) not in values.tolist() for k in range(1, 10) if threshold(values, k / 10) < 0.5)
+
+
+@pytest.mark.parametrize("target", ["onnx", "mlx"])
+def test_the_sparse_model_exports_with_parity(tiny_llama, calibration, tmp_path, target):
+    # layer 0 sees the same embedding rows in calibration and here: a threshold on one of them
+    # flipped a channel under MLX's rounding before thresholds were put between values
     sparse = es.optimize(tiny_llama, [f"rsparse:sparsity=0.5,text={calibration},seq_len=32,samples=8"])
-    bundle, parity = es.export(sparse, tmp_path, target="onnx")
+    bundle, parity = es.export(sparse, tmp_path, target=target)
     assert parity.passed, parity.summary()
