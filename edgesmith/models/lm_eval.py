@@ -68,6 +68,15 @@ def lm_feeds(variant, ids: np.ndarray) -> dict[str, np.ndarray]:
     return feeds
 
 
+def run_windows(module, variant, windows: np.ndarray) -> None:
+    """Run ``module`` (the variant's module or a changed copy) on each token window alone, outputs dropped:
+    what calibration hooks and counters observe."""
+    from edgesmith.models.variant import run_module
+
+    for i in range(len(windows)):
+        run_module(module, variant.inputs, variant.outputs, lm_feeds(variant, windows[i:i + 1]))
+
+
 def perplexity(variant, windows: np.ndarray, batch: int = 4, module=None,
                progress: Callable[[int, int], None] | None = None) -> dict[str, float]:
     """Next-token perplexity of a causal LM over token windows.

@@ -194,16 +194,14 @@ def convert(module, theta: float, window: int, sinks: int = 0):
 def scale_by_keys(module, variant, windows: np.ndarray) -> None:
     """Give every delta attention of ``module`` the ``key`` criterion: collect its keys' RMS over prefills of
     ``windows`` (scored densely meanwhile: ``theta`` 0), then scale its firing test by it."""
-    from edgesmith.models.lm_eval import lm_feeds
-    from edgesmith.models.variant import run_module
+    from edgesmith.models.lm_eval import run_windows
 
     layers = states(module)
     thetas = [s.theta for s in layers]
     for s in layers:
         s.collecting, s.theta, s.scale = True, 0.0, None
     try:
-        for i in range(len(windows)):
-            run_module(module, variant.inputs, variant.outputs, lm_feeds(variant, windows[i:i + 1]))
+        run_windows(module, variant, windows)
     finally:
         for s, theta in zip(layers, thetas):
             s.collecting, s.theta = False, theta
@@ -255,12 +253,10 @@ def counting(module):
 
 def measure_sparsity(module, variant, windows: np.ndarray) -> dict[str, dict[str, float]]:
     """:func:`counted_sparsity` of prefills of ``windows`` (int64 ``(N, T)``, one at a time)."""
-    from edgesmith.models.lm_eval import lm_feeds
-    from edgesmith.models.variant import run_module
+    from edgesmith.models.lm_eval import run_windows
 
     with counting(module):
-        for i in range(len(windows)):
-            run_module(module, variant.inputs, variant.outputs, lm_feeds(variant, windows[i:i + 1]))
+        run_windows(module, variant, windows)
     return counted_sparsity(module)
 
 

@@ -116,8 +116,7 @@ def calibrate(module, variant, layers, windows, seed: int = 0) -> dict[str, Any]
     """Per layer, a sorted sample of ``|x_i * ||W[:, i]|||`` over the calibration tokens (float32 tensor)."""
     import torch
 
-    from edgesmith.models.lm_eval import lm_feeds
-    from edgesmith.models.variant import run_module
+    from edgesmith.models.lm_eval import run_windows
 
     generator = torch.Generator().manual_seed(seed)
     per_batch = max(1, _VALUES_PER_LAYER // max(1, len(windows)))
@@ -132,8 +131,7 @@ def calibrate(module, variant, layers, windows, seed: int = 0) -> dict[str, Any]
 
     handles = [m.register_forward_pre_hook(hook(n, m.weight.detach().norm(dim=0))) for n, m in layers]
     try:
-        for i in range(len(windows)):
-            run_module(module, variant.inputs, variant.outputs, lm_feeds(variant, windows[i:i + 1]))
+        run_windows(module, variant, windows)
     finally:
         for h in handles:
             h.remove()
@@ -144,8 +142,7 @@ def inactive_moments(module, variant, layers, windows) -> dict[str, Any]:
     """Per R-Sparse layer, ``E[x_in x_in^T]`` of its inactive inputs ``x * (1 - m)`` over ``windows`` (float64)."""
     import torch
 
-    from edgesmith.models.lm_eval import lm_feeds
-    from edgesmith.models.variant import run_module
+    from edgesmith.models.lm_eval import run_windows
 
     sums = {name: torch.zeros(m.in_features, m.in_features, dtype=torch.float64) for name, m in layers}
     counts = dict.fromkeys(sums, 0)
@@ -160,8 +157,7 @@ def inactive_moments(module, variant, layers, windows) -> dict[str, Any]:
 
     handles = [m.register_forward_pre_hook(hook(n)) for n, m in layers]
     try:
-        for i in range(len(windows)):
-            run_module(module, variant.inputs, variant.outputs, lm_feeds(variant, windows[i:i + 1]))
+        run_windows(module, variant, windows)
     finally:
         for h in handles:
             h.remove()
@@ -289,16 +285,14 @@ def _loss(module, variant, windows) -> float:
 
 def measure_sparsity(module, variant, windows) -> float:
     """Skipped / dense multiply-accumulates of the R-Sparse layers over ``windows``."""
-    from edgesmith.models.lm_eval import lm_feeds
-    from edgesmith.models.variant import run_module
+    from edgesmith.models.lm_eval import run_windows
     from edgesmith.optimize.rsparse_layers import RSparseLinear
 
     layers = [m for m in module.modules() if isinstance(m, RSparseLinear)]
     for m in layers:
         m.counting, m.macs = True, [0, 0]
     try:
-        for i in range(len(windows)):
-            run_module(module, variant.inputs, variant.outputs, lm_feeds(variant, windows[i:i + 1]))
+        run_windows(module, variant, windows)
     finally:
         for m in layers:
             m.counting = False
