@@ -192,6 +192,18 @@ def test_optimize_refuses_existing_output(capsys, optimized_pt2, tmp_path):
     assert dest.read_bytes() == before
 
 
+@pytest.mark.parametrize("spec,code,named", [
+    ("rsparse:sparsity=1", 2, "sparsity=1.0 is outside [0, 1)"),
+    ("deltallm:window=0", 2, "window=0"),
+    ("deltallm", 3, "digits-mlp is not a language model"),
+])
+def test_optimize_with_bad_sparsity_input_writes_nothing(capsys, tmp_path, spec, code, named):
+    got, _, err = cli(capsys, "optimize", "zoo:digits-mlp", "-p", spec, "-o", tmp_path / "out" / "v.pt2")
+    assert got == code
+    assert_one_error(err, named)
+    assert snapshot(tmp_path) == {}
+
+
 @pytest.mark.parametrize("group,expected", [
     ("models", {"zoo:digits-cnn"}),
     ("passes", {"reparam"}),
