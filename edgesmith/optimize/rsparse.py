@@ -224,12 +224,15 @@ class Rsparse(Pass):
             if self.progress:
                 self.progress("rsparse: SVD of every layer", i + 1, len(layers))
 
-        def configure(rhos: list[float]) -> list[dict[str, Any]]:
+        def configure(rhos: list[float], factors: bool = True) -> list[dict[str, Any]]:
             rows = []
             for (name, layer), rho in zip(built, rhos):
                 c, r = budget(layer.in_features, layer.out_features, o.sparsity, rho)
                 t = threshold(stats[name], c / layer.in_features)
-                layer.configure(t, r)
+                if factors:
+                    layer.configure(t, r)
+                else:  # keep fitted factors, move the threshold only
+                    layer.threshold.fill_(t)
                 rows.append({"layer": name, "rho": rho, "channels": c, "rank": r, "threshold": t})
             return rows
 
@@ -265,15 +268,25 @@ class Rsparse(Pass):
             configure(rhos)
         rows = configure(rhos)
         if o.lowrank == "data":
-            moments = inactive_moments(module, variant, built, windows)
-            for name, layer in built:
-                layer.fit_low_rank(moments[name])
+            self._fit(module, variant, built, windows)
+            # the fitted part moves the later layers' inputs: settle the thresholds on them, then refit
+            stats.update(calibrate(module, variant, built, windows))
+            rows = configure(rhos, factors=False)
+            self._fit(module, variant, built, windows)
         for _, layer in built:
             layer.freeze()
         report["achieved_sparsity"] = round(measure_sparsity(module, variant, windows), 4)
         report["rho"] = {"mean": round(sum(rhos) / len(rhos), 4), "min": min(rhos), "max": max(rhos)}
         report["per_layer"] = rows
         return module, report
+
+    def _fit(self, module, variant, built, windows) -> None:
+        """Fit every layer's rank-r part to its inactive inputs on ``windows`` (``lowrank=data``)."""
+        if self.progress:
+            self.progress("rsparse: fitting the low-rank parts", 0, len(built))
+        moments = inactive_moments(module, variant, built, windows)
+        for name, layer in built:
+            layer.fit_low_rank(moments[name])
 
 
 def _loss(module, variant, windows) -> float:
