@@ -7,14 +7,15 @@ A linear layer ``y = W x + b`` with ``W = U S V^T`` (offline SVD) computes::
     y       = W (x * m) + b + ((x * (1 - m)) V_r S_r) U_r^T
 
 The active channels go through the exact weights; the many small ones share a rank-``r``
-approximation. With ``c`` channels active on average out of ``d_in`` the layer costs
+approximation (:meth:`RSparseLinear.fit_low_rank` replaces the SVD's factors by the rank-``r`` map
+fitted to the inactive inputs). With ``c`` channels active on average out of ``d_in`` the layer costs
 ``c * d_out + r * (d_in + d_out)`` multiply-accumulates instead of ``d_in * d_out``: a kernel
 that reads only the active columns of ``W`` turns that into speed (a masked dense matmul,
 as here in torch, computes the same numbers at dense cost): for one token (batch-1 decode) the
 layer calls ``torch.ops.edgesmith.rsparse_matvec`` (:mod:`edgesmith.kernels`) where it was built,
 and keeps ``W`` input-channel-major in memory so that each active channel is one contiguous row.
-Exact limits: ``t = 0`` keeps
-every non-zero channel (dense); ``r = min(d_in, d_out)`` makes the low-rank part exact (dense).
+Exact limits: ``t = 0`` keeps every non-zero channel (dense); ``r = min(d_in, d_out)`` makes the
+low-rank part exact (dense).
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+from edgesmith.kernels import rsparse_matvec
 
 
 class RSparseLinear(nn.Module):
@@ -92,8 +95,6 @@ class RSparseLinear(nn.Module):
 
     def _decode(self, x):
         """One token through the compiled kernel, or None where it does not apply."""
-        from edgesmith.kernels import rsparse_matvec
-
         if (not self.kernel or x.numel() != self.in_features or x.dtype != torch.float32 or x.requires_grad
                 or torch.compiler.is_compiling() or torch.compiler.is_exporting() or torch.jit.is_tracing()):
             return None
