@@ -68,6 +68,14 @@ def lm_feeds(variant, ids: np.ndarray) -> dict[str, np.ndarray]:
     return feeds
 
 
+def spread_windows(windows: np.ndarray, count: int) -> np.ndarray:
+    """``count`` of ``windows`` spread evenly from the first to the last (all of them when there are fewer):
+    a text's first windows are often alike (a dictionary's first letter), so calibration samples it all."""
+    if len(windows) <= count:
+        return windows
+    return windows[np.linspace(0, len(windows) - 1, count).round().astype(int)]
+
+
 def run_windows(module, variant, windows: np.ndarray) -> None:
     """Run ``module`` (the variant's module or a changed copy) on each token window alone, outputs dropped:
     what calibration hooks and counters observe."""

@@ -146,6 +146,7 @@ class Deltallm(Pass):
         import copy
 
         from edgesmith.models.inspect import module_kinds
+        from edgesmith.models.lm_eval import spread_windows
         from edgesmith.optimize.training import feeds_from
 
         o = self.options
@@ -163,8 +164,7 @@ class Deltallm(Pass):
             raise BadInputError(f"pass 'deltallm': {variant.name} has no attention module "
                                 f"(it has: {module_kinds(variant.module)})")
         windows = feeds_from(variant, o.text, "pass 'deltallm'", o.seq_len, None, "counting")["input_ids"]
-        if len(windows) > o.samples:
-            windows = windows[np.linspace(0, len(windows) - 1, o.samples).round().astype(int)]
+        windows = spread_windows(windows, o.samples)
         module = convert(copy.deepcopy(variant.module).eval(), o.theta, o.window, o.sinks)
         if o.criterion == "key":
             scale_by_keys(module, variant, windows)

@@ -23,8 +23,6 @@ import dataclasses
 import math
 from typing import Any
 
-import numpy as np
-
 from edgesmith.errors import BadInputError, UsageError
 from edgesmith.optimize import PASSES, Pass
 
@@ -195,6 +193,7 @@ class Rsparse(Pass):
     def _apply_impl(self, variant):
         import copy
 
+        from edgesmith.models.lm_eval import spread_windows
         from edgesmith.optimize.rsparse_layers import RSparseLinear
         from edgesmith.optimize.training import feeds_from
 
@@ -207,13 +206,12 @@ class Rsparse(Pass):
         if not layers:
             raise BadInputError(f"pass 'rsparse': {variant.name} has no Linear layer to convert (skip={o.skip!r})")
         windows = feeds_from(variant, o.text, "pass 'rsparse'", o.seq_len, None, "calibration")["input_ids"]
-        if len(windows) >= o.samples:  # spread over the whole text: its first windows are one letter's entries
-            windows = windows[np.linspace(0, len(windows) - 1, o.samples).round().astype(int)]
-        else:
+        if len(windows) < o.samples:
             raise BadInputError(
                 f"pass 'rsparse': the calibration text gives {len(windows)} window(s) of {o.seq_len} tokens "
                 f"({len(windows) * o.seq_len:,} tokens); the thresholds need samples={o.samples} x seq_len={o.seq_len} "
                 f"= {o.samples * o.seq_len:,} tokens", hint="give a longer text, or fewer samples / a shorter seq_len")
+        windows = spread_windows(windows, o.samples)
         if self.progress:
             self.progress("rsparse: calibrating thresholds", 0, len(layers))
         stats = calibrate(module, variant, layers, windows)
