@@ -13,11 +13,10 @@ from pathlib import Path
 import click
 
 from edgesmith import errors
-from edgesmith.cli_common import console as _console
-from edgesmith.cli_common import emit_json as _emit_json
-from edgesmith.cli_common import parity_row as _parity_row
-from edgesmith.cli_common import parity_table as _parity_table
+from edgesmith.cli_common import console as _console, emit_json as _emit_json
+from edgesmith.cli_common import parity_row as _parity_row, parity_table as _parity_table
 from edgesmith.cli_devices import devices
+from edgesmith.cli_dolphin import dolphin
 from edgesmith.cli_passes import print_pass_reports
 from edgesmith.cli_profile import profile, profile_table, report, run_recipe_file, warn_not_predicted
 from edgesmith.cli_sweep import sweep
@@ -163,6 +162,7 @@ def _vs_paper(ours: int, paper: int | None, giga: bool = False) -> str:
 
 
 cli.add_command(devices)
+cli.add_command(dolphin)
 cli.add_command(profile)
 cli.add_command(report)
 cli.add_command(sweep)
