@@ -71,6 +71,11 @@ def train(model, encoder, out, resume, force, as_json, **fields):
     Two stages in one run: restore a context from its memory (--reconstruct-steps), then continue a
     document from the memory of its prefix (--steps). A checkpoint is written every --save-every
     steps; --resume continues it. The defaults take about 10 minutes on a 2-core CPU with SmolLM2-135M.
+
+    \b
+    Examples:
+      edgesmith dolphin train zoo:smollm2-135m -o out/dolphin
+      edgesmith dolphin train zoo:smollm2-135m -o out/dolphin --lora 8 --steps 300 --resume
     """
     from edgesmith.optimize.dolphin_io import train_folder
 
@@ -115,6 +120,10 @@ def ask(folder, context, question, max_new_tokens, full, as_json):
 
     The encoder reads the context (at most its window; longer is refused with the limit), the
     decoder reads K memory positions plus the question and generates with its KV cache.
+
+    \b
+    Example:
+      edgesmith dolphin ask -m out/dolphin --context notes.txt --question "In short:"
     """
     import torch
 
@@ -162,6 +171,10 @@ def evaluate(folder, windows, as_json):
 
     Each window is the training context length then the continuation length. 'other' is the
     memory of another window's context: what the trained memory tokens give by themselves.
+
+    \b
+    Example:
+      edgesmith dolphin eval -m out/dolphin --windows 8 --json
     """
     from edgesmith.models.datasets import eval_text
     from edgesmith.optimize.dolphin_io import load_folder
@@ -193,7 +206,13 @@ def evaluate(folder, windows, as_json):
 @click.option("--json", "as_json", is_flag=True, help="Print the bundles and their parity as JSON.")
 def export(folder, out, target, name, force, as_json):
     """Export the encoder side (context -> memories) and the decoder side (memories + prompt -> logits)
-    as two bundles, each parity-checked against the trained pair."""
+    as two bundles, each parity-checked against the trained pair.
+
+    \b
+    Example:
+      edgesmith dolphin export -m out/dolphin -o out/bundles
+      edgesmith verify out/bundles/smollm2-135m-dolphin-encoder.onnx
+    """
     from edgesmith.optimize.dolphin_io import export_folder
 
     with console().status(f"exporting {folder} to {target}"):

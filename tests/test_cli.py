@@ -224,6 +224,7 @@ COMMANDS = [
     [], ["demo"], ["models"], ["models", "list"], ["passes"], ["passes", "list"], ["targets"],
     ["targets", "list"], ["inspect"], ["optimize"], ["export"], ["verify"], ["run"], ["profile"], ["report"],
     ["devices"], ["devices", "list"], ["devices", "show"], ["devices", "calibrate"], ["sweep"], ["view"],
+    ["dolphin"], ["dolphin", "train"], ["dolphin", "ask"], ["dolphin", "eval"], ["dolphin", "export"],
 ]
 
 
@@ -521,3 +522,57 @@ def test_target_all_reports_the_op_a_target_cannot_take(capsys, tmp_path, py_mod
     assert "aten.expand" in rows["hls"]["error"] and "(Warp)" in rows["hls"]["error"]  # its first op with no layer
     assert not (out / "net.mlx").exists() and not (out / "net.coreml").exists()
     assert_one_error(err, "resample")
+
+
+# ---------------------------------------------------------------- dolphin
+
+
+def test_dolphin_train_ask_eval_on_smollm2_end_to_end(capsys, tmp_path):
+    folder = tmp_path / "dolphin"
+    code, out, err = cli(capsys, "dolphin", "train", "zoo:smollm2-135m", "-o", folder, "--memory", "4",
+                         "--context", "24", "--continuation", "8", "--reconstruct", "8", "--reconstruct-steps", "1",
+                         "--steps", "1", "--batch", "1", "--json")
+    assert code == 0, err
+    record = json.loads(out)
+    assert record["training"]["steps"] == 2 and record["pair"]["encoder"]["layers"] == 4
+    assert {"dolphin.pt", "dolphin.json", "checkpoint"} <= {p.name for p in folder.iterdir()}
+    before = snapshot(folder)
+    code, _, err = cli(capsys, "dolphin", "train", "zoo:smollm2-135m", "-o", folder)
+    assert code == 3 and snapshot(folder) == before
+    assert_one_error(err, "already holds a trained Dolphin pair")
+    context = tmp_path / "context.txt"
+    context.write_text("ADAGE, n.  Boned wisdom for weak teeth.\n")
+    code, out, err = cli(capsys, "dolphin", "ask", "-m", folder, "--context", context, "--question", "ADAGE means",
+                         "--max-new-tokens", "4", "--json")
+    assert code == 0, err
+    answer = json.loads(out)
+    assert 4 < answer["prompt_tokens"] <= 4 + len("ADAGE means") and answer["new_tokens"] <= 4
+    assert answer["context_tokens"] > 5 and answer["mode"] == "compressed"
+    code, out, err = cli(capsys, "dolphin", "eval", "-m", folder, "--windows", "2", "--json")
+    assert code == 0, err
+    figures = json.loads(out)
+    assert figures["windows"] == 2 and figures["tokens"] == 16 and figures["full"] > 0
+    long_context = tmp_path / "long.txt"
+    long_context.write_text("word " * 9000)
+    code, _, err = cli(capsys, "dolphin", "ask", "-m", folder, "--context", long_context, "--question", "?")
+    assert code == 3
+    assert_one_error(err, "longer than the encoder's window of 8188", "position limit 8192")
+
+
+@pytest.mark.parametrize("args,code,named", [
+    (["train", "zoo:smollm2-135m", "--memory", "0"], 2, "K must be at least 1"),
+    (["train", "zoo:smollm2-135m", "--projector", "conv"], 2, "unknown projector"),
+    (["train", "zoo:digits-cnn", "--steps", "1"], 3, "not a language model"),
+    (["ask", "-m", "{tmp}/none", "--context", "{tmp}/c.txt", "--question", "?"], 3, "holds no trained Dolphin pair"),
+    (["export", "-m", "{tmp}/none", "-o", "{tmp}/out"], 3, "holds no trained Dolphin pair"),
+])
+def test_dolphin_bad_input_is_one_error_and_writes_nothing(capsys, tmp_path, args, code, named):
+    (tmp_path / "c.txt").write_text("some context")
+    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    if args[0] == "train":
+        args += ["-o", str(tmp_path / "out")]
+    before = snapshot(tmp_path)
+    got, _, err = cli(capsys, "dolphin", *args)
+    assert got == code
+    assert_one_error(err, named)
+    assert snapshot(tmp_path) == before

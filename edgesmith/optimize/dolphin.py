@@ -10,7 +10,13 @@ instead of the whole context, in prefill time and in KV cache::
     decoder:  [P_1 ... P_K] [question tokens]      P_i := projector(h_i)
 
 :class:`Dolphin` holds the pair, the memory embeddings and the projector (``linear``, as in the
-paper, or a two-layer ``mlp``), optionally LoRA adapters in the encoder; both LMs stay frozen.
+paper, or that Linear plus a GELU MLP), optionally LoRA adapters in the encoder; both LMs stay frozen.
+Two departures from the paper, both measured (BENCHMARKS.md): the projector's Linear starts as a
+least-squares "lens" from the encoder's hidden state at a context token to the decoder's embedding
+of that token, and by default (``readout=tail``) each slot reads, beside its memory token's state,
+the encoder's state at the i-th of the context's last K positions. With frozen LMs and minutes of
+CPU training the memory tokens' own states hardly depend on the context (they attend mostly to the
+first token), so the paper's readout (``readout=memory``) learns a domain prompt, not the document.
 With the offline models here the encoder is a truncated copy of the decoder (its first
 ``encoder_layers`` blocks, sharing the token embeddings), which is what makes the compressed
 path cheaper: the encoder reads the context through 4 of SmolLM2's 30 blocks.
@@ -44,6 +50,7 @@ from edgesmith.errors import BadInputError, UsageError
 FORMAT = "edgesmith-dolphin/1"
 PLACEHOLDER = -1  # a prompt position that takes the next memory vector
 _PROJECTORS = ("linear", "mlp")
+_READOUTS = ("memory", "tail")
 _LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
@@ -55,7 +62,15 @@ class DolphinOptions:
         memory: K, the memory tokens (and decoder positions) a context is compressed into (at least 1).
         encoder_layers: With no separate encoder, the encoder is the decoder's first this many blocks
             (a truncated copy sharing the token embeddings); with one, its first this many (0: all).
-        projector: ``linear`` (one Linear, the paper's) or ``mlp`` (Linear, GELU, Linear).
+        projector: ``linear`` (one Linear, the paper's) or ``mlp`` (that Linear plus a GELU MLP beside it,
+            starting at zero). Before training, the Linear is fitted by least squares to map the encoder's
+            hidden state at a context position to the decoder's embedding of that token (a "lens"), so
+            the decoder reads token-like vectors from the first step.
+        readout: What each of the K slots reads from the encoder: ``memory`` (the last hidden state at its memory
+            token, the paper's) or ``tail`` (that state beside the hidden state of the i-th of the context's
+            last K positions; the projector reads both). With frozen LMs and minutes of training the memory
+            tokens' states barely depend on the context (they attend mostly to the first token), so
+            ``tail`` gives each slot the encoder's view of a recent token from the start.
         lora: Rank of LoRA adapters on the encoder's projections (0: the encoder stays frozen).
         context: Context tokens of a training window (decoder tokens).
         continuation: Tokens the decoder continues from the context's memory in the second stage.
@@ -72,6 +87,7 @@ class DolphinOptions:
     memory: int = 32
     encoder_layers: int = 4
     projector: str = "mlp"
+    readout: str = "tail"
     lora: int = 0
     context: int = 256
     continuation: int = 64
@@ -93,6 +109,8 @@ class DolphinOptions:
             raise UsageError(f"dolphin: encoder_layers={self.encoder_layers} is negative", hint="0 keeps every block")
         if self.projector not in _PROJECTORS:
             raise UsageError(f"dolphin: unknown projector {self.projector!r}", hint=f"use {' or '.join(_PROJECTORS)}")
+        if self.readout not in _READOUTS:
+            raise UsageError(f"dolphin: unknown readout {self.readout!r}", hint=f"use {' or '.join(_READOUTS)}")
         if self.lora < 0:
             raise UsageError(f"dolphin: lora={self.lora} is negative", hint="0 trains no adapters")
         for name in ("context", "continuation", "reconstruct", "batch", "save_every"):
@@ -213,6 +231,35 @@ def _fingerprint(variant, lm, layers: int | None = None) -> dict[str, Any]:
             **({"layers": layers} if layers is not None else {})}
 
 
+def _projector_class():
+    import torch
+
+    class Projector(torch.nn.Module):
+        """``lens(h)`` (one Linear), plus ``up(gelu(down(h)))`` for ``mlp`` (its last layer zero at the start)."""
+
+        def __init__(self, enc_dim: int, dec_dim: int, kind: str, generator):
+            super().__init__()
+            self.lens = torch.nn.Linear(enc_dim, dec_dim)
+            with torch.no_grad():
+                self.lens.weight.normal_(0.0, 1.0 / enc_dim ** 0.5, generator=generator)
+                self.lens.bias.zero_()
+            self.mlp = None
+            if kind == "mlp":
+                self.mlp = torch.nn.Sequential(torch.nn.Linear(enc_dim, dec_dim), torch.nn.GELU(),
+                                               torch.nn.Linear(dec_dim, dec_dim))
+                with torch.no_grad():
+                    self.mlp[0].weight.normal_(0.0, 1.0 / enc_dim ** 0.5, generator=generator)
+                    self.mlp[0].bias.zero_()
+                    self.mlp[2].weight.zero_()
+                    self.mlp[2].bias.zero_()
+
+        def forward(self, hidden):
+            out = self.lens(hidden)
+            return out if self.mlp is None else out + self.mlp(hidden)
+
+    return Projector
+
+
 def _dolphin_class():
     import torch
 
@@ -247,19 +294,11 @@ def _dolphin_class():
             table = enc_body.embed_tokens.weight.detach()
             pick = torch.randint(0, table.shape[0], (options.memory,), generator=generator)
             self.memory = torch.nn.Parameter(table[pick].clone())  # start as real token embeddings
-            if options.projector == "linear":
-                self.projector = torch.nn.Linear(enc_dim, dec_dim)
-            else:
-                self.projector = torch.nn.Sequential(torch.nn.Linear(enc_dim, dec_dim), torch.nn.GELU(),
-                                                     torch.nn.Linear(dec_dim, dec_dim))
+            reads = 2 * enc_dim if options.readout == "tail" else enc_dim
+            self.projector = _projector_class()(reads, dec_dim, options.projector, generator)
             dec_rms = float(dec_lm.get_input_embeddings().weight.detach().float().pow(2).mean().sqrt())
-            with torch.no_grad():  # outputs start at the decoder embeddings' scale
-                for layer in self.projector.modules():
-                    if isinstance(layer, torch.nn.Linear):
-                        layer.weight.normal_(0.0, 1.0 / layer.in_features ** 0.5, generator=generator)
-                        layer.bias.zero_()
-                last = [m for m in self.projector.modules() if isinstance(m, torch.nn.Linear)][-1]
-                last.weight.mul_(dec_rms)
+            with torch.no_grad():  # outputs start at the decoder embeddings' scale (until fit_lens)
+                self.projector.lens.weight.mul_(dec_rms)
             self.lora_layers = add_lora(self.encoder, options.lora, generator) if options.lora else 0
             for p in list(self.decoder.parameters()) + list(self.encoder.parameters()):
                 p.requires_grad_(False)
@@ -279,6 +318,28 @@ def _dolphin_class():
         def trained_state(self) -> dict:
             """The trained tensors (what a Dolphin file stores)."""
             return {n: p.detach().clone() for n, p in self.trainable()}
+
+        @torch.no_grad()
+        def fit_lens(self, contexts, ridge: float = 1e-3) -> float:
+            """Fit the projector's Linear so it maps the encoder's hidden state at each context position to the
+            decoder's embedding of that token (ridge least squares); returns the fit's relative residual.
+
+            Args:
+                contexts: int64 ``(B, N)`` contexts in encoder ids that are also decoder ids (shared vocabulary).
+            """
+            dim = self.encoder.config.hidden_size
+            hidden = self.encoder(input_ids=contexts, use_cache=False).last_hidden_state.reshape(-1, dim)
+            target = self.decoder.get_input_embeddings()(contexts).reshape(len(hidden), -1)
+            x = torch.cat([hidden, torch.ones(len(hidden), 1)], 1).double()
+            gram = x.T @ x
+            gram += ridge * gram.diagonal().mean() * torch.eye(len(gram), dtype=gram.dtype)
+            solution = torch.linalg.solve(gram, x.T @ target.double())
+            lens = self.projector.lens
+            lens.weight.zero_()  # readout=tail: the memory-token half starts at zero, each slot holds its tail token
+            lens.weight[:, -dim:] = solution[:-1].T.float()
+            lens.bias.copy_(solution[-1].float())
+            residual = x @ solution - target.double()
+            return float(residual.norm() / target.double().norm())
 
         # ------------------------------------------------------------------ encoder side
         def compress(self, ids, mask=None):
@@ -309,8 +370,12 @@ def _dolphin_class():
             full = torch.cat([mask, torch.ones(batch, k, dtype=mask.dtype)], 1)
             positions = (full.cumsum(-1) - 1).clamp(min=0)
             hidden = self.encoder(inputs_embeds=embeds, attention_mask=full, position_ids=positions,
-                                  use_cache=False).last_hidden_state[:, -k:]
-            return self.projector(hidden)
+                                  use_cache=False).last_hidden_state
+            states = hidden[:, -k:]
+            if self.options.readout == "tail":  # beside memory slot i: the i-th of the last K context positions
+                context = torch.nn.functional.pad(hidden[:, :-k] * mask[..., None].to(hidden.dtype), (0, 0, k, 0))
+                states = torch.cat([states, context[:, -k:]], -1)
+            return self.projector(states)
 
         def compress_texts(self, texts: list[str]):
             """Memories of contexts given as text (the encoder's tokenizer, rows left-padded)."""

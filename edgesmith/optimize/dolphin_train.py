@@ -104,9 +104,13 @@ def train(dolphin, windows: np.ndarray, checkpoint_dir: str = "", resume: bool =
     run = {k: v for k, v in vars(o).items() if k != "save_every"} | {"pair": pair_digest(dolphin.pair)}
     ckpt = Checkpoint("dolphin", "edgesmith-dolphin-checkpoint/1", checkpoint_dir, run, resume, force)
     total = o.reconstruct_steps + o.steps
+    state = ckpt.load()
+    lens = None
+    if state is None and shared_vocabulary(dolphin):  # a resumed run has its fitted weights already
+        lens = dolphin.fit_lens(torch.from_numpy(np.ascontiguousarray(windows[:16, :o.context])))
     trainer = Trainer("dolphin", dolphin, dolphin.trainable(),
                       SimpleNamespace(steps=total, lr=o.lr, seed=o.seed, save_every=o.save_every),
-                      ckpt, ckpt.load(), progress=progress)
+                      ckpt, state, progress=progress)
 
     def step(i: int) -> list[float]:
         index = np.sort(trainer.batch_index(len(windows), o.batch))
@@ -133,6 +137,8 @@ def train(dolphin, windows: np.ndarray, checkpoint_dir: str = "", resume: bool =
                         for name, h in stages.items() if h}
     for key in ("loss_first", "loss_last"):
         report.pop(key, None)
+    if lens is not None:
+        report["lens_residual"] = round(lens, 4)
     return report
 
 

@@ -66,10 +66,10 @@ def pattern_windows(count: int, width: int, vocab: int = 97) -> np.ndarray:
 
 def test_splice_puts_exactly_the_given_vectors_at_the_placeholders_of_a_ragged_batch(decoder):
     # acceptance 3: identity projector, the encoder's own embeddings, prompts of different lengths
-    pair = Dolphin(decoder, small(projector="linear"))
+    pair = Dolphin(decoder, small(projector="linear", readout="memory"))
     with torch.no_grad():
-        pair.projector.weight.copy_(torch.eye(32))
-        pair.projector.bias.zero_()
+        pair.projector.lens.weight.copy_(torch.eye(32))
+        pair.projector.lens.bias.zero_()
     table = pair.encoder.embed_tokens.weight.detach()
     given = table[torch.tensor([[5, 6, 7, 8], [40, 41, 42, 43], [90, 1, 2, 3]])]
     memories = pair.projector(given)
@@ -214,7 +214,7 @@ def test_different_tokenizers_are_carried_as_text_or_refused(decoder):
                    encoder_tokenizer=CharTokenizer(70))
     ids, mask = encoder_inputs(pair, windows[:, :24])
     assert torch.equal(ids, torch.from_numpy(windows[:, :24] - 40 + 70)) and bool(mask.all())
-    assert pair.projector[0].in_features == 24 and pair.compress(ids, mask).shape == (4, 4, 32)
+    assert pair.projector.lens.in_features == 2 * 24 and pair.compress(ids, mask).shape == (4, 4, 32)
     assert train(pair, windows)["steps"] == 6
 
 
