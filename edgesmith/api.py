@@ -294,3 +294,32 @@ def inspect(variant) -> dict[str, Any]:
     from edgesmith.models.inspect import inspect_variant
 
     return inspect_variant(variant)
+
+
+def dolphin_train(model: str, out: str | Path, *, encoder: str | None = None, resume: bool = False,
+                  force: bool = False, progress: Callable[[str, int, int], None] | None = None,
+                  **options) -> dict[str, Any]:
+    """Train a Dolphin pair (``edgesmith dolphin train``): MODEL as decoder, a truncated copy (or ``encoder``)
+    reading the context; ``options`` are :class:`~edgesmith.optimize.dolphin.DolphinOptions` fields.
+
+    Returns:
+        The record written to ``OUT/dolphin.json``.
+    """
+    import dataclasses
+
+    from edgesmith.errors import UsageError
+    from edgesmith.optimize.dolphin import DolphinOptions
+    from edgesmith.optimize.dolphin_io import train_folder
+
+    known = [f.name for f in dataclasses.fields(DolphinOptions)]
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise UsageError(f"dolphin: unknown option {unknown[0]!r}", hint=f"known: {', '.join(known)}")
+    return train_folder(model, out, DolphinOptions(**options), encoder, resume=resume, force=force, progress=progress)
+
+
+def dolphin(folder: str | Path):
+    """A trained Dolphin pair: ``pair.ask(context, question)``, ``pair.compress(ids)``, ``pair.generate(...)``."""
+    from edgesmith.optimize.dolphin_io import load_folder
+
+    return load_folder(folder)

@@ -239,3 +239,28 @@ def test_a_file_of_another_pair_is_refused_naming_both(decoder, tmp_path):
     with pytest.raises(UsageError, match="other options: pair"):
         train(Dolphin(tiny_lm("tiny-other", seed=5), small(steps=1, reconstruct_steps=1)), windows,
               str(tmp_path / "ck"), resume=True)
+
+
+def test_the_lens_maps_context_states_to_their_token_embeddings_and_tail_slots_start_from_it(decoder):
+    pair = Dolphin(decoder, small(projector="linear")).eval()
+    contexts = torch.from_numpy(pattern_windows(16, 24))
+    residual = pair.fit_lens(contexts)
+    assert 0 < residual < 0.9
+    lens = pair.projector.lens
+    assert lens.in_features == 64 and bool((lens.weight[:, :32] == 0).all())  # the memory-token half starts at 0
+    with torch.no_grad():
+        states = pair.encoder(input_ids=contexts[:2], use_cache=False).last_hidden_state
+        slots = pair.compress(contexts[:2])
+    torch.testing.assert_close(slots, torch.nn.functional.linear(states[:, -4:], lens.weight[:, 32:], lens.bias),
+                               atol=1e-5, rtol=1e-5)  # slot i = lens(state of the i-th of the last K tokens)
+    short = pair.compress(torch.tensor([[5, 6]]))  # fewer context tokens than slots: the first slots read nothing
+    with torch.no_grad():
+        torch.testing.assert_close(short[0, :2], lens.bias.expand(2, -1), atol=1e-6, rtol=1e-6)
+
+
+def test_ask_answers_text_through_the_tokenizers(decoder):
+    pair = Dolphin(decoder, small(), decoder_tokenizer=CharTokenizer(40)).eval()
+    answer = pair.ask("the devil is in the details.", "what is", max_new_tokens=5)
+    assert isinstance(answer, str) and len(answer) <= 5
+    with pytest.raises(UsageError, match="unknown readout"):
+        Dolphin(decoder, small(readout="mean"))
