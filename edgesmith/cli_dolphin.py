@@ -18,7 +18,7 @@ def _option_help() -> dict[str, str]:
     doc = DolphinOptions.__doc__.split("Attributes:")[1]
     found = {}
     for match in re.finditer(r"^\s{8}(\w+): (.+?)(?=^\s{8}\w+: |\Z)", doc, re.MULTILINE | re.DOTALL):
-        found[match.group(1)] = " ".join(match.group(2).split())
+        found[match.group(1)] = " ".join(match.group(2).replace("``", "").split())
     return found
 
 
