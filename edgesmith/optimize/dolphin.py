@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import hashlib
 import json
 from pathlib import Path
@@ -151,28 +152,29 @@ def causal_lm(variant, side: str):
     return lm
 
 
-def truncated_body(body, layers: int):
-    """A copy of ``body`` keeping its first ``layers`` blocks (deep copies) and sharing the token embeddings."""
+def truncated_body(body, layers: int, copy_blocks: bool):
+    """``body`` cut to its first ``layers`` blocks, sharing the token embeddings; the blocks and final norm are
+    shared too unless ``copy_blocks`` (adapters will be added to them, which must not touch the decoder)."""
     import torch
 
     total = len(body.layers)
     if layers > total:
         raise BadInputError(f"dolphin: encoder_layers={layers}, but the encoder has {total} blocks",
                             hint=f"give at most {total} (0 keeps all)")
-    if layers in (0, total):
-        layers = total
     config = copy.deepcopy(body.config)
     config.num_hidden_layers = layers
     if getattr(config, "layer_types", None):
         config.layer_types = list(config.layer_types)[:layers]
-    shell = copy.copy(body)  # shares embed_tokens and rotary_emb; the blocks and norm are copies
+    own = copy.deepcopy if copy_blocks else (lambda module: module)
+    shell = copy.copy(body)  # shares embed_tokens and rotary_emb
     shell._modules = dict(body._modules)
-    shell.layers = torch.nn.ModuleList(copy.deepcopy(block) for block in body.layers[:layers])
-    shell.norm = copy.deepcopy(body.norm)
+    shell.layers = torch.nn.ModuleList(own(block) for block in body.layers[:layers])
+    shell.norm = own(body.norm)
     shell.config = config
     return shell
 
 
+@functools.cache
 def _lora_class():
     import torch
 
@@ -231,6 +233,7 @@ def _fingerprint(variant, lm, layers: int | None = None) -> dict[str, Any]:
             **({"layers": layers} if layers is not None else {})}
 
 
+@functools.cache
 def _projector_class():
     import torch
 
@@ -260,6 +263,7 @@ def _projector_class():
     return Projector
 
 
+@functools.cache
 def _dolphin_class():
     import torch
 
@@ -284,8 +288,8 @@ def _dolphin_class():
             enc_body = base_model(enc_lm, "encoder")
             layers = options.encoder_layers or len(enc_body.layers)
             self.decoder = dec_lm
-            self.encoder = truncated_body(enc_body, layers)
-            self.pair = {"encoder": _fingerprint(enc_variant, enc_lm, min(layers, len(enc_body.layers))),
+            self.encoder = truncated_body(enc_body, layers, copy_blocks=options.lora > 0)
+            self.pair = {"encoder": _fingerprint(enc_variant, enc_lm, layers),
                          "decoder": _fingerprint(decoder, dec_lm)}
             self.decoder_tokenizer = decoder_tokenizer
             self.encoder_tokenizer = encoder_tokenizer if encoder is not None else decoder_tokenizer
