@@ -70,7 +70,7 @@ def train(model, encoder, out, resume, force, as_json, **fields):
 
     Two stages in one run: restore a context from its memory (--reconstruct-steps), then continue a
     document from the memory of its prefix (--steps). A checkpoint is written every --save-every
-    steps; --resume continues it. The defaults take about 10 minutes on a 2-core CPU with SmolLM2-135M.
+    steps; --resume continues it. The defaults take about 7 minutes on a 2-core CPU with SmolLM2-135M.
 
     \b
     Examples:
