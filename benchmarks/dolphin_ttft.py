@@ -30,9 +30,8 @@ import torch  # noqa: E402
 
 from edgesmith.devices.host import fingerprint  # noqa: E402
 from edgesmith.models.datasets import eval_text  # noqa: E402
-from edgesmith.optimize.dolphin import DolphinOptions  # noqa: E402
+from edgesmith.optimize.dolphin import DolphinOptions, separator  # noqa: E402
 from edgesmith.optimize.dolphin_io import build, load_folder  # noqa: E402
-from edgesmith.optimize.dolphin_train import separator  # noqa: E402
 
 QUESTION = "What does the dictionary say about this word, and why is it funny?"
 

@@ -125,40 +125,20 @@ def ask(folder, context, question, max_new_tokens, full, as_json):
     Example:
       edgesmith dolphin ask -m out/dolphin --context notes.txt --question "In short:"
     """
-    import torch
-
     from edgesmith.optimize.dolphin_io import load_folder
-    from edgesmith.optimize.dolphin_train import separator
 
     text = _read_context(context)
     with console().status(f"loading {folder}"):
         pair = load_folder(folder)
-    dec_tok, enc_tok = pair.decoder_tokenizer, pair.encoder_tokenizer
-    question_ids = dec_tok(question, add_special_tokens=False)["input_ids"]
-    context_ids = enc_tok(text, add_special_tokens=False)["input_ids"]
     began = time.perf_counter()
-    with torch.no_grad():
-        if full:
-            ids = [separator(pair)] + dec_tok(text, add_special_tokens=False)["input_ids"] + question_ids
-            out = pair.decoder.generate(input_ids=torch.tensor([ids]), max_new_tokens=max_new_tokens,
-                                        do_sample=False, pad_token_id=dec_tok.eos_token_id)[0, len(ids):].tolist()
-            prompt_tokens = len(ids)
-        else:
-            memories = pair.compress(torch.tensor([context_ids]))
-            out = pair.generate(memories, [question_ids], max_new_tokens)[0]
-            prompt_tokens = pair.options.memory + len(question_ids)
-    if dec_tok.eos_token_id in out:
-        out = out[:out.index(dec_tok.eos_token_id)]
-    answer = dec_tok.decode(out, skip_special_tokens=True)
-    record = {"answer": answer, "mode": "full" if full else "compressed", "context_tokens": len(context_ids),
-              "prompt_tokens": prompt_tokens, "new_tokens": len(out),
-              "seconds": round(time.perf_counter() - began, 3)}
+    record = pair.answer(text, question, max_new_tokens, full=full)
+    record["seconds"] = round(time.perf_counter() - began, 3)
     if as_json:
         emit_json(record)
     else:
-        click.echo(answer)
-        console().print(f"[dim]{record['mode']}: {record['context_tokens']} context tokens -> {prompt_tokens} "
-                        f"decoder prompt tokens, {record['new_tokens']} generated in {record['seconds']} s[/dim]")
+        click.echo(record["answer"])
+        console().print(f"[dim]{record['mode']}: {record['context_tokens']} context tokens -> "
+                        f"{record['prompt_tokens']} decoder prompt tokens, {record['new_tokens']} generated in {record['seconds']} s[/dim]")
 
 
 @dolphin.command("eval")

@@ -381,13 +381,6 @@ def _dolphin_class():
                 states = torch.cat([states, context[:, -k:]], -1)
             return self.projector(states)
 
-        def compress_texts(self, texts: list[str]):
-            """Memories of contexts given as text (the encoder's tokenizer, rows left-padded)."""
-            if self.encoder_tokenizer is None:
-                raise UsageError("dolphin: this pair was built without an encoder tokenizer; give token ids")
-            ids, mask = left_pad([self.encoder_tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts])
-            return self.compress(ids, mask)
-
         # ------------------------------------------------------------------ decoder side
         def splice(self, embeds, placeholders, memories):
             """Put memory vectors at the placeholder positions of prompt embeddings.
@@ -463,14 +456,43 @@ def _dolphin_class():
                 rows.append(row)
             return rows
 
+        @torch.no_grad()
+        def answer(self, context: str, question: str, max_new_tokens: int = 48, full: bool = False) -> dict[str, Any]:
+            """Answer ``question`` about ``context`` (text in, text out), greedily, with the decoder's KV cache.
+
+            Args:
+                full: Put the whole context in the decoder's prompt instead of its memories (to compare).
+
+            Returns:
+                ``{"answer", "mode", "context_tokens", "prompt_tokens", "new_tokens"}``.
+
+            Raises:
+                UsageError: The pair has no tokenizers.
+                BadInputError: A context longer than the encoder's window (compressed mode).
+            """
+            tok = self.decoder_tokenizer
+            if tok is None or self.encoder_tokenizer is None:
+                raise UsageError("dolphin: this pair was built without tokenizers; give token ids")
+            prompt = tok(question, add_special_tokens=False)["input_ids"]
+            if full:
+                context_ids = tok(context, add_special_tokens=False)["input_ids"]
+                ids = [separator(self)] + context_ids + prompt
+                out = self.decoder.generate(input_ids=torch.tensor([ids]), max_new_tokens=max_new_tokens,
+                                            do_sample=False, pad_token_id=tok.eos_token_id,
+                                            eos_token_id=tok.eos_token_id)[0, len(ids):].tolist()
+                if tok.eos_token_id in out:
+                    out = out[:out.index(tok.eos_token_id)]
+                prompt_tokens = len(ids)
+            else:
+                context_ids = self.encoder_tokenizer(context, add_special_tokens=False)["input_ids"]
+                out = self.generate(self.compress(torch.tensor([context_ids])), [prompt], max_new_tokens)[0]
+                prompt_tokens = self.options.memory + len(prompt)
+            return {"answer": tok.decode(out, skip_special_tokens=True), "mode": "full" if full else "compressed",
+                    "context_tokens": len(context_ids), "prompt_tokens": prompt_tokens, "new_tokens": len(out)}
+
         def ask(self, context: str, question: str, max_new_tokens: int = 48) -> str:
-            """Answer ``question`` about ``context`` (text in, text out)."""
-            if self.decoder_tokenizer is None:
-                raise UsageError("dolphin: this pair was built without a decoder tokenizer")
-            memories = self.compress_texts([context])
-            prompt = self.decoder_tokenizer(question, add_special_tokens=False)["input_ids"]
-            return self.decoder_tokenizer.decode(self.generate(memories, [prompt], max_new_tokens)[0],
-                                                 skip_special_tokens=True)
+            """Answer ``question`` about ``context`` through its memories (text in, text out)."""
+            return self.answer(context, question, max_new_tokens)["answer"]
 
         # ------------------------------------------------------------------ files
         def save(self, path: str | Path, report: dict[str, Any] | None = None) -> Path:
@@ -525,6 +547,17 @@ def read_file(path: str | Path) -> dict[str, Any]:
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise BadInputError(f"{path} is not a Dolphin file", hint="train one with edgesmith dolphin train")
     return state
+
+
+def separator(dolphin) -> int:
+    """The token a prompt with no context starts with (the decoder's BOS, else EOS, else 0)."""
+    config = dolphin.decoder.config
+    for value in (getattr(config, "bos_token_id", None), getattr(config, "eos_token_id", None)):
+        if isinstance(value, list):
+            value = value[0] if value else None
+        if value is not None:
+            return int(value)
+    return 0
 
 
 def describe_pair(pair: dict[str, Any]) -> str:

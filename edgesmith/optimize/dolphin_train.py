@@ -27,7 +27,7 @@ import numpy as np
 
 from edgesmith.errors import BadInputError
 from edgesmith.optimize.checkpoint import Checkpoint
-from edgesmith.optimize.dolphin import left_pad, pair_digest
+from edgesmith.optimize.dolphin import left_pad, pair_digest, separator
 
 
 def shared_vocabulary(dolphin) -> bool:
@@ -144,17 +144,6 @@ def train(dolphin, windows: np.ndarray, checkpoint_dir: str = "", resume: bool =
 
 def _mean(values: list[float]) -> float | None:
     return round(sum(values) / len(values), 4) if values else None
-
-
-def separator(dolphin) -> int:
-    """The token a prompt with no context starts with (the decoder's BOS, else EOS, else 0)."""
-    config = dolphin.decoder.config
-    for value in (getattr(config, "bos_token_id", None), getattr(config, "eos_token_id", None)):
-        if isinstance(value, list):
-            value = value[0] if value else None
-        if value is not None:
-            return int(value)
-    return 0
 
 
 def continuation_perplexity(dolphin, windows: np.ndarray, context: int, batch: int = 4,
