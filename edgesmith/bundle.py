@@ -56,6 +56,82 @@ def sha256_tree(path: str | Path) -> str:
     return h.hexdigest()
 
 
+def check_links(root: str | Path) -> None:
+    """Refuse a directory holding a symlink whose target leaves it (checked at export and on load).
+
+    A link that stays inside ``root`` is fine; one that points outside would make the
+    sha256 check and the runtime read a file the bundle does not hold.
+
+    Args:
+        root: The bundle (or staging) directory.
+
+    Raises:
+        BadInputError: Naming the first such link and where it points.
+    """
+    root = Path(root)
+    top = root.resolve()
+    for folder, dirs, files in os.walk(root, followlinks=False):
+        for name in sorted(dirs + files):
+            entry = Path(folder) / name
+            if not entry.is_symlink():
+                continue
+            target = entry.resolve()
+            if target != top and top not in target.parents:
+                rel = entry.relative_to(root).as_posix()
+                raise BadInputError(
+                    f"bundle {root}: {rel} is a symlink to {os.readlink(entry)}, which is outside the bundle",
+                    hint="a bundle holds its own files: copy the file in instead of linking to it",
+                )
+
+
+def load_arrays(path: str | Path, what: str) -> dict[str, np.ndarray]:
+    """Read an ``.npz`` of numeric arrays without unpickling anything.
+
+    Args:
+        path: The file.
+        what: What it is, for the messages (``inputs``, ``golden data``).
+
+    Returns:
+        Array name -> array (bool, integer, float or complex).
+
+    Raises:
+        BadInputError: Not an ``.npz`` (unreadable, truncated, a ``.npy`` or other file), or an
+            array of objects, strings or another non-numeric dtype, naming the file and the array.
+    """
+    import zipfile
+
+    path = Path(path)
+    try:
+        z = np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise BadInputError(f"{what} {path} does not exist") from None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        raise BadInputError(f"cannot read {what} {path}: it is not an .npz of arrays ({_first_line(exc)})",
+                            hint="write it with numpy.savez(path, name=array, ...)") from None
+    if not isinstance(z, np.lib.npyio.NpzFile):
+        raise BadInputError(f"cannot read {what} {path}: it holds one bare array, not an .npz of named arrays",
+                            hint="write it with numpy.savez(path, name=array, ...)")
+    arrays = {}
+    with z:
+        for key in z.files:
+            try:
+                arr = z[key]
+            except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as exc:
+                raise BadInputError(f"cannot read array {key!r} of {what} {path} ({_first_line(exc)})",
+                                    hint="save numbers only: object arrays are refused, they would be unpickled"
+                                    ) from None
+            if arr.dtype.kind not in "biufc":
+                raise BadInputError(f"array {key!r} of {what} {path} holds {arr.dtype} values, not numbers",
+                                    hint="save numeric arrays (bool, int, float)")
+            arrays[key] = arr
+    return arrays
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return (text.splitlines()[0][:200] if text else "") or type(exc).__name__
+
+
 @dataclass
 class Manifest:
     """What a bundle holds and how it was made (``manifest.json``).
@@ -108,11 +184,75 @@ class Manifest:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Manifest":
-        """Rebuild a manifest from JSON; raises KeyError/TypeError on a malformed one."""
+        """Rebuild a manifest from JSON; raises KeyError/TypeError/ValueError on a malformed one."""
+        _check_manifest(data)
         data = dict(data)
         data["inputs"] = [TensorSpec.from_dict(s) for s in data["inputs"]]
         data["outputs"] = [TensorSpec.from_dict(s) for s in data["outputs"]]
         return cls(**data)
+
+
+_STRINGS = ("name", "target", "runtime", "model_file", "precision")
+_OPTIONAL = {"task": str, "source": dict, "passes": list, "options": dict, "versions": dict, "details": dict,
+             "files": dict, "created_at": str, "schema_version": int}
+
+
+def _check_manifest(data: Any) -> None:
+    """Check the types of a manifest's fields (a manifest is input: it may be edited or corrupt).
+
+    Raises:
+        ValueError: Naming the first field that is missing, unknown or of the wrong type.
+    """
+    if not isinstance(data, dict):
+        raise ValueError(f"expected a JSON object, got {type(data).__name__}")
+    known = set(_STRINGS) | set(_OPTIONAL) | {"inputs", "outputs", "parity"}
+    unknown = sorted(str(k) for k in data if k not in known)
+    if unknown:
+        raise ValueError(f"unknown key {unknown[0]!r}")
+    for key in _STRINGS:
+        if not isinstance(data.get(key), str) or not data[key]:
+            raise ValueError(f"{key} must be a non-empty string, got {data.get(key)!r}")
+    for key, kind in _OPTIONAL.items():
+        if key in data and (not isinstance(data[key], kind) or isinstance(data[key], bool)):
+            raise ValueError(f"{key} must be a {kind.__name__}, got {data[key]!r}")
+    if data.get("parity") is not None and not isinstance(data["parity"], dict):
+        raise ValueError(f"parity must be an object or null, got {data['parity']!r}")
+    for rel, info in data.get("files", {}).items():
+        if not isinstance(info, dict) or not isinstance(info.get("sha256"), str):
+            raise ValueError(f"files[{rel!r}] must be {{'sha256': ..., 'size': ...}}, got {info!r}")
+        size = info.get("size", 0)
+        if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+            raise ValueError(f"files[{rel!r}].size must be a whole number >= 0, got {size!r}")
+    for key in ("inputs", "outputs"):
+        specs = data.get(key)
+        if not isinstance(specs, list):
+            raise ValueError(f"{key} must be a list of tensors, got {specs!r}")
+        for i, spec in enumerate(specs):
+            _check_spec(spec, f"{key}[{i}]")
+        names = [s["name"] for s in specs]
+        if len(set(names)) != len(names):
+            raise ValueError(f"{key} names a tensor twice: {names}")
+
+
+def _check_spec(spec: Any, where: str) -> None:
+    if not isinstance(spec, dict) or not {"name", "shape", "dtype"} <= set(spec):
+        raise ValueError(f"{where} must be {{'name', 'shape', 'dtype'}}, got {spec!r}")
+    if not isinstance(spec["name"], str) or not spec["name"]:
+        raise ValueError(f"{where}.name must be a non-empty string, got {spec['name']!r}")
+    shape = spec["shape"]
+    if not isinstance(shape, list) or not all(
+            isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 2**63 for d in shape):
+        raise ValueError(f"{where}.shape must be a list of whole numbers >= 0, got {shape!r}")
+    try:
+        kind = np.dtype(spec["dtype"]).kind if isinstance(spec["dtype"], str) else ""
+    except (TypeError, ValueError):
+        kind = ""
+    if kind not in tuple("biufc"):
+        raise ValueError(f"{where}.dtype must name a numeric numpy dtype, got {spec['dtype']!r}")
+    axes = spec.get("dynamic_axes", {})
+    if not isinstance(axes, dict) or not all(
+            isinstance(k, str) and k.isascii() and k.isdigit() and int(k) < len(shape) and isinstance(v, str) for k, v in axes.items()):
+        raise ValueError(f"{where}.dynamic_axes must map axis numbers below its rank to names, got {axes!r}")
 
 
 @dataclass
@@ -149,10 +289,13 @@ class Bundle:
             raise BadInputError(
                 f"{path} is not a bundle: no {MANIFEST}", hint="make one with `edgesmith export`"
             )
+        check_links(path)
         try:
-            data = json.loads(mpath.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise BadInputError(f"bundle {path}: {MANIFEST} is not valid JSON ({exc})") from None
+            data = json.loads(mpath.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+            raise BadInputError(f"bundle {path}: {MANIFEST} is not valid JSON ({_first_line(exc)})") from None
+        except OSError as exc:
+            raise BadInputError(f"bundle {path}: cannot read {MANIFEST} ({exc.strerror or exc})") from None
         version = data.get("schema_version") if isinstance(data, dict) else None
         if version != SCHEMA_VERSION:
             raise BadInputError(
@@ -175,9 +318,15 @@ class Bundle:
             BadInputError: If the path is absolute or escapes the bundle directory.
         """
         p = PurePosixPath(rel)
-        if p.is_absolute() or ".." in p.parts or not rel:
+        if p.is_absolute() or ".." in p.parts or not p.parts or "\\" in rel or "\0" in rel:
             raise BadInputError(f"bundle {self.path}: path {rel!r} leaves the bundle")
-        return self.path / Path(*p.parts)
+        path = self.path / Path(*p.parts)
+        top = self.path.resolve()
+        real = path.resolve()
+        if real != top and top not in real.parents:  # a symlink (the file or a folder above it) leads out
+            raise BadInputError(f"bundle {self.path}: {rel} is a symlink to {real}, which is outside the bundle",
+                                hint="a bundle holds its own files: copy the file in instead of linking to it")
+        return path
 
     def verify_files(self) -> None:
         """Check that every listed file exists and matches its sha256.
@@ -208,10 +357,15 @@ class Bundle:
         return sum(int(i.get("size", 0)) for rel, i in self.manifest.files.items() if rel != GOLDEN)
 
     def golden(self) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-        """Return the golden (inputs, outputs) stored at export time."""
-        with np.load(self.file(GOLDEN), allow_pickle=False) as z:
-            ins = {k[3:]: z[k] for k in z.files if k.startswith("in.")}
-            outs = {k[4:]: z[k] for k in z.files if k.startswith("out.")}
+        """Return the golden (inputs, outputs) stored at export time.
+
+        Raises:
+            BadInputError: The golden file is missing, not an ``.npz``, or holds non-numeric
+                (e.g. object) arrays, which are never unpickled.
+        """
+        arrays = load_arrays(self.file(GOLDEN), f"golden data of bundle {self.path.name}")
+        ins = {k[3:]: v for k, v in arrays.items() if k.startswith("in.")}
+        outs = {k[4:]: v for k, v in arrays.items() if k.startswith("out.")}
         return ins, outs
 
 
@@ -278,6 +432,7 @@ def finalize_manifest(stage: Path, manifest: Manifest) -> Bundle:
     Returns:
         The bundle at ``stage``.
     """
+    check_links(stage)
     files: dict[str, dict[str, Any]] = {}
     for entry in sorted(stage.iterdir()):
         if entry.name == MANIFEST:

@@ -3,11 +3,15 @@
 Encoders (BERT family, e.g. all-MiniLM-L6-v2) export ``last_hidden_state``;
 causal LMs (Llama family, e.g. SmolLM2 from GGUF) export prefill ``logits``.
 Example inputs come from the checkpoint's own tokenizer. Nothing is downloaded:
-``local_files_only`` is always set.
+``local_files_only`` is always set. Nothing in a checkpoint runs: a folder whose
+configs point at its own Python code (``auto_map``) is refused before transformers
+reads it (and ``trust_remote_code=False`` is passed everywhere), and weights are read
+from safetensors only, never from a pickle (``pytorch_model.bin``).
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +46,74 @@ def _module_class():
     return HFWrapper
 
 
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+_REFUSE_HINT = ("use a checkpoint of an architecture transformers has built in, or load the model in your own "
+                "code and give it to edgesmith as py:module:factory")
+
+
+def check_checkpoint(path: Path, gguf: str | None = None) -> None:
+    """Refuse a checkpoint folder that would run code when transformers loads it.
+
+    Two things in a Hugging Face folder run code: an ``auto_map`` in any of its
+    ``*config.json`` files (transformers imports the ``.py`` it names, after asking on
+    stdin) and pickled weights (``pytorch_model.bin`` and the like). The first is
+    always refused; pickles are refused unless safetensors weights sit beside them (then
+    only the safetensors are read).
+
+    Args:
+        path: The checkpoint directory.
+        gguf: The GGUF file inside it, if the weights come from GGUF.
+
+    Raises:
+        BadInputError: Naming the config and the ``.py`` file, or the pickle file.
+    """
+    for cfg in sorted(path.glob("*config.json")):
+        try:
+            data = json.loads(cfg.read_text(encoding="utf-8"))
+        except (OSError, ValueError, RecursionError) as exc:
+            raise BadInputError(f"cannot read {cfg}: not a JSON file ({str(exc).splitlines()[0][:200]})",
+                                hint="restore the checkpoint's file") from None
+        refs = _auto_map_refs(data)
+        if refs:
+            files = [_code_file(r) for r in refs]
+            here = [f for f in files if (path / f).is_file()] or files
+            raise BadInputError(
+                f"refused to load Hugging Face checkpoint {path}: {cfg.name} maps classes to code shipped with "
+                f"it ({', '.join(dict.fromkeys(here))}, through auto_map); edgesmith never runs a "
+                "checkpoint's code", hint=_REFUSE_HINT)
+    if gguf or any(path.glob("*.safetensors")):
+        return
+    pickles = sorted(f.name for f in path.iterdir() if f.suffix in PICKLE_SUFFIXES and f.is_file())
+    if pickles:
+        raise BadInputError(
+            f"refused to load Hugging Face checkpoint {path}: its weights {pickles[0]} are a pickle, which can run "
+            "code when loaded; edgesmith reads safetensors only",
+            hint="convert the weights to model.safetensors (safetensors.torch.save_file) where you trust the file")
+
+
+def _auto_map_refs(data) -> list[str]:
+    """Every class reference under an ``auto_map`` key, anywhere in a parsed config."""
+    refs: list[str] = []
+    if isinstance(data, dict):
+        for key, value in data.items():
+            if key == "auto_map":
+                values = value.values() if isinstance(value, dict) else [value]
+                found = [x for v in values for x in (v if isinstance(v, list) else [v]) if isinstance(x, str)]
+                refs += found or [repr(value)]
+            else:
+                refs += _auto_map_refs(value)
+    elif isinstance(data, list):
+        for item in data:
+            refs += _auto_map_refs(item)
+    return refs
+
+
+def _code_file(ref: str) -> str:
+    """``repo--modeling_x.Cls`` or ``modeling_x.Cls`` -> ``modeling_x.py``."""
+    module = ref.split("--")[-1].rpartition(".")[0]
+    return module.replace(".", "/") + ".py" if module.replace(".", "").replace("_", "").isalnum() else ref
+
+
 def load_hf(path: Path, gguf: str | None = None, seq_len: int | None = None):
     """Load a local checkpoint directory (or a GGUF file) into a variant.
 
@@ -52,8 +124,10 @@ def load_hf(path: Path, gguf: str | None = None, seq_len: int | None = None):
 
     Raises:
         RuntimeUnavailableError: If transformers is missing.
-        BadInputError: If transformers cannot read the checkpoint.
+        BadInputError: If transformers cannot read the checkpoint, or loading it would run code
+            (see :func:`check_checkpoint`).
     """
+    check_checkpoint(path, gguf)
     try:
         import torch
         import transformers
@@ -63,7 +137,7 @@ def load_hf(path: Path, gguf: str | None = None, seq_len: int | None = None):
     from edgesmith.models.variant import Variant
 
     transformers.logging.disable_progress_bar()
-    kw = {"local_files_only": True}
+    kw = {"local_files_only": True, "trust_remote_code": False}
     if gguf:
         kw["gguf_file"] = gguf
     try:
@@ -71,7 +145,8 @@ def load_hf(path: Path, gguf: str | None = None, seq_len: int | None = None):
         config = transformers.AutoConfig.from_pretrained(str(path), **kw)
         is_lm = bool(gguf) or any(a.endswith("ForCausalLM") for a in (config.architectures or []))
         auto = transformers.AutoModelForCausalLM if is_lm else transformers.AutoModel
-        model = auto.from_pretrained(str(path), dtype=torch.float32, **kw).eval()
+        safe = {} if gguf else {"use_safetensors": True}  # never a pickle (check_checkpoint)
+        model = auto.from_pretrained(str(path), dtype=torch.float32, **kw, **safe).eval()
     except (OSError, ValueError, KeyError) as exc:
         raise BadInputError(f"cannot load Hugging Face checkpoint {path}: {exc}") from None
 
@@ -128,7 +203,9 @@ def tokenizer_for(variant):
         import transformers
     except ImportError:
         raise missing_extra("transformers", "hf") from None
-    kw = {"local_files_only": True, **({"gguf_file": info["gguf"]} if info.get("gguf") else {})}
+    check_checkpoint(Path(info["path"]), info.get("gguf"))
+    kw = {"local_files_only": True, "trust_remote_code": False,
+          **({"gguf_file": info["gguf"]} if info.get("gguf") else {})}
     tok = transformers.AutoTokenizer.from_pretrained(info["path"], **kw)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token

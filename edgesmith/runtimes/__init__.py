@@ -82,7 +82,8 @@ class Runtime:
             Input name -> contiguous array of the manifest's dtype.
 
         Raises:
-            BadInputError: A missing or unexpected input, or a wrong dtype or rank.
+            BadInputError: A missing or unexpected input, a wrong rank or fixed dimension, or a
+                dtype that does not cast safely to the manifest's (see :func:`cast_input`).
         """
         specs = self.bundle.manifest.inputs
         expected = [s.name for s in specs]
@@ -104,7 +105,7 @@ class Runtime:
                     f"input {s.name} has shape {arr.shape}, the bundle expects {s.describe()}",
                     hint="only the named (dynamic) axes may change",
                 )
-            checked[s.name] = np.ascontiguousarray(arr.astype(s.dtype, copy=False))
+            checked[s.name] = np.ascontiguousarray(cast_input(arr, s.name, s.dtype))
         return checked
 
     def node_times(self, feeds: dict[str, np.ndarray], runs: int) -> list[dict[str, Any]]:
@@ -120,6 +121,61 @@ class Runtime:
 
     def _run_impl(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         raise NotImplementedError
+
+
+class InputCastNote(UserWarning):
+    """An input was given in another dtype than the bundle's and was cast (allowed, but said)."""
+
+
+CAST_RULE = ("an input may be cast only to a dtype of the same kind or a wider kind (bool -> int -> float, "
+             "never complex -> real, float -> int or number -> bool), with every value kept in range")
+
+
+def cast_input(arr: np.ndarray, name: str, dtype: str) -> np.ndarray:
+    """Convert one input to the bundle's dtype if that is safe, else refuse it.
+
+    The rule (:data:`CAST_RULE`) is numpy's ``same_kind`` casting plus a value check: a
+    narrower integer must hold every value and a narrower float must keep every finite value
+    finite. Complex to real, float to integer, numbers to bool and anything non-numeric
+    (strings, objects) are refused. Every cast that is done is said in an
+    :class:`InputCastNote` warning (the CLI prints it as a note).
+
+    Args:
+        arr: The array given.
+        name: The input's name (for the messages).
+        dtype: The manifest's dtype.
+
+    Returns:
+        ``arr`` itself when the dtype matches, else the cast copy.
+
+    Raises:
+        BadInputError: Naming the input, both dtypes and the rule.
+    """
+    import warnings
+
+    target = np.dtype(dtype)
+    if arr.dtype == target:
+        return arr
+    hint = f"convert it yourself first if that is what you mean, e.g. x.astype('{target}')"
+    if arr.dtype.kind not in "biufc" or not np.can_cast(arr.dtype, target, casting="same_kind"):
+        raise BadInputError(f"input {name} is {arr.dtype} but the bundle takes {target}: refused, {CAST_RULE}",
+                            hint=hint)
+    with np.errstate(all="ignore"):
+        cast = arr.astype(target)
+    if not np.can_cast(arr.dtype, target, casting="safe") and arr.size:
+        if target.kind in "iu":
+            info = np.iinfo(target)
+            lost = bool(arr.min() < info.min or arr.max() > info.max)
+        elif target.kind in "fc":
+            lost = bool((np.isfinite(arr) & ~np.isfinite(cast)).any())
+        else:
+            lost = False
+        if lost:
+            raise BadInputError(f"input {name} is {arr.dtype} with values that do not fit {target}, the dtype "
+                                f"the bundle takes: refused, {CAST_RULE}", hint=hint)
+    warnings.warn(InputCastNote(f"input {name} was given as {arr.dtype} and cast to {target}, the dtype the "
+                                "bundle takes"), stacklevel=3)
+    return cast
 
 
 def cache_dir(*parts: str) -> Path:
@@ -147,6 +203,10 @@ def open_runtime(bundle: str | Path | Bundle, threads: int = 0, accelerator: str
     """
     if not isinstance(bundle, Bundle):
         bundle = Bundle.open(bundle)
+    if bundle.manifest.runtime not in RUNTIMES.names() and bundle.manifest.runtime not in RUNTIMES.broken():
+        raise BadInputError(f"bundle {bundle.path}: its manifest names the runtime {bundle.manifest.runtime!r}, "
+                            "which edgesmith does not have",
+                            hint=f"runtimes: {', '.join(RUNTIMES.names())}; a plugin's runtime needs its package")
     cls = RUNTIMES.get(bundle.manifest.runtime)
     cls.available()
     return cls(bundle, threads=threads, accelerator=accelerator, compiled=compiled)
