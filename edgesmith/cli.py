@@ -13,6 +13,7 @@ from pathlib import Path
 import click
 
 from edgesmith import errors
+from edgesmith.cli_common import Column, DataTable, format_option, progress, quiet_progress_bars, say
 from edgesmith.cli_common import console as _console, emit_json as _emit_json
 from edgesmith.cli_common import parity_row as _parity_row, parity_table as _parity_table
 from edgesmith.cli_devices import devices
@@ -38,7 +39,7 @@ def _model_options(f):
 def _load(model, inputs, weights, gguf, seq_len):
     from edgesmith import api as es
 
-    with _console().status(f"loading {model}"):
+    with progress(f"loading {model}"):
         return es.load(model, inputs=inputs, weights=weights, gguf=gguf, seq_len=seq_len)
 
 
@@ -66,6 +67,7 @@ def cli():
               help="Output directory (the demo's own; reused on re-runs).")
 @click.option("--runs", default=200, show_default=True, help="Timed runs per bundle.")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
+@format_option
 def demo(out, runs, as_json):
     """Run zoo:digits-cnn and its reparam variant through export, verify, profile and report.
 
@@ -80,8 +82,8 @@ def demo(out, runs, as_json):
     from edgesmith.demo import run_demo
 
     console = _console()
-    with console.status("demo") as status:
-        result = run_demo(out, runs=runs, step=lambda s: (status.update(s), console.print(f"[dim]-[/] {s}")))
+    with progress("demo") as status:
+        result = run_demo(out, runs=runs, step=status.update)
     if as_json:
         _emit_json({"bundles": result["bundles"], "report": result["report"], "profile": result["profile"],
                     "parity": {k: v.to_dict() for k, v in result["parity"].items()}})
@@ -89,8 +91,8 @@ def demo(out, runs, as_json):
     table = _parity_table()
     for name, res in result["parity"].items():
         _parity_row(table, name, res)
-    console.print(table)
-    _console(stderr=False).print(profile_table(result["doc"]))
+    table.show()
+    profile_table(result["doc"]).show()
     warn_not_predicted(result["doc"])
     console.print(f"[bold]report:[/] {result['report'][0]}")
 
@@ -110,6 +112,7 @@ def models():
 @click.option("--details", is_flag=True,
               help="Count parameters and MACs (batch 1; backbones at 224x224, 1000 classes) beside the paper's figures.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@format_option
 def models_list(patterns, details, as_json):
     """List the built-in models, or those matching PATTERNS (zoo:NAME; backbones take
     options: zoo:NAME:key=value,...).
@@ -122,14 +125,14 @@ def models_list(patterns, details, as_json):
     """
     from edgesmith import api as es
 
-    with _console().status("counting parameters and MACs") as status:
+    with progress("counting parameters and MACs") as status:
         rows = es.models(patterns, details=details, progress=lambda n: status.update(f"counting {n}"))
     if as_json:
         return _emit_json(rows)
-    from rich.table import Table
-
-    t = Table("model", "task", "summary") if not details else Table(
-        "model", "task", "params", "paper", "MACs", "paper", "input")
+    name = Column("model", key=True)
+    t = DataTable(name, "task", "summary") if not details else DataTable(
+        name, "task", Column("params", "right"), Column("paper", "right"), Column("MACs", "right"),
+        Column("paper", "right"), "input")
     for r in rows:
         if not details:
             t.add_row(r["name"], r["task"], r["summary"])
@@ -138,12 +141,12 @@ def models_list(patterns, details, as_json):
         t.add_row(r["name"], r["task"], _millions(r["params_as_paper"]) + mark,
                   _vs_paper(r["params_as_paper"], r["paper_params"]),
                   _giga(r["macs"]), _vs_paper(r["macs"], r["paper_macs"], giga=True), r["input"])
-    _console(stderr=False).print(t)
+    t.show()
     if any(r.get("params_as_paper", 0) != r.get("params", 0) for r in rows):
-        click.echo("* counted as the paper counts (BatchNorm, LayerScale and bias tables left out); "
+        say("* counted as the paper counts (BatchNorm, LayerScale and bias tables left out); "
                    "--json has every parameter as params")
     if any(r.get("options") for r in rows):
-        click.echo("options of the backbones: " + ", ".join(next(r["options"] for r in rows if r["options"])))
+        say("options of the backbones: " + ", ".join(next(r["options"] for r in rows if r["options"])))
 
 
 def _millions(n: int) -> str:
@@ -237,6 +240,7 @@ def _list_with_options(registry, as_json: bool, describe) -> None:
 @click.argument("model")
 @_model_options
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@format_option
 def inspect(model, inputs, weights, gguf, seq_len, as_json):
     """Show a model's parameters, size, signature, FLOPs and op histogram.
 
@@ -248,7 +252,7 @@ def inspect(model, inputs, weights, gguf, seq_len, as_json):
     from edgesmith import api as es
 
     variant = _load(model, inputs, weights, gguf, seq_len)
-    with _console().status("counting FLOPs and ops"):
+    with progress("counting FLOPs and ops"):
         info = es.inspect(variant)
     if as_json:
         return _emit_json(info)
@@ -292,19 +296,11 @@ def optimize(model, inputs, weights, gguf, seq_len, pass_specs, out, data, resum
     \b
     Examples:
       edgesmith optimize zoo:digits-cnn -p reparam -o digits-reparam.pt2
-      edgesmith optimize zoo:digits-cnn -p distill:student=lsnet_t,width=0.25,epochs=30 \\
+      edgesmith optimize zoo:digits-cnn -p distill:student=lsnet-t,width=0.06,depth=0.25,epochs=20 \\
           --data digits.npz -o digits-lsnet.pt2
-      edgesmith optimize zoo:smollm2-135m -o smol-budget.pt2 \
+      edgesmith optimize zoo:smollm2-135m -o smol-budget.pt2 \\
           -p matformer:budget_ms=50,text=devils-dictionary,seq_len=128
     """
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeRemainingColumn,
-    )
-
     from edgesmith import api as es
     from edgesmith.bundle import check_writable
     from edgesmith.models import save_pt2
@@ -314,12 +310,10 @@ def optimize(model, inputs, weights, gguf, seq_len, pass_specs, out, data, resum
     defaults = {"checkpoint": str(Path(out).with_suffix(".ckpt")), "resume": resume, "force": force}
     if data:
         defaults["data"] = data
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                  console=_console(), transient=True) as bar:
-        task = bar.add_task("applying passes", total=None)
+    with progress("applying passes") as bar:
         variant = es.optimize(variant, pass_specs, defaults=defaults,
-                              progress=lambda d, n, total: bar.update(task, description=d, completed=n, total=total))
-        bar.update(task, description=f"saving {out}")
+                              progress=lambda d, n, total: bar.update(d, completed=n, total=total))
+        bar.update(f"saving {out}")
         save_pt2(variant, out, force=force)
     if as_json:
         return _emit_json({"out": out, "passes": variant.passes})
@@ -444,7 +438,7 @@ def _print_hls(info: dict) -> None:
     """The precision table an hls export chose and its predicted resources (stdout)."""
     from rich.table import Table
 
-    from edgesmith.export.hls_estimate import resources_text
+    from edgesmith.export.hls_estimate import latency_text, resources_text
 
     out = _console(stderr=False)
     chosen = info.get("precision_table")  # None with one precision for every tensor
@@ -462,8 +456,7 @@ def _print_hls(info: dict) -> None:
     out.print(f"C simulation vs PyTorch on {cal['samples']} calibration samples ({cal['source']}): "
               f"top-1 agreement {agree}, SNR {snr}")
     out.print(f"predicted on {est['part']}: {resources_text(est['total'], est.get('capacity'))}; latency "
-              f"{est['latency_cycles']:,} cycles = {est['latency_us']:.2f} us at {est['clock_ns']} ns "
-              "(first-order model, not synthesised)")
+              f"{latency_text(est['latency_cycles'], est['clock_ns'])} (first-order model, not synthesised)")
 
 
 def _split_target_options(opts: dict[str, str], names: list[str]) -> dict[str, dict[str, str]]:
@@ -485,6 +478,7 @@ def _split_target_options(opts: dict[str, str], names: list[str]) -> dict[str, d
 @click.argument("bundles", nargs=-1, required=True, type=click.Path())
 @click.option("--threads", default=0, help="Runtime threads (0 = runtime default).")
 @click.option("--json", "as_json", is_flag=True, help="Print parity results as JSON.")
+@format_option
 def verify(bundles, threads, as_json):
     """Check bundles' files (sha256) and re-run their golden data on their runtime.
 
@@ -497,8 +491,9 @@ def verify(bundles, threads, as_json):
     from edgesmith import api as es
 
     results = {}
-    with _console().status("verifying"):
+    with progress("verifying") as status:
         for b in bundles:
+            status.update(f"verifying {Path(b).name}")
             results[b] = es.verify(b, threads=threads)
     if as_json:
         _emit_json({b: r.to_dict() for b, r in results.items()})
@@ -506,7 +501,7 @@ def verify(bundles, threads, as_json):
         table = _parity_table()
         for b, r in results.items():
             _parity_row(table, b, r)
-        _console(stderr=False).print(table)
+        table.show()
     bad = [b for b, r in results.items() if not r.passed]
     if bad:
         raise errors.ParityError(f"parity failed for {', '.join(bad)}: "
@@ -523,6 +518,7 @@ def verify(bundles, threads, as_json):
 @click.option("--threads", default=0, help="Runtime threads (0 = runtime default).")
 @click.option("--check", is_flag=True, help="Recipe: validate it and print the plan, run nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print output summaries (recipe: the results) as JSON.")
+@format_option
 def run(target, inputs_file, out, force, threads, check, as_json):
     """Run a bundle on inputs with its runtime, or a whole pipeline from a recipe.
 
@@ -538,22 +534,28 @@ def run(target, inputs_file, out, force, threads, check, as_json):
     if Path(target).suffix in (".yaml", ".yml"):
         return run_recipe_file(target, out, force, check, as_json)
     bundle = target
+    import warnings
+
     import numpy as np
 
     from edgesmith import api as es
-    from edgesmith.bundle import Bundle, check_writable
+    from edgesmith.bundle import Bundle, check_writable, load_arrays
+    from edgesmith.runtimes import InputCastNote
 
     if out:
         check_writable(Path(out), force)
     if inputs_file:
-        try:
-            with np.load(inputs_file, allow_pickle=False) as z:
-                feeds = {k: z[k] for k in z.files}
-        except (OSError, ValueError) as exc:
-            raise errors.BadInputError(f"cannot read inputs {inputs_file}: {exc}") from None
+        feeds = load_arrays(inputs_file, "inputs")
     else:
         feeds = Bundle.open(bundle).golden()[0]
-    outputs = es.run(bundle, feeds, threads=threads)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", InputCastNote)
+        outputs = es.run(bundle, feeds, threads=threads)
+    for w in caught:
+        if issubclass(w.category, InputCastNote):
+            click.echo(f"note: {w.message}", err=True)
+        else:
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
     if out:
         np.savez(out, **outputs)
     summary = {k: {"shape": list(v.shape), "dtype": str(v.dtype), "mean": float(np.mean(v)),
@@ -569,6 +571,7 @@ def run(target, inputs_file, out, force, threads, check, as_json):
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the CLI and map errors to exit codes (ARCHITECTURE.md)."""
+    quiet_progress_bars()
     try:
         cli.main(args=argv, prog_name="edgesmith", standalone_mode=False)
         return 0
