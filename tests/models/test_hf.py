@@ -1,0 +1,175 @@
+"""Hugging Face checkpoint folders: nothing in a checkpoint runs (issue 22, "trust and first contact").
+
+A folder whose configs map classes to its own ``.py`` (``auto_map``) would make transformers ask
+"Do you wish to run the custom code? [y/N]" and run it on ``y``; pickled weights run code when
+unpickled. edgesmith refuses both before transformers sees the folder: exit 3, one error line naming
+the file, nothing written, and the marker the code would create never appears.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import runpy
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from edgesmith.cli import main
+from edgesmith.errors import BadInputError
+from edgesmith.models import hf
+
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}
+BERT = {"model_type": "bert", "architectures": ["BertModel"], "hidden_size": 8, "num_hidden_layers": 1,
+        "num_attention_heads": 2, "intermediate_size": 16, "vocab_size": 30}
+
+
+def _snapshot(root: Path) -> dict[str, bytes | None]:
+    return {p.relative_to(root).as_posix(): (p.read_bytes() if p.is_file() else None)
+            for p in sorted(root.rglob("*"))}
+
+
+def _one_error(err: str, *names: str) -> str:
+    assert "Traceback" not in err, err
+    lines = [ln for ln in err.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1, err
+    for name in names:
+        assert name in lines[0], (name, lines[0])
+    return lines[0]
+
+
+@pytest.fixture
+def work(tmp_path, monkeypatch) -> Path:
+    d = tmp_path / "work"
+    d.mkdir()
+    monkeypatch.chdir(d)
+    return d
+
+
+def _evil_folder(root: Path, marker: Path, config_file: str) -> Path:
+    """A checkpoint whose ``config_file`` maps AutoModel (or AutoTokenizer) to ``modeling_evil.py``."""
+    folder = root / "ckpt"
+    folder.mkdir()
+    (folder / "modeling_evil.py").write_text(
+        f"import pathlib\npathlib.Path({str(marker)!r}).write_text('the checkpoint code ran')\n"
+        "class AnyModel: pass\nclass AnyConfig: pass\nclass AnyTokenizer: pass\n")
+    config = {"model_type": "evilnet", "architectures": ["AnyModel"],
+              "auto_map": {"AutoConfig": "modeling_evil.AnyConfig", "AutoModel": "modeling_evil.AnyModel"}}
+    if config_file == "tokenizer_config.json":
+        config = dict(BERT)
+        (folder / config_file).write_text(json.dumps(
+            {"tokenizer_class": "AnyTokenizer", "auto_map": {"AutoTokenizer": ["modeling_evil.AnyTokenizer", None]}}))
+    (folder / "config.json").write_text(json.dumps(config))
+    (folder / "model.safetensors").write_bytes(b"")
+    return folder
+
+
+@pytest.mark.parametrize("config_file", ["config.json", "tokenizer_config.json"])
+@pytest.mark.parametrize("command", [["export", "ckpt", "-o", "out"], ["inspect", "ckpt"]], ids=["export", "inspect"])
+def test_checkpoint_code_is_refused(capsys, tmp_path, work, config_file, command):
+    marker = tmp_path / "MARKER"
+    folder = _evil_folder(work, marker, config_file)
+    runpy.run_path(str(folder / "modeling_evil.py"))  # the payload is live: importing it makes the marker
+    assert marker.exists()
+    marker.unlink()
+
+    before = _snapshot(work)
+    capsys.readouterr()
+    code = main(command)
+    _, err = capsys.readouterr()
+    assert code == 3
+    line = _one_error(err, "modeling_evil.py", config_file, "ckpt")
+    assert "never runs" in line
+    assert not marker.exists(), "the checkpoint's code ran"
+    assert _snapshot(work) == before
+
+
+def test_checkpoint_code_is_refused_even_with_yes_on_stdin(tmp_path, work):
+    """A real process with "y" waiting on stdin: transformers would take it as consent."""
+    marker = tmp_path / "MARKER"
+    _evil_folder(work, marker, "config.json")
+    before = _snapshot(work)
+    r = subprocess.run([sys.executable, "-m", "edgesmith.cli", "export", "ckpt", "-o", "out"], input="y\ny\n",
+                       capture_output=True, text=True, env=ENV, cwd=work, timeout=300)
+    assert r.returncode == 3, r.stderr
+    _one_error(r.stderr, "modeling_evil.py")
+    assert "custom code" not in r.stdout + r.stderr  # transformers never got to ask
+    assert not marker.exists(), "the checkpoint's code ran"
+    assert _snapshot(work) == before
+
+
+class _Evil:
+    """Unpickling this runs a shell command (creates the marker file)."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {shlex.quote(str(self.marker))}",))
+
+
+@pytest.mark.parametrize("weights", ["pytorch_model.bin", "model.pt"])
+def test_pickled_weights_are_refused(capsys, tmp_path, work, weights):
+    marker = tmp_path / "MARKER"
+    pickle.loads(pickle.dumps(_Evil(marker)))  # the payload is live
+    assert marker.exists()
+    marker.unlink()
+    folder = work / "ckpt"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(BERT))
+    (folder / weights).write_bytes(pickle.dumps({"embeddings.word_embeddings.weight": _Evil(marker)}))
+    before = _snapshot(work)
+    for command in (["export", "ckpt", "-o", "out"], ["inspect", "ckpt"]):
+        capsys.readouterr()
+        code = main(command)
+        _, err = capsys.readouterr()
+        assert code == 3, command
+        line = _one_error(err, weights, "ckpt")
+        assert "pickle" in line and "safetensors" in err
+    assert not marker.exists(), "the pickle's code ran"
+    assert _snapshot(work) == before
+
+
+def test_unreadable_config_is_bad_input(tmp_path):
+    (tmp_path / "config.json").write_text("{not json")
+    with pytest.raises(BadInputError, match="config.json"):
+        hf.check_checkpoint(tmp_path)
+
+
+def test_clean_folder_passes_the_check(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps(BERT))
+    (tmp_path / "model.safetensors").write_bytes(b"")
+    (tmp_path / "training_args.bin").write_bytes(b"")  # a pickle beside safetensors is never read
+    hf.check_checkpoint(tmp_path)
+
+
+def test_transformers_is_always_told_not_to_trust_remote_code(tmp_path, monkeypatch):
+    """Every from_pretrained call gets trust_remote_code=False (belt and braces behind check_checkpoint)."""
+    transformers = pytest.importorskip("transformers")
+    (tmp_path / "config.json").write_text(json.dumps(BERT))
+    (tmp_path / "model.safetensors").write_bytes(b"")
+    calls = []
+
+    def record(result):
+        def from_pretrained(*args, **kwargs):
+            calls.append(kwargs)
+            if result is None:
+                raise OSError("stop here")
+            return result
+        return staticmethod(from_pretrained)
+
+    tok = SimpleNamespace(pad_token="x", eos_token="x")
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", record(tok))
+    monkeypatch.setattr(transformers.AutoConfig, "from_pretrained", record(SimpleNamespace(architectures=[])))
+    monkeypatch.setattr(transformers.AutoModel, "from_pretrained", record(None))
+    with pytest.raises(BadInputError, match="stop here"):
+        hf.load_hf(tmp_path)
+    hf.tokenizer_for(SimpleNamespace(name="v", source={"tokenizer": {"path": str(tmp_path), "gguf": None}}))
+    assert len(calls) == 4
+    assert all(kw.get("trust_remote_code") is False and kw.get("local_files_only") for kw in calls), calls
+    assert calls[2].get("use_safetensors") is True
