@@ -227,3 +227,129 @@ def test_bundle_directory_is_not_private(exported, tmp_path):
     assert mode == stat.S_IMODE(plain.stat().st_mode)
     if stat.S_IMODE(plain.stat().st_mode) != 0o700:
         assert mode != 0o700
+
+
+# ---------------------------------------------------------------- trust (issue 22): symlinks, golden data
+
+def _cli(capsys, *args) -> tuple[int, str]:
+    """Run the CLI in-process; return (exit code, the one ``error:`` line)."""
+    from edgesmith.cli import main
+
+    capsys.readouterr()
+    code = main([str(a) for a in args])
+    err = capsys.readouterr().err
+    assert "Traceback" not in err, err
+    lines = [ln for ln in err.splitlines() if ln.startswith("error:")]
+    assert len(lines) <= 1, err
+    return code, lines[0] if lines else ""
+
+
+def _tree(root: Path) -> dict[str, bytes | None]:
+    return {p.relative_to(root).as_posix(): (p.read_bytes() if p.is_file() and not p.is_symlink() else None)
+            for p in sorted(root.rglob("*"))}
+
+
+@pytest.mark.parametrize("linked", ["model.onnx", GOLDEN])
+def test_symlink_out_of_the_bundle_is_refused_on_load(capsys, copy, linked):
+    # the link's target has the very bytes the manifest hashes: only the link itself is wrong
+    outside = copy.parent / f"outside-{linked}"
+    shutil.move(copy / linked, outside)
+    (copy / linked).symlink_to(outside)
+    with pytest.raises(BadInputError, match="outside the bundle") as info:
+        Bundle.open(copy)
+    assert linked in str(info.value)
+    before = _tree(copy.parent)
+    for command in (["verify", copy], ["run", copy, "-o", copy.parent / "y.npz"],
+                    ["profile", copy, "-o", copy.parent / "p.json"]):
+        code, line = _cli(capsys, *command)
+        assert code == 3, command
+        assert linked in line and "symlink" in line and "outside the bundle" in line
+    assert _tree(copy.parent) == before
+
+
+def test_symlinked_folder_out_of_the_bundle_is_refused(copy):
+    elsewhere = copy.parent / "elsewhere"
+    elsewhere.mkdir()
+    (copy / "extra").symlink_to(elsewhere, target_is_directory=True)
+    with pytest.raises(BadInputError, match="extra is a symlink"):
+        Bundle.open(copy, verify=False)
+
+
+def test_symlink_inside_the_bundle_is_fine(copy):
+    (copy / "alias.onnx").symlink_to("model.onnx")
+    Bundle.open(copy)
+
+
+class _LinkingExporter(OnnxExporter):
+    """An exporter that links a file from outside into its bundle (it must not be accepted)."""
+
+    outside: Path
+
+    def _export_impl(self, variant, stage):
+        super()._export_impl(variant, stage)
+        (stage / "weights.bin").symlink_to(self.outside)
+
+
+def test_symlink_out_of_the_bundle_is_refused_at_export(variant, tmp_path):
+    exporter = _LinkingExporter()
+    exporter.outside = tmp_path / "secret.bin"
+    exporter.outside.write_bytes(b"not the bundle's")
+    out = tmp_path / "out"
+    with pytest.raises(BadInputError, match="weights.bin is a symlink") as info:
+        exporter.export(variant, out)
+    assert "outside the bundle" in str(info.value)
+    assert list(out.iterdir()) == []  # the staging folder is gone, no bundle
+
+
+def test_golden_with_object_arrays_is_refused(capsys, copy):
+    import numpy as np
+
+    marker = copy.parent / "MARKER"
+    with np.load(copy / GOLDEN) as z:
+        arrays = {k: z[k] for k in z.files}
+    arrays["in.image"] = np.array([_Marker(marker)], dtype=object)
+    np.savez(copy / GOLDEN, **arrays)
+    data = _manifest(copy)
+    data["files"][GOLDEN]["sha256"] = sha256_file(copy / GOLDEN)  # re-hashed: only the content is wrong
+    _write_manifest(copy, data)
+    with pytest.raises(BadInputError, match="in.image") as info:
+        Bundle.open(copy).golden()
+    assert GOLDEN in str(info.value) and "object" in str(info.value)
+    before = _tree(copy.parent)
+    for command in (["verify", copy], ["run", copy, "-o", copy.parent / "y.npz"]):
+        code, line = _cli(capsys, *command)
+        assert code == 3, command
+        assert "in.image" in line and GOLDEN in line
+    assert _tree(copy.parent) == before
+    assert not marker.exists(), "the golden data was unpickled"
+
+
+class _Marker:
+    """Unpickling this creates a marker file."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __reduce__(self):
+        return (Path.touch, (self.path,))
+
+
+@pytest.mark.parametrize("bad", ["not an npz at all\n", "npy", "truncated", "strings"])
+def test_golden_that_is_not_numeric_npz_is_refused(copy, bad):
+    import numpy as np
+
+    golden = copy / GOLDEN
+    if bad == "npy":
+        np.save(golden.with_suffix(".npy"), np.zeros(3))
+        golden.with_suffix(".npy").rename(golden)
+    elif bad == "truncated":
+        golden.write_bytes(golden.read_bytes()[:100])
+    elif bad == "strings":
+        np.savez(golden, **{"in.image": np.array(["a", "b"]), "out.logits": np.zeros(2)})
+    else:
+        golden.write_text(bad)
+    data = _manifest(copy)
+    data["files"][GOLDEN]["sha256"] = sha256_file(golden)
+    _write_manifest(copy, data)
+    with pytest.raises(BadInputError, match=GOLDEN):
+        Bundle.open(copy).golden()
