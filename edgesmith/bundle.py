@@ -120,6 +120,9 @@ def load_arrays(path: str | Path, what: str) -> dict[str, np.ndarray]:
                 raise BadInputError(f"cannot read array {key!r} of {what} {path} ({_first_line(exc)})",
                                     hint="save numbers only: object arrays are refused, they would be unpickled"
                                     ) from None
+            if not isinstance(arr, np.ndarray):  # a zip member that is not an .npy comes back as bytes
+                raise BadInputError(f"{what} {path} holds {key!r}, which is not an array",
+                                    hint="write it with numpy.savez(path, name=array, ...)")
             if arr.dtype.kind not in "biufc":
                 raise BadInputError(f"array {key!r} of {what} {path} holds {arr.dtype} values, not numbers",
                                     hint="save numeric arrays (bool, int, float)")

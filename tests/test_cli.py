@@ -423,6 +423,81 @@ def test_run_wrong_input_name(capsys, exported, tmp_path):
     assert_one_error(err, "pixels", "image")
 
 
+def _not_an_npz(path: Path, kind: str) -> None:
+    if kind == "npy":  # one bare array: np.load returns it, not an archive
+        np.save(path.with_suffix(".npy"), np.zeros((1, 1, 8, 8), np.float32))
+        path.with_suffix(".npy").rename(path)
+    elif kind == "truncated":
+        np.savez(path, image=np.zeros((1, 1, 8, 8), np.float32))
+        path.write_bytes(path.read_bytes()[:60])
+    elif kind == "zip":  # a zip archive of something else
+        import zipfile
+
+        with zipfile.ZipFile(path, "w") as z:
+            z.writestr("readme.txt", "hello")
+    elif kind == "empty":
+        path.write_bytes(b"")
+    else:
+        path.write_bytes(os.urandom(256))
+
+
+@pytest.mark.parametrize("kind", ["npy", "truncated", "zip", "empty", "random"])
+def test_run_inputs_that_are_not_an_npz(capsys, exported, tmp_path, kind):
+    _not_an_npz(tmp_path / "x.npz", kind)
+    before = snapshot(tmp_path)
+    code, _, err = cli(capsys, "run", exported["onnx"], "--inputs", tmp_path / "x.npz", "-o", tmp_path / "y.npz")
+    assert code == 3
+    assert_one_error(err, "x.npz")
+    assert snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize("array,dtype", [(np.array([["a", "b"]]), "<U1"), (np.array([b"ab"]), "|S2")],
+                         ids=["unicode", "bytes"])
+def test_run_inputs_with_a_string_array(capsys, exported, tmp_path, array, dtype):
+    np.savez(tmp_path / "x.npz", image=array)
+    before = snapshot(tmp_path)
+    code, _, err = cli(capsys, "run", exported["onnx"], "--inputs", tmp_path / "x.npz", "-o", tmp_path / "y.npz")
+    assert code == 3
+    assert_one_error(err, "'image'", "x.npz", dtype)
+    assert snapshot(tmp_path) == before
+
+
+def test_run_inputs_with_an_object_array_is_never_unpickled(capsys, exported, tmp_path):
+    marker = tmp_path / "MARKER"
+    np.savez(tmp_path / "x.npz", image=np.array([_Evil(marker)], dtype=object))
+    before = snapshot(tmp_path)
+    code, _, err = cli(capsys, "run", exported["onnx"], "--inputs", tmp_path / "x.npz", "-o", tmp_path / "y.npz")
+    assert code == 3
+    assert_one_error(err, "'image'", "x.npz")
+    assert not marker.exists()
+    assert snapshot(tmp_path) == before
+
+
+def test_run_refuses_a_cast_that_loses_values(capsys, exported, tmp_path):
+    # complex -> float32 used to drop the imaginary part and exit 0
+    np.savez(tmp_path / "x.npz", image=np.full((2, 1, 8, 8), 1 + 2j, np.complex64))
+    before = snapshot(tmp_path)
+    code, _, err = cli(capsys, "run", exported["onnx"], "--inputs", tmp_path / "x.npz", "-o", tmp_path / "y.npz")
+    assert code == 3
+    line = assert_one_error(err, "input image", "complex64", "float32", "same kind")
+    assert "astype" in err  # the hint
+    assert line
+    assert snapshot(tmp_path) == before
+
+
+def test_run_says_when_it_casts(capsys, exported, tmp_path):
+    x = np.random.default_rng(0).uniform(0, 1, (2, 1, 8, 8))
+    np.savez(tmp_path / "x64.npz", image=x)
+    np.savez(tmp_path / "x32.npz", image=x.astype(np.float32))
+    code, out64, err = cli(capsys, "run", exported["onnx"], "--inputs", tmp_path / "x64.npz", "--json")
+    assert code == 0, err
+    notes = [ln for ln in err.splitlines() if ln.startswith("note:")]
+    assert len(notes) == 1 and "float64" in notes[0] and "float32" in notes[0], err
+    code, out32, err = cli(capsys, "run", exported["onnx"], "--inputs", tmp_path / "x32.npz", "--json")
+    assert code == 0 and "note:" not in err
+    assert json.loads(out64)["logits"]["shape"] == json.loads(out32)["logits"]["shape"] == [2, 10]
+
+
 # ---------------------------------------------------------------- usage errors (exit 2) and parity (4)
 
 @pytest.mark.parametrize("args,names", [
