@@ -157,3 +157,60 @@ def test_torch_runtime_without_torch_is_unavailable(bundles):
     proc = _run_python(code)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("code 5") and "pip install" in proc.stdout
+
+
+# ---------------------------------------------------------------- the cast rule (issue 22: no silent casts)
+
+@pytest.mark.parametrize("given,declared,values", [
+    ("float32", "float32", [0.5]),
+    ("float64", "float32", [0.5, -1e30]),      # same kind, narrower, values stay finite
+    ("float16", "float32", [0.5]),             # widening
+    ("int32", "int64", [7]),
+    ("int64", "int32", [-5, 2**31 - 1]),       # narrower int holding every value
+    ("uint8", "int64", [255]),
+    ("int64", "float32", [3]),                 # a wider kind
+    ("bool", "float32", [True]),
+    ("bool", "int64", [False]),
+])
+def test_cast_allowed(given, declared, values):
+    import warnings
+
+    from edgesmith.runtimes import InputCastNote, cast_input
+
+    arr = np.array(values, dtype=given)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        got = cast_input(arr, "x", declared)
+    assert got.dtype == np.dtype(declared)
+    np.testing.assert_array_equal(got, arr.astype(declared))
+    notes = [w for w in caught if issubclass(w.category, InputCastNote)]
+    assert len(notes) == (given != declared)
+    if notes:
+        assert given in str(notes[0].message) and declared in str(notes[0].message)
+
+
+@pytest.mark.parametrize("given,declared,values", [
+    ("complex64", "float32", [1 + 2j]),        # lost the imaginary part with exit 0 before
+    ("float32", "int64", [1.5]),
+    ("float64", "bool", [1.0]),
+    ("int64", "bool", [1]),
+    ("int64", "int32", [2**40]),               # does not fit
+    ("float64", "float16", [1e6]),             # overflows to inf
+    ("<U3", "float32", ["abc"]),
+    ("|S3", "int64", [b"abc"]),
+    ("M8[s]", "int64", [0]),
+])
+def test_cast_refused(given, declared, values):
+    from edgesmith.runtimes import CAST_RULE, cast_input
+
+    arr = np.array(values, dtype=given)
+    with pytest.raises(BadInputError) as info:
+        cast_input(arr, "pixels", declared)
+    text = str(info.value)
+    assert "pixels" in text and str(np.dtype(given)) in text and declared in text and CAST_RULE in text
+
+
+def test_api_run_refuses_a_lossy_cast(tmp_path):
+    bundle, _ = es.export(es.load("zoo:digits-cnn"), tmp_path, target="onnx")
+    with pytest.raises(BadInputError, match="complex128"):
+        es.run(bundle.path, {"image": np.ones((2, 1, 8, 8), np.complex128)})
