@@ -113,6 +113,7 @@ def load_arrays(path: str | Path, what: str) -> dict[str, np.ndarray]:
                             hint="write it with numpy.savez(path, name=array, ...)")
     arrays = {}
     with z:
+        _check_headers(z.zip, path, what)
         for key in z.files:
             try:
                 arr = z[key]
@@ -128,6 +129,45 @@ def load_arrays(path: str | Path, what: str) -> dict[str, np.ndarray]:
                                     hint="save numeric arrays (bool, int, float)")
             arrays[key] = arr
     return arrays
+
+
+def _check_headers(archive, path: Path, what: str) -> None:
+    """Read every member's ``.npy`` header, before any array, and refuse what must not be read.
+
+    An object dtype would be unpickled; a header whose shape claims more bytes than the member
+    holds (a truncated file, or a few bytes claiming a huge array) would make numpy allocate the
+    claimed size before it notices.
+
+    Raises:
+        BadInputError: Naming the file, the array and what is wrong with it.
+    """
+    import math
+    import zipfile
+
+    hint = "write it with numpy.savez(path, name=array, ...), numbers only"
+    for info in archive.infolist():
+        key = info.filename[:-4] if info.filename.endswith(".npy") else info.filename
+        try:
+            with archive.open(info) as f:
+                version = np.lib.format.read_magic(f)
+                read = {(1, 0): np.lib.format.read_array_header_1_0,
+                        (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+                if read is None:
+                    raise ValueError(f"unsupported .npy format version {version}")
+                shape, _, dtype = read(f)
+                start = f.tell()
+        except (OSError, ValueError, EOFError, SyntaxError, TypeError, zipfile.BadZipFile,
+                NotImplementedError) as exc:
+            raise BadInputError(f"{what} {path} holds {key!r}, which is not a readable array "
+                                f"({_first_line(exc)})", hint=hint) from None
+        if dtype.hasobject:
+            raise BadInputError(f"array {key!r} of {what} {path} holds Python objects, which are never unpickled",
+                                hint=hint)
+        claimed = math.prod(shape) * dtype.itemsize
+        if claimed != info.file_size - start:
+            raise BadInputError(f"array {key!r} of {what} {path} claims shape {tuple(shape)} {dtype} "
+                                f"({claimed} bytes) but holds {info.file_size - start} bytes: truncated or corrupt",
+                                hint=hint)
 
 
 def _first_line(exc: BaseException) -> str:
