@@ -101,3 +101,18 @@ def test_recipe_paths_are_relative_to_the_recipe(tmp_path):
     recipe = load_recipe(folder / "r.yaml")
     assert recipe.devices == ["host", "my-board"] and Path(recipe.device_files[0]).parent == folder
     assert recipe.out == "r-out"
+
+
+def test_a_recipe_host_row_has_the_peak_memory_of_a_standalone_profile(capsys, tmp_path):
+    # the recipe's process has already loaded, exported and checked the model: only a fresh
+    # child measures what the bundle costs, so its figure must match a profile of its own
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("model: zoo:digits-cnn\ntargets: [onnx]\ndevices: [host]\nprofile: {runs: 5, warmup: 1}\n")
+    code, _, err = cli(capsys, "run", recipe, "-o", tmp_path / "out")
+    assert code == 0, err
+    (row,) = json.loads((tmp_path / "out" / "profile.json").read_text())["entries"]
+    code, stdout, err = cli(capsys, "profile", row["bundle"], "--runs", "5", "--warmup", "1", "--json")
+    assert code == 0, err
+    (alone,) = json.loads(stdout)["entries"]
+    assert row["peak_memory_mb"] > 1 and alone["peak_memory_mb"] > 1
+    assert row["peak_memory_mb"] == pytest.approx(alone["peak_memory_mb"], rel=0.2)

@@ -30,7 +30,7 @@ import numpy as np
 
 from edgesmith.errors import BadInputError, UsageError, require
 from edgesmith.export import EXPORTERS, Exporter
-from edgesmith.export.hls_estimate import estimate, resources_text
+from edgesmith.export.hls_estimate import estimate, latency_text, resources_text
 from edgesmith.quiet import quiet
 
 BACKENDS = {"vitis": "Vitis", "vivado": "Vivado"}
@@ -307,8 +307,8 @@ def _readme(variant, info: dict) -> str:
         "synthesis for resource figures.",
         "",
         "## Predicted resources (not synthesised)",
-        f"{resources_text(total, cap, of=True)}; latency {est['latency_cycles']:,} cycles = "
-        f"{est['latency_us']:.2f} us at {est['clock_ns']} ns, interval {est['interval_cycles']:,} cycles. "
+        f"{resources_text(total, cap, of=True)}; latency {latency_text(est['latency_cycles'], est['clock_ns'])}, "
+        f"interval {est['interval_cycles']:,} cycles. "
         "First-order model (edgesmith.export.hls_estimate); the synthesis report is the real figure.",
         "",
         "## Precision per layer",

@@ -63,6 +63,29 @@ def resources_text(total: dict[str, int], capacity: dict[str, int] | None, *, of
     return ", ".join(one(k) for k in ("dsp", "lut", "ff", "bram18"))
 
 
+def latency_text(latency_cycles: int, clock_ns: float, *, batch: int = 1, interval_cycles: int = 1) -> str:
+    """One sample's latency in cycles and time (``28 cycles = 140 ns at a 5 ns clock``), and a batch's.
+
+    The one way export, profile and the bundle's README write an HLS latency, so they show the
+    same number in the same unit.
+
+    Args:
+        latency_cycles: One sample's latency.
+        clock_ns: Clock period.
+        batch: Samples in a run; above 1 the batch's latency follows (one sample at a time).
+        interval_cycles: Cycles between two samples entering the design.
+    """
+    from edgesmith.units import format_duration
+
+    text = (f"{latency_cycles:,} cycles = {format_duration(latency_cycles * clock_ns / 1e6)} per sample "
+            f"at a {clock_ns:g} ns clock")
+    if batch > 1:
+        cycles = latency_cycles + (batch - 1) * interval_cycles
+        text += (f"; a batch of {batch} (a new sample every {interval_cycles:,} cycle{'s' * (interval_cycles != 1)}): {cycles:,} cycles = "
+                 f"{format_duration(cycles * clock_ns / 1e6)}")
+    return text
+
+
 def _width(t) -> int:
     return int(t.precision.width) if hasattr(t, "precision") else int(t)
 

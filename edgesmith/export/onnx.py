@@ -70,7 +70,9 @@ class OnnxExporter(Exporter):
                 f"ONNX cannot take {variant.name}: {_first_line(_root_cause(exc))}",
                 hint="see the unsupported op named above; replace it or register a custom translation",
             ) from exc
-        size = sum(t.numel() * t.element_size() for t in program.state_dict.values())
+        from edgesmith.models.complexity import unique_tensors
+
+        size = sum(t.numel() * t.element_size() for t in unique_tensors(program.state_dict.values()))
         big = size > TWO_GB if self.options.external_data is None else self.options.external_data
         with quiet("torch.onnx", "torch.export", "torch._dynamo", "onnxscript", stdout=True):
             onnx_program.save(str(path), external_data=big)

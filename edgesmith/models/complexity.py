@@ -8,9 +8,37 @@ included); element-wise ops, normalisation and pooling are not counted.
 from __future__ import annotations
 
 
+def unique_tensors(tensors) -> list:
+    """``tensors`` with every storage counted once: tied weights appear once.
+
+    ``module.parameters()`` drops a tensor seen twice only when it is the same Python object; a
+    program loaded from a ``.pt2`` gives a tied embedding and ``lm_head`` two parameter objects
+    over one storage, so identity is not enough. Two tensors are one when they view the same
+    memory (same storage, offset, shape, strides and dtype).
+    """
+    seen, out = set(), []
+    for t in tensors:
+        try:
+            ptr = t.untyped_storage().data_ptr()
+        except (RuntimeError, NotImplementedError):  # meta or otherwise storage-less tensors
+            ptr = 0
+        key = (ptr, t.storage_offset(), tuple(t.shape), tuple(t.stride()), t.dtype) if ptr else id(t)
+        if key not in seen:
+            seen.add(key)
+            out.append(t)
+    return out
+
+
 def count_params(module) -> int:
-    """Number of parameters (buffers such as BN statistics excluded)."""
-    return sum(p.numel() for p in module.parameters())
+    """Number of parameters, shared storage counted once (buffers such as BN statistics excluded)."""
+    return sum(p.numel() for p in unique_tensors(p for _, p in module.named_parameters(remove_duplicate=False)))
+
+
+def size_bytes(module) -> int:
+    """Bytes of the parameters and buffers, shared storage counted once."""
+    tensors = [t for _, t in [*module.named_parameters(remove_duplicate=False),
+                              *module.named_buffers(remove_duplicate=False)]]
+    return sum(t.numel() * t.element_size() for t in unique_tensors(tensors))
 
 
 def count_flops(module, *inputs) -> int:

@@ -39,13 +39,12 @@ def inspect_variant(variant) -> dict[str, Any]:
 def _torch_stats(variant):
     import torch
 
-    from edgesmith.models.complexity import count_flops, count_params
+    from edgesmith.models.complexity import count_flops, count_params, size_bytes
     from edgesmith.models.program import export_program
 
     module = variant.module
-    tensors = {id(t): t for t in [*module.parameters(), *module.buffers()]}
     params = count_params(module)
-    size = sum(t.numel() * t.element_size() for t in tensors.values())
+    size = size_bytes(module)
     flops = count_flops(module, *[torch.from_numpy(variant.example[s.name]) for s in variant.inputs])
     program = export_program(variant)
     ops = Counter(

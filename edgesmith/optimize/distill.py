@@ -145,6 +145,7 @@ class Distill(Pass):
             shapes = ", ".join(f"{s.name}{list(s.shape)}" for s in variant.inputs)
             raise BadInputError(f"pass 'distill' needs a model taking one image (N, C, H, W); {variant.name} takes {shapes}",
                                 hint="distill an image classifier")
+        from edgesmith.models.complexity import count_params
         from edgesmith.optimize.data import load_image_data
 
         data = load_image_data(opts.data, tuple(variant.inputs[0].shape[1:]), opts.test_fraction, opts.seed)
@@ -196,8 +197,8 @@ class Distill(Pass):
         report = {
             "student": opts.student.replace("_", "-"),
             "image_size": size,
-            "student_params": sum(p.numel() for p in student.parameters()),
-            "teacher_params": sum(p.numel() for p in teacher.parameters()),
+            "student_params": count_params(student),
+            "teacher_params": count_params(teacher),
             "train_images": len(x_train),
             "test_images": len(x_test),
             "epochs_run": opts.epochs - start_epoch,

@@ -248,7 +248,9 @@ class Matformer(Pass):
         for f, w in zip(ffns, widths):
             if w > f.hidden:
                 raise BadInputError(f"pass 'matformer': width {w} for FFN {f.name} exceeds its {f.hidden} hidden units")
-        before = sum(p.numel() for p in module.parameters())
+        from edgesmith.models.complexity import count_params
+
+        before = count_params(module)  # a tied embedding/lm_head counted once
         hidden = [f.hidden for f in ffns]
         if o.budget_ms and o.device != "host":
             from edgesmith.devices.catalog import get_device
@@ -289,7 +291,7 @@ class Matformer(Pass):
             reorder_and_slice(f, torch.arange(w))
         module.eval()
         return module, {**report, "widths": widths, "params_before": before,
-                        "params_after": sum(p.numel() for p in module.parameters())}
+                        "params_after": count_params(module)}
 
     def _checkpoint(self, variant, hidden: list[int]):
         """The training checkpoint and, when resuming, its state (None, None without training)."""

@@ -154,7 +154,9 @@ class Search:
         self.options = level_widths(ffns, levels)
         self.full = [f.hidden for f in ffns]
         self.smallest = [o[0] for o in self.options]
-        self.rest = sum(p.numel() for p in module.parameters()) - ffn_params(ffns, self.full)
+        from edgesmith.models.complexity import count_params
+
+        self.rest = count_params(module) - ffn_params(ffns, self.full)
         self.progress = progress
         self.measured: dict[int, float] = {}  # parameters -> profiled latency (the anchors, then every check)
 

@@ -2,13 +2,12 @@
 
 ``host`` is this machine's CPU. A GPU device from the catalog is measurable where
 the first CUDA GPU here is that device (:func:`edgesmith.devices.catalog.gpu_here`);
-``cuda:0`` names that GPU whatever it is. Memory is this process's resident (host)
-memory in both cases.
+``cuda:0`` names that GPU whatever it is. Memory is host resident memory in both cases,
+measured in a fresh child process (:func:`peak_memory_mb`).
 """
 
 from __future__ import annotations
 
-import threading
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -49,37 +48,56 @@ def _accelerator(device: str, device_files) -> str:
                      hint=f"measurable here: {', '.join(here)}{unmatched}; other devices are predicted")
 
 
-class PeakRSS:
-    """Sample this process's resident memory in a thread; ``peak_mb`` is the rise over the start."""
+def peak_memory_mb(bundle: str | Path, *, threads: int = 0, accelerator: str | None = None,
+                   compiled: bool = False, inputs: dict[str, np.ndarray] | None = None,
+                   timeout_s: float = 600.0) -> float | None:
+    """Peak memory of loading and running ``bundle``, measured in a fresh child process.
 
-    def __init__(self, interval_s: float = 0.002):
-        import psutil
+    The one mechanism behind every profile's memory figure (``profile``, ``run RECIPE`` and
+    ``sweep`` alike): a process that has already loaded other bundles keeps its allocators'
+    memory, so only a fresh one says what this bundle costs. The child is
+    ``python -m edgesmith.runtimes.memory`` (see :mod:`edgesmith.runtimes.memory` for what the
+    figure counts).
 
-        self._proc = psutil.Process()
-        self._interval = interval_s
-        self._stop = threading.Event()
-        self.baseline = self._proc.memory_info().rss
-        self.peak = self.baseline
-        self._thread = threading.Thread(target=self._sample, daemon=True)
+    Args:
+        bundle: The bundle directory.
+        threads: Runtime intra-op threads (0 = the runtime's default).
+        accelerator: ``cpu`` or ``cuda``.
+        compiled: Compile first (torch bundles).
+        inputs: Inputs to run (default: the bundle's golden inputs).
+        timeout_s: Give up (figure unknown) after this long.
 
-    def _sample(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, self._proc.memory_info().rss)
-            self._stop.wait(self._interval)
+    Returns:
+        The figure in MiB, or None when it is unknown (the OS gives no peak, the child failed or
+        timed out): a profile then shows it as unknown rather than as a number that misleads.
+    """
+    import json
+    import os
+    import subprocess
+    import sys
+    import tempfile
 
-    def __enter__(self) -> "PeakRSS":
-        self._thread.start()
-        return self
+    import edgesmith
 
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, self._proc.memory_info().rss)
-
-    @property
-    def peak_mb(self) -> float:
-        """Peak resident memory above the baseline, in MiB."""
-        return (self.peak - self.baseline) / 2**20
+    env = dict(os.environ)
+    # the child imports this very edgesmith, installed or not
+    root = str(Path(edgesmith.__file__).resolve().parents[1])
+    env["PYTHONPATH"] = os.pathsep.join([root, *filter(None, [env.get("PYTHONPATH")])])
+    cmd = [sys.executable, "-m", "edgesmith.runtimes.memory", str(bundle), "--threads", str(threads)]
+    cmd += ["--accelerator", accelerator] if accelerator else []
+    cmd += ["--compiled"] if compiled else []
+    with tempfile.TemporaryDirectory(prefix="edgesmith-memory-") as tmp:
+        if inputs is not None:
+            np.savez(Path(tmp) / "inputs.npz", **inputs)
+            cmd += ["--inputs", str(Path(tmp) / "inputs.npz")]
+        try:
+            done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env=env)
+        except subprocess.TimeoutExpired:
+            return None
+    lines = done.stdout.strip().splitlines()
+    if done.returncode != 0 or not lines:
+        return None
+    return json.loads(lines[-1]).get("peak_memory_mb")
 
 
 def time_runs(fn: Callable[[], object], warmup: int, runs: int,
@@ -161,12 +179,14 @@ def profile_bundle(
         # among several bundles, only those whose runtime compiles (torch) are compiled
         compiled = RUNTIMES.get(Bundle.open(bundle, verify=False).manifest.runtime).compiles
         warmup = max(warmup, 3) if compiled else warmup  # the first calls compile
-    with PeakRSS() as mem:
-        start = time.perf_counter()
-        runtime = open_runtime(bundle, threads=threads, accelerator=accelerator, compiled=compiled)
-        load_ms = (time.perf_counter() - start) * 1e3
-        feeds = runtime.prepare(inputs if inputs is not None else runtime.bundle.golden()[0])
-        samples = time_runs(lambda: runtime.run_prepared(feeds), warmup, runs, progress)
+    start = time.perf_counter()
+    runtime = open_runtime(bundle, threads=threads, accelerator=accelerator, compiled=compiled)
+    load_ms = (time.perf_counter() - start) * 1e3
+    feeds = runtime.prepare(inputs if inputs is not None else runtime.bundle.golden()[0])
+    samples = time_runs(lambda: runtime.run_prepared(feeds), warmup, runs, progress)
+    # after the timed runs: the child would compete with them for the cores
+    memory_mb = peak_memory_mb(runtime.bundle.path, threads=threads, accelerator=accelerator,
+                                  compiled=compiled, inputs=inputs)
     layer_times = aggregate_layers(runtime.node_times(feeds, min(runs, 20))) if layers and accelerator == "cpu" else []
     m = runtime.bundle.manifest
     stats = LatencyStats.from_samples(samples)
@@ -174,7 +194,7 @@ def profile_bundle(
     return Profile(
         name=m.name, target=m.target, runtime=m.runtime, device=device, mode="measured",
         latency_ms=stats, samples_ms=samples, throughput_per_s=batch * 1e3 / stats.p50 if stats.p50 else 0.0,
-        batch=batch, load_time_ms=load_ms, peak_memory_mb=mem.peak_mb,
+        batch=batch, load_time_ms=load_ms, peak_memory_mb=memory_mb,
         file_size_bytes=runtime.bundle.size_bytes(), warmup=warmup, runs=runs, threads=threads,
         layers=layer_times, parity=m.parity, passes=m.passes, bundle=str(runtime.bundle.path),
         timing=runtime.timing,

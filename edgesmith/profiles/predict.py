@@ -365,20 +365,24 @@ def predicted_profile(bundle_path, device: Device, calibration: Calibration) -> 
         layers = [LayerTime(name=k, op_types=[kinds[k]], mean_ms=v, share=v / total)
                   for k, v in sorted(prediction.op_ms.items(), key=lambda kv: -kv[1])]
         memory_mb = prediction.resources["bram18"] * 18 * 1024 / 8 / 2**20  # on-chip block RAM
+        memory_means = "on-chip block RAM the design uses"
     else:
         prediction, graph = predict_bundle(bundle, device, calibration)
         layers = layers_of(prediction, graph)
         weights = sum(c.weight_bytes for c in graph.costs)
         activations = max((c.bytes - c.weight_bytes for c in graph.costs), default=0.0)
         memory_mb = (weights + activations) / 2**20
+        memory_means = "the model's weights and its largest activation (not a process's memory)"
     point = prediction.latency_ms
     stats = LatencyStats(p50=point, p90=point, p99=point, min=point, max=point, mean=point, std=0.0)
     return Profile(
         name=m.name, target=m.target, runtime=m.runtime, device=device.name, mode="predicted",
         latency_ms=stats, samples_ms=[], throughput_per_s=batch * 1e3 / point if point else 0.0, batch=batch,
-        load_time_ms=0.0, peak_memory_mb=memory_mb, file_size_bytes=bundle.size_bytes(),
+        load_time_ms=0.0, peak_memory_mb=None, file_size_bytes=bundle.size_bytes(),
         warmup=0, runs=0, threads=0, layers=layers, parity=m.parity, passes=m.passes,
-        bundle=str(bundle_path), timing="predicted", prediction=prediction.to_dict(),
+        bundle=str(bundle_path), timing="predicted",
+        # not a peak memory: measured entries' figure is a whole process's, this is the model's data
+        prediction={**prediction.to_dict(), "memory_mb": memory_mb, "memory_means": memory_means},
     )
 
 

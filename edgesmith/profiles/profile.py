@@ -87,7 +87,11 @@ class Profile:
         throughput_per_s: Inferences per second (batch / p50).
         batch: Batch size of the inputs used.
         load_time_ms: Time to load and verify the bundle and create the session.
-        peak_memory_mb: Peak resident memory added by loading and running.
+        peak_memory_mb: Peak resident memory, in MiB, that loading and running the bundle adds to a
+            fresh Python process (measured in a child process, the same way in ``profile``,
+            ``run RECIPE`` and ``sweep``; see :mod:`edgesmith.runtimes.memory`). None when unknown:
+            the OS gives no peak, or the entry is ``predicted`` (a device's process memory is not
+            predicted; its ``prediction`` holds ``memory_mb``, the model's own tensors).
         file_size_bytes: Size of the model files in the bundle.
         warmup: Untimed warm-up runs.
         runs: Timed runs.
@@ -115,7 +119,7 @@ class Profile:
     throughput_per_s: float
     batch: int
     load_time_ms: float
-    peak_memory_mb: float
+    peak_memory_mb: float | None
     file_size_bytes: int
     warmup: int
     runs: int

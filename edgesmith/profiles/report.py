@@ -33,7 +33,7 @@ LOG_AXIS_RATIO = 20  # p50 spread above which the latency axis turns logarithmic
 _SUMMARY = [
     ("name", False), ("target", False), ("runtime", False), ("device", False), ("mode", False),
     ("parity", False), ("p50 ms", True), ("p90 ms", True), ("p99 ms", True),
-    ("mean±std ms", True), ("throughput/s", True), ("load ms", True), ("peak MB", True),
+    ("mean±std ms", True), ("throughput/s", True), ("load ms", True), ("peak MiB", True),
     ("size", True), ("passes", False),
 ]
 _ENV = [("key", False), ("value", False)]
@@ -62,10 +62,9 @@ def _sig(v: Any, digits: int = 3) -> str:
 def _size(n: Any) -> str:
     if not isinstance(n, (int, float)) or n < 0:
         return "—"
-    for unit, scale in (("GB", 1024**3), ("MB", 1024**2), ("KB", 1024)):
-        if n >= scale:
-            return f"{n / scale:.1f} {unit}"
-    return f"{int(n)} B"
+    from edgesmith.units import format_bytes
+
+    return format_bytes(n)
 
 
 def _parity(p: dict[str, Any] | None) -> tuple[str, str, str]:
@@ -134,7 +133,7 @@ def _summary_row(e: dict[str, Any]) -> list[_Cell]:
     if _is_prediction(e):  # a prediction has no percentiles, load time or measured memory
         return [_name(e), str(e.get("target", "")), str(e.get("runtime", "")), str(e.get("device", "")),
                 _mode(e), parity, latency_cell(e), "—", "—", "—", _sig(e.get("throughput_per_s")), "—",
-                f"≈{_sig(e.get('peak_memory_mb'))}", _size(e.get("file_size_bytes")), passes]
+                "—", _size(e.get("file_size_bytes")), passes]
     return [
         _name(e), str(e.get("target", "")), str(e.get("runtime", "")),
         str(e.get("device", "")), _mode(e), parity,

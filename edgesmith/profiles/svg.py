@@ -389,7 +389,6 @@ def _blend(q: float) -> str:
 
 
 def _size_text(n: float) -> str:
-    for unit, scale in (("GB", 1024**3), ("MB", 1024**2), ("KB", 1024)):
-        if n >= scale:
-            return f"{n / scale:.3g} {unit}"
-    return f"{n:.3g} B"
+    from edgesmith.units import format_bytes
+
+    return format_bytes(n)

@@ -100,3 +100,27 @@ def test_aggregate_layers():
     assert {(layer.name, layer.mean_ms) for layer in layers} == {("features.0", 4.0), ("op:Gemm", 4.0)}
     by_name = {layer.name: layer for layer in layers}
     assert by_name["features.0"].op_types == ["Conv", "Relu"] and by_name["features.0"].share == 0.5
+
+
+def test_peak_memory_is_measured_in_a_fresh_process(profile, bundle):
+    from edgesmith.profiles.measure import peak_memory_mb
+
+    # this test process holds torch and several sessions already: the figure must not be its rise
+    assert profile.peak_memory_mb > 1
+    assert peak_memory_mb(bundle.path, threads=1) == pytest.approx(profile.peak_memory_mb, rel=0.2)
+
+
+def test_the_memory_child_needs_no_torch(bundle):
+    import subprocess
+    import sys
+
+    code = ("import sys; from edgesmith.runtimes.memory import measure; r = measure(sys.argv[1]); "
+            "assert 'torch' not in sys.modules, 'torch imported'; assert r['peak_memory_mb'] > 1, r")
+    done = subprocess.run([sys.executable, "-c", code, str(bundle.path)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+
+
+def test_an_unmeasurable_peak_is_unknown_not_zero(tmp_path):
+    from edgesmith.profiles.measure import peak_memory_mb
+
+    assert peak_memory_mb(tmp_path / "no-such-bundle") is None
