@@ -263,7 +263,9 @@ def inspect(model, inputs, weights, gguf, seq_len, as_json):
     c = _console(stderr=False)
     flops = "n/a (ONNX source)" if info["flops"] is None else f"{info['flops'] / 1e6:.2f} MFLOPs"
     c.print(f"[bold]{info['name']}[/] ({info['task']}) from {info['source'].get('reference')}")
-    c.print(f"params {info['params']:,}  size {info['size_bytes'] / 2**20:.2f} MiB  {flops} per forward")
+    from edgesmith.units import format_bytes
+
+    c.print(f"params {info['params']:,}  size {format_bytes(info['size_bytes'])}  {flops} per forward")
     for kind in ("inputs", "outputs"):
         c.print(f"{kind}: " + "; ".join(TensorSpec.from_dict(s).describe() for s in info[kind]))
     t = Table("op", "count", title="op histogram")

@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from edgesmith.cli_common import console, emit_json, parity_row, parity_table
+from edgesmith.units import format_bytes, format_duration, format_mib
 
 
 @click.command()
@@ -72,22 +73,29 @@ def profile(bundles, device_names, device_files, out, force, runs, warmup, threa
 
 def print_fpga_resources(doc: dict) -> None:
     """One line per hls entry: its predicted DSP/LUT/FF/BRAM against the device's part."""
-    from edgesmith.export.hls_estimate import resources_text
+    from edgesmith.export.hls_estimate import latency_text, resources_text
 
     for e in doc["entries"]:
         res = (e.get("prediction") or {}).get("resources")
         if not res:
             continue
         fits = {True: "fits", False: "[red]does not fit[/]", None: "capacity unknown"}[res.get("fits")]
+        # the table's latency is the golden batch's: say so beside the per-sample figure export printed
+        latency = latency_text(res["latency_cycles"], res["clock_ns"], batch=e.get("batch", 1),
+                               interval_cycles=res["interval_cycles"])
         console(stderr=False).print(
             f"{e['name']}.{e['target']} on {e['device']} ({res['part']}), predicted: "
             f"{resources_text(res, res.get('capacity'))}; "
-            f"{fits}; {res['latency_cycles']:,} cycles at {res['clock_ns']:g} ns")
+            f"{fits}; latency {latency}")
 
 
-def _ms(v: float) -> str:
-    """Milliseconds to three decimals, or three significant digits below a microsecond."""
-    return f"{v:.3f}" if v >= 0.001 or v == 0 else f"{v:.3g}"
+def _band(pred: dict) -> str:
+    """``155 ns (77.5-310)``: the point estimate and its band, the unit written once where they share it."""
+    point, low, high = (format_duration(pred[k]) for k in ("latency_ms", "low_ms", "high_ms"))
+    unit = point.rpartition(" ")[2]
+    if low.endswith(" " + unit) and high.endswith(" " + unit):
+        low, high = low.rpartition(" ")[0], high.rpartition(" ")[0]
+    return f"{point} ({low}-{high})"
 
 
 def warn_not_predicted(doc: dict) -> None:
@@ -135,22 +143,24 @@ def profile_table(doc: dict):
     """A rich table of a profile document: measured and predicted entries, predictions and their error."""
     from rich.table import Table
 
-    t = Table(title="latency per device (measured: ran here; predicted: roofline from the device's figures)")
-    for col in ("bundle", "device", "mode", "p50 ms", "p90 ms", "predicted ms (band)", "error", "load ms",
-                "peak MiB", "size KiB"):
+    t = Table(title="latency per device (measured: ran here; predicted: roofline from the device's figures; "
+                    "peak mem: what loading and running the bundle adds to a fresh process)")
+    for col in ("bundle", "device", "mode", "p50", "p90", "predicted (band)", "error", "load",
+                "peak mem", "size"):
         t.add_column(col, justify="left" if col in ("bundle", "device", "mode") else "right", overflow="fold")
     for e in doc["entries"]:
         lat, pred = e["latency_ms"], e.get("prediction")
         label = f"{e['name']}.{e['target']}"
-        band = f"{_ms(pred['latency_ms'])} ({_ms(pred['low_ms'])}-{_ms(pred['high_ms'])})" if pred else "-"
+        band = _band(pred) if pred else "-"
+        size = format_bytes(e["file_size_bytes"])
         error = f"{pred['error']:+.0%}" if pred and pred.get("error") is not None else "-"
         if e["mode"] == "predicted":
-            t.add_row(label, e["device"], "predicted", "-", "-", band, "-", "-", f"~{e['peak_memory_mb']:.1f}",
-                      f"{e['file_size_bytes'] / 1024:.0f}")
+            # a device's process memory is not predicted (see Profile.peak_memory_mb)
+            t.add_row(label, e["device"], "predicted", "-", "-", band, "-", "-", "-", size)
             continue
         mode = "measured" + (" (emulated: not a latency)" if e.get("timing") == "emulated" else "")
-        t.add_row(label, e["device"], mode, f"{lat['p50']:.3f}", f"{lat['p90']:.3f}", band, error,
-                  f"{e['load_time_ms']:.0f}", f"{e['peak_memory_mb']:.1f}", f"{e['file_size_bytes'] / 1024:.0f}")
+        t.add_row(label, e["device"], mode, format_duration(lat["p50"]), format_duration(lat["p90"]), band, error,
+                  format_duration(e["load_time_ms"]), format_mib(e.get("peak_memory_mb")), size)
     return t
 
 
