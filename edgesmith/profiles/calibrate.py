@@ -7,7 +7,9 @@ Runtime; its profiler gives each op's kernel time. From them:
 - ``peak_gflops`` and ``bandwidth_gbs``: what this machine reaches on a large
   GEMM and a large elementwise add (measured, not from a data sheet);
 - ``efficiency[class]``: per op class, the median over its ops of
-  roofline time / (kernel time - the smallest kernel's time);
+  roofline time / (kernel time - the smallest kernel's time). It is a speed factor,
+  not a share: the roofline's bandwidth is DRAM's (a 96 MB add), and the suite's
+  elementwise and pool ops move a few MB that stay in cache, so they beat it (above 1);
 - ``op_overhead_us``: what one more (trivial) node adds to a run, from a chain of
   100 tiny adds against a chain of 1;
 - ``kernel_floor_us``: the shortest kernel of the suite, what any op that spreads over
@@ -45,6 +47,10 @@ from edgesmith.errors import require
 from edgesmith.profiles.cost import CLASSES, op_class
 
 CALIBRATION_VERSION = 4
+
+#: What ``efficiency[class]`` is, for tables and reports (see the module docstring).
+EFFICIENCY_MEANING = ("roofline time / measured time per op class: 1 = at the roofline of the GEMM peak and "
+                      "DRAM bandwidth; above 1 = faster than it (the op's data stayed in cache)")
 _RUNS = 30
 
 

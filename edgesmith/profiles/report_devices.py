@@ -266,6 +266,8 @@ def _parity_matrix(entries) -> Section | None:
 
 
 def _calibration(docs) -> Section | None:
+    from edgesmith.profiles.calibrate import EFFICIENCY_MEANING
+
     cal = next((d["calibration"] for d in docs if d.get("calibration")), None)
     if not cal:
         return None
@@ -274,10 +276,11 @@ def _calibration(docs) -> Section | None:
             ["per node / per run", f"{_sig(cal.get('op_overhead_us'))} us / {_sig(cal.get('run_overhead_us'))} us"],
             ["reference-network factor", _sig(cal.get("graph_factor"))],
             ["one-op suite median error", f"{cal.get('spread', 0):.0%}"]]
-    rows += [[f"efficiency: {k}", _sig(v)] for k, v in (cal.get("efficiency") or {}).items()]
+    rows += [[f"roofline / measured: {k}", _sig(v)] for k, v in (cal.get("efficiency") or {}).items()]
     return Section("calibration", "Host calibration (for predictions)",
                    ["Measured on this machine with ONNX Runtime (edgesmith devices calibrate); predictions for "
-                    "other devices use its per-class efficiencies with their own data-sheet figures."],
+                    "other devices use its per-class factors with their own data-sheet figures.",
+                    f"Per class: {EFFICIENCY_MEANING}."],
                    [("figure", False), ("value", True)], rows)
 
 
