@@ -306,7 +306,9 @@ def optimize(model, inputs, weights, gguf, seq_len, pass_specs, out, data, resum
     from edgesmith import api as es
     from edgesmith.bundle import check_writable
     from edgesmith.models import save_pt2
+    from edgesmith.models.loader import check_pt2_path
 
+    check_pt2_path(out)  # before the passes run: a long pass must not end in a file nobody can read
     check_writable(Path(out), force)
     variant = _load(model, inputs, weights, gguf, seq_len)
     defaults = {"checkpoint": str(Path(out).with_suffix(".ckpt")), "resume": resume, "force": force}

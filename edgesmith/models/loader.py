@@ -280,6 +280,24 @@ def _program_input_specs(program) -> list[TensorSpec]:
     return specs
 
 
+def check_pt2_path(path: str | Path) -> Path:
+    """``path`` if it names a ``.pt2`` file, else the error saying what to write instead.
+
+    Every command reads a saved variant by its ``.pt2`` suffix (MODEL references), so a file
+    saved under another name could not be read back; it is refused rather than renamed, as the
+    user's name is kept as written.
+
+    Raises:
+        UsageError: Another suffix, or none.
+    """
+    path = Path(path)
+    if path.suffix != ".pt2":
+        raise UsageError(f"cannot save a variant as {str(path)!r}: edgesmith reads a saved variant by its "
+                         f"suffix .pt2, and this name has {repr(path.suffix) if path.suffix else 'none'}",
+                         hint=f"write -o {path.with_name(path.name + '.pt2') if not path.suffix else path.with_suffix('.pt2')}")
+    return path
+
+
 def save_pt2(variant, path: str | Path, force: bool = False) -> Path:
     """Save a variant as a ``torch.export`` program with its edgesmith metadata.
 
@@ -287,6 +305,7 @@ def save_pt2(variant, path: str | Path, force: bool = False) -> Path:
     ``.pt2`` so loading it again restores the variant.
 
     Raises:
+        UsageError: ``path`` does not end in ``.pt2`` (no command could read it back).
         OutputExistsError: If ``path`` exists and ``force`` is false.
     """
     import os
@@ -297,7 +316,7 @@ def save_pt2(variant, path: str | Path, force: bool = False) -> Path:
     from edgesmith.bundle import check_writable
     from edgesmith.models.program import export_program
 
-    path = Path(path)
+    path = check_pt2_path(path)
     check_writable(path, force)
     program = export_program(variant)
     buf = io.BytesIO()
