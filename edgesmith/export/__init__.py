@@ -62,6 +62,9 @@ class Exporter:
     def __init__(self, options: Any | None = None):
         self.options = options if options is not None else self.Options()
         self.details: dict[str, Any] = {}  # the manifest's target-specific records, filled by _export_impl
+        # option values the artifact was written with where _export_impl departed from those asked (a
+        # fallback): the manifest's options record what was written, not what was asked
+        self.written_options: dict[str, Any] = {}
 
     @property
     def precision(self) -> str:
@@ -92,6 +95,7 @@ class Exporter:
                                       notes=list(variant.notes))
         dest = bundle_dir(out, name or variant.name, self.name)
         check_writable(dest, force)
+        self.written_options = {}
         with staged_bundle(dest, force) as stage:
             self._export_impl(variant, stage)
             reference = variant.run()
@@ -101,7 +105,7 @@ class Exporter:
                 model_file=self.model_file, precision=self.precision,
                 inputs=variant.inputs, outputs=variant.outputs, task=variant.task,
                 source=variant.source, passes=variant.passes,
-                options={**dataclasses.asdict(self.options), "notes": variant.notes},
+                options={**dataclasses.asdict(self.options), **self.written_options, "notes": variant.notes},
                 versions=library_versions(), details=self.details,
             )
             bundle = finalize_manifest(stage, manifest)

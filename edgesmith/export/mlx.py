@@ -80,6 +80,7 @@ class MlxExporter(Exporter):
             program = decompose(program)
         graph = MlxGraph(program, [s.dynamic for s in variant.inputs])
         path = stage / self.model_file
+        self.details["mlx"] = {"shapeless": True, "shapeless_asked": self.options.shapeless}
         if self.options.shapeless and any(s.dynamic for s in variant.inputs):
             problem = self._export_shapeless(graph, variant, path)
             if problem is None:
@@ -87,6 +88,9 @@ class MlxExporter(Exporter):
                 variant.outputs = [TensorSpec(s.name, s.shape, s.dtype, a) for s, a in zip(variant.outputs, axes)]
                 return
             variant.notes.append(f"mlx: exported with fixed shapes, {problem}")
+        # what the file holds, whatever was asked (a fallback, or no dynamic axis to keep)
+        self.details["mlx"]["shapeless"] = False
+        self.written_options["shapeless"] = False
         variant.inputs = [TensorSpec(s.name, s.shape, s.dtype) for s in variant.inputs]
         variant.outputs = [TensorSpec(s.name, s.shape, s.dtype) for s in variant.outputs]
         _save(graph.function(shapeless=False), path, variant, variant.example, shapeless=False)

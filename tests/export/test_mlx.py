@@ -409,6 +409,11 @@ def test_fixed_shape_fallback_is_noted_and_correct(tmp_path):
     assert variant.inputs[0].dynamic == BS  # the caller's variant is untouched
     with pytest.raises(BadInputError, match="shape"):
         open_runtime(bundle.path).run({"x0": f32(4, 5)})
+    # the manifest records what was written, as the file's own metadata does
+    meta = json.loads(mx.import_function(str(bundle.path / "model.mlxfn"), return_metadata=True)[1])
+    assert meta["shapeless"] is False
+    assert m.options["shapeless"] is False
+    assert m.details["mlx"] == {"shapeless": False, "shapeless_asked": True}
 
 
 class _RowSum(torch.nn.Module):
