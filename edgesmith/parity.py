@@ -47,7 +47,8 @@ class ParityResult:
         outputs: Metrics per output.
         tolerance: The thresholds applied.
         failures: Human-readable reasons for each failing output.
-        checks: For a ``structural`` result (nothing ran), what was checked on the graph instead.
+        checks: For a ``structural`` result (the artifact did not run), what was checked on the graph
+            instead; where the graph itself ran (tensorrt's ONNX on ONNX Runtime), ``outputs`` hold its metrics.
     """
 
     tier: str

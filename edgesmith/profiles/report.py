@@ -43,7 +43,8 @@ _LATENCY = [("name", False), ("samples", True), ("min ms", True), ("p50 ms", Tru
             ("p90 ms", True), ("p99 ms", True), ("max ms", True)]
 _LAYERS = [("#", True), ("layer", False), ("op types", False), ("mean ms", True), ("share", True)]
 _TIERS_NOTE = ("Parity tiers: verified = the artifact ran on its real runtime; emulated = a "
-               "faithful stand-in ran it; structural = not run, only the graph was checked.")
+               "faithful stand-in ran it; structural = the artifact did not run, only its graph was checked "
+               "(a tensorrt graph is also run on ONNX Runtime: its metrics are that graph's).")
 
 _Cell = str | tuple[str, str]  # text, or (text, css class)
 

@@ -261,7 +261,8 @@ def _parity_matrix(entries) -> Section | None:
     rows = [[name, *[cell(by_target.get(t)) for t in targets]] for name, by_target in cells.items()]
     return Section("parity-matrix", "Parity matrix",
                    ["Each bundle against its source model. verified = the artifact ran on its real runtime; "
-                    "emulated = a faithful stand-in ran it; structural = only the graph was checked."],
+                    "emulated = a faithful stand-in ran it; structural = the artifact did not run, only its graph "
+                    "was checked (a tensorrt graph is also run on ONNX Runtime: its metrics are that graph's)."],
                    [("variant", False), *[(t, False) for t in targets]], rows)
 
 
