@@ -50,6 +50,8 @@ def _check(results, doc, out):
     assert {m for (_, d), m in keys.items() if d == "host"} == {"measured"}
     assert {m for (_, d), m in keys.items() if d != "host"} == {"predicted"}
     assert all((out / Path(r.bundle).name / "manifest.json").is_file() for r in results)
+    # each worker has loaded and exported before it profiles: the figure comes from a fresh child
+    assert all(e["peak_memory_mb"] > 1 for e in doc["entries"] if e["device"] == "host")
 
 
 def test_a_sweep_of_six_jobs_in_the_process_pool(tmp_path):
