@@ -18,6 +18,7 @@ from edgesmith.cli_common import console as _console, emit_json as _emit_json
 from edgesmith.cli_common import parity_row as _parity_row, parity_table as _parity_table
 from edgesmith.cli_devices import devices
 from edgesmith.cli_dolphin import dolphin
+from edgesmith.cli_examples import examples
 from edgesmith.cli_passes import print_pass_reports
 from edgesmith.cli_profile import profile, profile_table, report, run_recipe_file, warn_not_predicted
 from edgesmith.cli_sweep import sweep
@@ -55,6 +56,7 @@ def cli():
       edgesmith verify out/digits-cnn.onnx
       edgesmith profile out/digits-cnn.onnx -d host -d jetson-orin-nano -o profile.json
       edgesmith report profile.json -o report.html
+      edgesmith examples copy examples    (the example recipes and data, here)
       edgesmith run examples/demo.yaml    (the whole pipeline from one file)
 
     MODEL is path/model.pt2, a Hugging Face checkpoint directory, path/model.onnx,
@@ -130,7 +132,7 @@ def models_list(patterns, details, as_json):
     if as_json:
         return _emit_json(rows)
     name = Column("model", key=True)
-    t = DataTable(name, "task", "summary") if not details else DataTable(
+    t = DataTable(name, "task", Column("summary", wrap=True)) if not details else DataTable(
         name, "task", Column("params", "right"), Column("paper", "right"), Column("MACs", "right"),
         Column("paper", "right"), "input")
     for r in rows:
@@ -166,6 +168,7 @@ def _vs_paper(ours: int, paper: int | None, giga: bool = False) -> str:
 
 cli.add_command(devices)
 cli.add_command(dolphin)
+cli.add_command(examples)
 cli.add_command(profile)
 cli.add_command(report)
 cli.add_command(sweep)
@@ -256,8 +259,6 @@ def inspect(model, inputs, weights, gguf, seq_len, as_json):
         info = es.inspect(variant)
     if as_json:
         return _emit_json(info)
-    from rich.table import Table
-
     from edgesmith.specs import TensorSpec
 
     c = _console(stderr=False)
@@ -268,10 +269,14 @@ def inspect(model, inputs, weights, gguf, seq_len, as_json):
     c.print(f"params {info['params']:,}  size {format_bytes(info['size_bytes'])}  {flops} per forward")
     for kind in ("inputs", "outputs"):
         c.print(f"{kind}: " + "; ".join(TensorSpec.from_dict(s).describe() for s in info[kind]))
-    t = Table("op", "count", title="op histogram")
+    from edgesmith.cli_passes import pass_summary
+
+    for p in info.get("passes") or []:  # what a .pt2 remembers having been done to it
+        c.print(f"pass {p['name']}: {pass_summary(p['name'], p.get('report') or {})}")
+    t = DataTable(Column("op", key=True), Column("count", "right"), title="op histogram")
     for op, n in info["ops"].items():
         t.add_row(op, str(n))
-    c.print(t)
+    t.show()
     for note in info["notes"]:
         c.print(f"[yellow]note:[/] {note}")
 
@@ -345,12 +350,17 @@ def optimize(model, inputs, weights, gguf, seq_len, pass_specs, out, data, resum
 @click.option("--force", is_flag=True, help="Overwrite existing bundles.")
 @click.option("--keep-failed", is_flag=True, help="Keep a bundle whose parity failed (exit code is still 4).")
 @click.option("--json", "as_json", is_flag=True, help="Print bundles and parity as JSON.")
+@format_option
 def export(model, inputs, weights, gguf, seq_len, targets_, pass_specs, target_options, hls_io, reuse_factor,
            clock_ns, part, out, name, force, keep_failed, as_json):
     """Export a model to one or more targets as verified bundles.
 
     Each bundle holds the model, golden inputs/outputs and a manifest with the
-    parity result; a failed export leaves nothing behind.
+    parity result; a failed export leaves nothing behind. With several targets
+    (or --target all) a target that refuses the model (an op or layer it cannot
+    take) is reported and the others still write their bundles; the exit code is
+    then 0, and non-zero only when a target failed parity, lacks its runtime here or
+    crashed.
 
     The hls target (FPGA, through hls4ml) chooses each layer's ap_fixed
     precision from calibration data (the zoo model's training split, or
@@ -390,13 +400,13 @@ def export(model, inputs, weights, gguf, seq_len, targets_, pass_specs, target_o
     variant = _load(model, inputs, weights, gguf, seq_len)
     console = _console()
     if pass_specs:
-        with console.status("applying passes"):
+        with progress("applying passes"):
             variant = es.optimize(variant, pass_specs)
-    results, first_error = [], None
+    results, failures = [], []
     for t in names:
         row = {"target": t, "bundle": None, "parity": None, "error": None}
         try:
-            with console.status(f"exporting {variant.name} to {t} and checking parity"):
+            with progress(f"exporting {variant.name} to {t} and checking parity"):
                 bundle, row["parity"] = es.export(variant, out, target=t, name=name, options=per_target[t],
                                                   force=force, keep_failed=keep_failed)
             row["bundle"] = str(bundle.path)
@@ -408,8 +418,9 @@ def export(model, inputs, weights, gguf, seq_len, targets_, pass_specs, target_o
             if len(names) == 1:
                 raise
             # one target failing (an op it cannot take, a missing runtime) must not stop the others
-            first_error = first_error or exc
+            failures.append((t, exc))
             row["error"] = str(exc)
+            row["refused"] = _refused(exc)
             row["parity"] = getattr(exc, "result", None)
         results.append(row)
     if as_json:
@@ -425,17 +436,57 @@ def export(model, inputs, weights, gguf, seq_len, targets_, pass_specs, target_o
             if r["parity"] is not None:
                 _parity_row(table, r["bundle"] or f"{variant.name}.{r['target']}", r["parity"])
             else:
-                table.add_row(f"{variant.name}.{r['target']}", *["—"] * 5, "[red]ERROR[/]")
-        _console(stderr=False).print(table)
-        for r in results:
-            if r["error"]:
-                console.print(f"[red]{r['target']}:[/] {r['error']}")
+                table.add_row(f"{variant.name}.{r['target']}", *["—"] * 5,
+                              "[yellow]REFUSED[/]" if r.get("refused") else "[red]ERROR[/]")
+        table.show()
         from rich.markup import escape
 
         for note in [*variant.notes, *(n for r in results for n in r.get("notes", []))]:
             console.print(f"[yellow]note:[/] {escape(note)}")
-    if first_error:
-        raise first_error
+    if failures:
+        _report_failures(failures, results, out, console)
+
+
+def _refused(exc: Exception) -> bool:
+    """Whether a target turned the model down cleanly: an op or layer it cannot take (bad input, exit 3).
+
+    An existing output, a parity failure, a missing runtime or a crash is not a refusal.
+    """
+    return isinstance(exc, errors.BadInputError) and not isinstance(exc, errors.OutputExistsError)
+
+
+def _report_failures(failures: list, results: list[dict], out: str, console) -> None:
+    """After a multi-target export: each failed target's reason, each hint once, and what was still written.
+
+    Raises:
+        EdgesmithError: The first failure, when one target was asked for, when nothing was
+            written, or when a failure was not a clean refusal (its exit code is the command's).
+    """
+    from rich.markup import escape
+
+    written = [r["bundle"] for r in results if r["bundle"]]
+    if len(results) == 1:
+        raise failures[0][1]
+    hints = set()
+    for target, exc in failures:
+        label = "refused" if _refused(exc) else "failed"
+        console.print(f"[{'yellow' if _refused(exc) else 'red'}]{target} {label}:[/] {escape(exc.message)}")
+        if exc.hint and exc.hint not in hints:  # targets refusing for one reason share a hint: say it once
+            hints.add(exc.hint)
+            console.print(f"  hint: {escape(exc.hint)}")
+    refused = [t for t, exc in failures if _refused(exc)]
+    if written:
+        console.print(f"wrote {len(written)} of {len(results)} bundles to {out}: "
+                      + ", ".join(Path(b).name for b in written)
+                      + (f"; {', '.join(refused)} cannot take this model" if refused else ""))
+    hard = [(t, exc) for t, exc in failures if not _refused(exc)]
+    if written and not hard:
+        return
+    blocking = hard or failures
+    error = errors.EdgesmithError(f"{len(failures)} of {len(results)} targets did not export "
+                                  f"({', '.join(t for t, _ in failures)}); the reasons are above")
+    error.exit_code = blocking[0][1].exit_code  # the command exits as its first real failure would have
+    raise error
 
 
 def _print_hls(info: dict) -> None:
@@ -495,7 +546,7 @@ def verify(bundles, threads, as_json):
     from edgesmith import api as es
 
     results = {}
-    with progress("verifying") as status:
+    with progress(f"verifying {Path(bundles[0]).name}") as status:
         for b in bundles:
             status.update(f"verifying {Path(b).name}")
             results[b] = es.verify(b, threads=threads)
@@ -527,7 +578,7 @@ def run(target, inputs_file, out, force, threads, check, as_json):
     """Run a bundle on inputs with its runtime, or a whole pipeline from a recipe.
 
     A recipe (.yaml) names the model, the variants' passes, the targets, the devices
-    and the report (see examples/ and `edgesmith.recipe`); it is validated before
+    and the report (`edgesmith examples copy` writes two; see `edgesmith.recipe`); it is validated before
     anything runs.
 
     \b

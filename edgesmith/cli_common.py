@@ -1,22 +1,239 @@
-"""Output helpers shared by the command-line modules."""
+"""Output helpers shared by the command-line modules: consoles, ``--format``, tables and progress.
+
+Every data command renders its tables through :class:`DataTable`, so ``--format
+table|plain|csv|json`` means the same everywhere and a bundle, device or model name
+is never broken across lines, whatever the width.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import csv
+import dataclasses
+import functools
+import io
 import json
+import os
+import re
 import sys
+import time
 from pathlib import Path
+from typing import Iterator
 
 import click
 
+FORMATS = ("table", "plain", "csv", "json")
+_FORMAT_KEY = "edgesmith.format"
+_started: float | None = None  # when the command started: progress lines count from it
+
+
+def width_for(stream) -> int | None:
+    """The width to render for: the terminal's, else ``$COLUMNS``, else 80.
+
+    Args:
+        stream: The stream the output goes to.
+
+    Returns:
+        None for a terminal (rich asks it), else a number of columns.
+    """
+    if stream.isatty():
+        return None
+    columns = os.environ.get("COLUMNS", "")
+    return int(columns) if columns.isdigit() and int(columns) > 0 else 80
+
 
 def console(stderr: bool = True):
-    """A rich console on stderr (messages) or stdout (tables)."""
+    """A rich console on stderr (messages) or stdout (tables).
+
+    Args:
+        stderr: Messages and progress (True) or data (False).
+
+    Returns:
+        A :class:`rich.console.Console` as wide as :func:`width_for` says.
+    """
     from rich.console import Console
 
     stream = sys.stderr if stderr else sys.stdout
-    # piped output (logs, scripts) gets room for whole tables instead of rich's 80 columns
-    width = None if stream.isatty() else 120
-    return Console(stderr=stderr, highlight=False, width=width)
+    # a line in a log is one line: only tables are fitted to the width when piped, text is not wrapped
+    return Console(stderr=stderr, highlight=False, width=width_for(stream), soft_wrap=not stream.isatty())
+
+
+def format_option(command):
+    """Add ``--format table|plain|csv|json`` to a command that has ``--json`` (``as_json``).
+
+    ``--format json`` sets ``as_json`` (the command's own JSON document, unchanged); the
+    other formats are kept for :meth:`DataTable.show`. Put it below ``@click.command``.
+
+    Args:
+        command: The command's callback, with an ``as_json`` parameter.
+
+    Returns:
+        The callback with the option added.
+    """
+
+    @functools.wraps(command)
+    def with_format(*args, output_format=None, **kwargs):
+        if output_format == "json":
+            kwargs["as_json"] = True
+        fmt = "json" if kwargs.get("as_json") else output_format or "table"
+        click.get_current_context().meta[_FORMAT_KEY] = fmt
+        return command(*args, **kwargs)
+
+    return click.option(
+        "--format", "output_format", type=click.Choice(FORMATS),
+        help="table: fitted to the terminal (80 columns when piped, or $COLUMNS), names kept whole; "
+             "plain: aligned text, never wrapped; csv; json: the same as --json. [table]")(with_format)
+
+
+def output_format() -> str:
+    """The ``--format`` of the running command (``table`` outside one)."""
+    ctx = click.get_current_context(silent=True)
+    return ctx.meta.get(_FORMAT_KEY, "table") if ctx else "table"
+
+
+def say(message: str) -> None:
+    """A line for the reader beside the data (``wrote FILE``): stdout, or stderr under ``--format csv``."""
+    click.echo(message, err=output_format() in ("csv", "json"))
+
+
+@dataclasses.dataclass(frozen=True)
+class Column:
+    """One column of a :class:`DataTable`.
+
+    Attributes:
+        name: The header.
+        justify: ``left`` or ``right`` (numbers).
+        key: A name (bundle, device, model): the first thing shown of a row that cannot have columns.
+        wrap: Prose that may wrap at spaces (a summary, a list); other cells are never broken.
+    """
+
+    name: str
+    justify: str = "left"
+    key: bool = False
+    wrap: bool = False
+
+
+class DataTable:
+    """Rows under named columns, rendered as ``--format`` asks.
+
+    Cells are strings and may hold rich markup (``[green]PASS[/]``); plain and csv drop it.
+    In ``table`` format a cell is never broken (a ``wrap`` column's prose wraps at spaces);
+    when the columns cannot fit the width that way, each row becomes a block instead: its
+    key cells on one line, the other columns as ``name: value`` pairs below.
+
+    Args:
+        columns: :class:`Column` or header strings (left-justified, not keys).
+        title: Shown above the table (table and plain formats).
+    """
+
+    def __init__(self, *columns: Column | str, title: str | None = None):
+        self.columns = [c if isinstance(c, Column) else Column(c) for c in columns]
+        self.title = title
+        self.rows: list[list[str]] = []
+
+    def add_row(self, *cells: str) -> None:
+        """Append a row, one cell per column."""
+        if len(cells) != len(self.columns):
+            raise ValueError(f"{len(cells)} cells for {len(self.columns)} columns")
+        self.rows.append([str(c) for c in cells])
+
+    def show(self, fmt: str | None = None, stderr: bool = False) -> None:
+        """Print the table on stdout (or stderr) in ``fmt`` (default: the command's ``--format``)."""
+        fmt = fmt or output_format()
+        stream = sys.stderr if stderr else sys.stdout
+        if fmt == "table" and stream.isatty():
+            self._print_table(console(stderr))  # with colours
+        else:
+            click.echo(self.render(fmt, width_for(stream)), nl=False, err=stderr)
+
+    def render(self, fmt: str = "table", width: int = 80) -> str:
+        """The table as text, without colours.
+
+        Args:
+            fmt: ``table``, ``plain``, ``csv`` or ``json`` (a list of objects, markup dropped).
+            width: Columns to fit (``table``).
+
+        Returns:
+            The text, ending in a newline.
+        """
+        if fmt == "csv":
+            buf = io.StringIO()
+            writer = csv.writer(buf, lineterminator="\n")
+            writer.writerow([c.name for c in self.columns])
+            writer.writerows([[_plain(v) for v in row] for row in self.rows])
+            return buf.getvalue()
+        if fmt == "json":
+            return json.dumps([{c.name: _plain(v) for c, v in zip(self.columns, row)} for row in self.rows],
+                              indent=2) + "\n"
+        if fmt == "plain":
+            return self._plain_text()
+        from rich.console import Console
+
+        con = Console(width=width, highlight=False, file=io.StringIO(), color_system=None, soft_wrap=True)
+        self._print_table(con)
+        return "\n".join(line.rstrip() for line in con.file.getvalue().splitlines()) + "\n"
+
+    def _plain_text(self) -> str:
+        cells = [[c.name for c in self.columns], *[[_plain(v) for v in row] for row in self.rows]]
+        widths = [max(len(r[i]) for r in cells) for i in range(len(self.columns))]
+        lines = [self.title] if self.title else []
+        for r in cells:
+            parts = [v.rjust(w) if c.justify == "right" else v.ljust(w) for c, v, w in zip(self.columns, r, widths)]
+            lines.append("  ".join(parts).rstrip())
+        return "\n".join(lines) + "\n"
+
+    def min_width(self) -> int:
+        """The narrowest the table can be drawn without breaking a cell (a wrap column: a word)."""
+        total = 0
+        for i, c in enumerate(self.columns):
+            cells = [_plain(row[i]) for row in self.rows]
+            if c.wrap:
+                total += max(len(w) for v in [c.name, *cells] for w in v.split() or [""])
+            else:
+                total += max(len(v) for v in [c.name, *cells])
+        return total + 2 * len(self.columns) - 1  # a space of padding and a column rule between columns
+
+    def _print_table(self, con) -> None:
+        from rich import box
+        from rich.table import Table
+
+        if self.min_width() > con.width:
+            return self._print_blocks(con)
+        table = Table(title=self.title, title_justify="left", box=box.SIMPLE_HEAD, show_edge=False,
+                      padding=(0, 1, 0, 0))
+        for c in self.columns:
+            table.add_column(c.name, justify=c.justify, no_wrap=not c.wrap, overflow="fold")
+        for row in self.rows:
+            table.add_row(*row)
+        con.print(table)
+        return None
+
+    def _print_blocks(self, con) -> None:
+        """Too narrow for columns: a block per row, its names whole on the first line."""
+        from rich.text import Text
+
+        if self.title:
+            con.print(self.title, soft_wrap=False)
+        keys = [i for i, c in enumerate(self.columns) if c.key] or [0]
+        for row in self.rows:
+            con.print(Text.from_markup("  ".join(row[i] for i in keys), style="bold"), crop=False)
+            pairs = [f"{c.name}: {v}" for i, (c, v) in enumerate(zip(self.columns, row))
+                     if i not in keys and _plain(v) not in ("", "-", "—")]
+            line = ""
+            for pair in pairs:  # pack whole pairs into lines: a value is never split from its name
+                candidate = f"{line}, {pair}" if line else pair
+                if line and 2 + len(_plain(candidate)) > con.width:
+                    con.print(Text.from_markup("  " + line + ","), crop=False)
+                    candidate = pair
+                line = candidate
+            if line:
+                con.print(Text.from_markup("  " + line), crop=False)
+
+
+def _plain(cell: str) -> str:
+    from rich.text import Text
+
+    return Text.from_markup(cell).plain
 
 
 def emit_json(data) -> None:
@@ -24,7 +241,7 @@ def emit_json(data) -> None:
     click.echo(json.dumps(data, indent=2, default=str))
 
 
-def parity_row(table, name, result) -> None:
+def parity_row(table: DataTable, name, result) -> None:
     """Add a bundle's parity result as a row of :func:`parity_table`."""
     from edgesmith.parity import format_snr
 
@@ -35,12 +252,90 @@ def parity_row(table, name, result) -> None:
                   format_snr(w.snr_db) if w else "—", top1, status)
 
 
-def parity_table():
-    """A rich table for parity results (bundle, tier, precision, max_abs, SNR, top-1, result)."""
-    from rich.table import Table
+def parity_table() -> DataTable:
+    """A table for parity results (bundle, tier, precision, max_abs, SNR, top-1, result)."""
+    return DataTable(Column("bundle", key=True), "tier", "precision", Column("max_abs", "right"),
+                     Column("SNR", "right"), Column("top-1", "right"), "result", title="parity")
 
-    t = Table(title="parity")
-    for col in ("bundle", "tier", "precision", "max_abs", "SNR", "top-1", "result"):
-        t.add_column(col, justify="right" if col in ("max_abs", "SNR", "top-1") else "left",
-                     overflow="fold", min_width=22 if col == "bundle" else None)
-    return t
+
+class _Stages:
+    """Progress for a step of unknown or known length; see :func:`progress`."""
+
+    def __init__(self, description: str, bar, task, start: float):
+        self.description = description
+        self._bar, self._task, self._start = bar, task, start
+        self._last_line = 0.0
+        self._completed: int | None = None
+        self._total: int | None = None
+        if bar is None:
+            self._line(description)
+
+    def update(self, description: str | None = None, completed: int | None = None, total: int | None = None) -> None:
+        """Show a new stage (``description``) and/or how far it got (``completed`` of ``total``)."""
+        # a new stage prints at once; the same stage with new figures (an epoch, a loss) at most every 30 s
+        changed = description is not None and _stage(description) != _stage(self.description)
+        self.description = description or self.description
+        self._completed = completed if completed is not None else self._completed
+        self._total = total if total is not None else self._total
+        if self._bar is not None:
+            self._bar.update(self._task, description=self.description, completed=self._completed,
+                             total=self._total)
+        elif changed:
+            self._line(self.description)
+        elif time.monotonic() - self._last_line >= 30:
+            counted = f": {self._completed}" + (f"/{self._total}" if self._total else "") if self._completed else ""
+            self._line(self.description + counted)
+
+    def _line(self, text: str) -> None:
+        self._last_line = time.monotonic()
+        click.echo(f"[{self._last_line - self._start:7.1f}s] {text}", err=True)
+
+
+def _stage(description: str) -> str:
+    """A description without its figures: ``distill epoch 3/30 loss 8.6`` and ``epoch 4/30 ...`` are one stage."""
+    return re.sub(r"(?<![\w-])[-+]?\d[\d.,:e-]*", "#", description)  # not the digits of a name (lsnet-t, l1)
+
+
+@contextlib.contextmanager
+def progress(description: str, total: int | None = None) -> Iterator[_Stages]:
+    """Progress on stderr: a live bar in a terminal, else one ``[  12.3s] stage`` line per stage.
+
+    A long step (a distillation, an LM export) piped to a log is then never silent for
+    long: besides a line per new stage, counted progress prints a line every 30 s.
+
+    Args:
+        description: The first stage.
+        total: Steps in it, if known.
+
+    Yields:
+        An object whose ``update(description=, completed=, total=)`` reports progress.
+    """
+    start = _start_time()
+    if not sys.stderr.isatty():
+        yield _Stages(description, None, None, start)
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console(), transient=True) as bar:
+        yield _Stages(description, bar, bar.add_task(description, total=total), start)
+
+
+def _start_time() -> float:
+    global _started
+    if _started is None:
+        _started = time.monotonic()
+    return _started
+
+
+def quiet_progress_bars() -> None:
+    """Start the command's clock; silence third-party progress bars (tqdm, Hugging Face) off a terminal.
+
+    Piped, each redraw is a line of its own: de-quantising a GGUF file alone writes
+    thousands. Set before those libraries are imported; a value the user set is kept.
+    """
+    global _started
+    _started = time.monotonic()
+    if not sys.stderr.isatty():
+        os.environ.setdefault("TQDM_DISABLE", "1")
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from edgesmith.cli_common import console, emit_json
+from edgesmith.cli_common import Column, DataTable, console, emit_json, format_option, progress
 
 
 @click.group()
@@ -25,6 +25,7 @@ _device_file_option = click.option(
 @devices.command("list")
 @_device_file_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@format_option
 def devices_list(device_files, as_json):
     """List the devices: the host, the catalog, and any --device-file.
 
@@ -37,14 +38,13 @@ def devices_list(device_files, as_json):
     rows = es.devices(device_files)
     if as_json:
         return emit_json([d.to_dict() for d in rows])
-    from rich.table import Table
-
-    t = Table("device", "kind", "peak TFLOP/s (TOPS int)", "GB/s", "GB", "W", "targets")
+    t = DataTable(Column("device", key=True), "kind", Column("peak TFLOP/s (TOPS int)", wrap=True),
+                  *(Column(c, "right") for c in ("GB/s", "GB", "W")), Column("targets", wrap=True))
     for d in rows:
         peaks = ", ".join(f"{k} {v:g}" for k, v in d.peak_tflops.items()) or "measured here"
         t.add_row(d.name, d.kind, peaks, _opt(d.memory_bandwidth_gbs), _opt(d.memory_gb), _opt(d.power_w),
                   ", ".join(d.targets))
-    console(stderr=False).print(t)
+    t.show()
 
 
 def _opt(value) -> str:
@@ -102,7 +102,7 @@ def devices_calibrate(threads, refresh, as_json):
     """
     from edgesmith.profiles.calibrate import EFFICIENCY_MEANING, host_calibration
 
-    with console().status("calibrating the host (a few seconds)"):
+    with progress("calibrating the host (a few seconds)"):
         cal = host_calibration(threads, refresh=refresh)
     if as_json:
         return emit_json(cal.to_dict())

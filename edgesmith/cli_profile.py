@@ -7,7 +7,18 @@ from pathlib import Path
 
 import click
 
-from edgesmith.cli_common import console, emit_json, parity_row, parity_table
+from edgesmith.cli_common import (
+    Column,
+    DataTable,
+    console,
+    emit_json,
+    format_option,
+    output_format,
+    parity_row,
+    parity_table,
+    progress,
+    say,
+)
 from edgesmith.units import format_bytes, format_duration, format_mib
 
 
@@ -28,6 +39,7 @@ from edgesmith.units import format_bytes, format_duration, format_mib
 @click.option("--compile", "compiled", is_flag=True,
               help="Run torch bundles under torch.compile (compiled during warm-up); other runtimes as they are.")
 @click.option("--json", "as_json", is_flag=True, help="Print the profile document.")
+@format_option
 def profile(bundles, device_names, device_files, out, force, runs, warmup, threads, no_layers, recalibrate,
             compiled, as_json):
     """Measure latency, memory and size of bundles here, or predict them on other devices.
@@ -46,29 +58,26 @@ def profile(bundles, device_names, device_files, out, force, runs, warmup, threa
       edgesmith profile out/lsnet-t.onnx -d host -d jetson-orin-nano -d apple-a17-pro-ane
       edgesmith profile out/lsnet-t.torch -d nvidia-h100 --compile   # on an H100 machine
     """
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-
     from edgesmith import api as es
     from edgesmith.bundle import check_writable
 
     if out:
         check_writable(Path(out), force)
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  console=console(), transient=True) as bar:
-        tasks = {b: bar.add_task(f"profiling {Path(b).name}", total=runs) for b in bundles}
+    with progress(f"profiling {Path(bundles[0]).name}", total=runs) as bar:
         doc = es.profile(bundles, device=list(device_names), warmup=warmup, runs=runs, threads=threads,
-                         layers=not no_layers, progress=lambda b, n: bar.update(tasks[b], completed=n),
+                         layers=not no_layers,
+                         progress=lambda b, n: bar.update(f"profiling {Path(b).name}", completed=n),
                          device_files=device_files, recalibrate=recalibrate, compiled=compiled)
     if out:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(out).write_text(json.dumps(doc, indent=2))
     if as_json:
         return emit_json(doc)
-    console(stderr=False).print(profile_table(doc))
+    profile_table(doc).show()
     print_fpga_resources(doc)
     warn_not_predicted(doc)
     if out:
-        click.echo(f"wrote {out}")
+        say(f"wrote {out}")
 
 
 def print_fpga_resources(doc: dict) -> None:
@@ -83,7 +92,7 @@ def print_fpga_resources(doc: dict) -> None:
         # the table's latency is the golden batch's: say so beside the per-sample figure export printed
         latency = latency_text(res["latency_cycles"], res["clock_ns"], batch=e.get("batch", 1),
                                interval_cycles=res["interval_cycles"])
-        console(stderr=False).print(
+        console(stderr=output_format() in ("csv", "json")).print(
             f"{e['name']}.{e['target']} on {e['device']} ({res['part']}), predicted: "
             f"{resources_text(res, res.get('capacity'))}; "
             f"{fits}; latency {latency}")
@@ -121,7 +130,7 @@ def run_recipe_file(path, out, force, check, as_json):
         click.echo(f"{path}: valid; {len(recipe.variants)} variant(s) x {len(recipe.targets)} target(s) "
                    f"on {', '.join(recipe.devices)} -> {plan['out']}")
         return None
-    with console().status("running the recipe") as status:
+    with progress("running the recipe") as status:
         results = run_recipe(recipe, out=out, force=force, step=lambda s: status.update(s))
     if as_json:
         return emit_json({"out": str(results["out"]), "bundles": [str(b) for b in results["bundles"]],
@@ -130,24 +139,22 @@ def run_recipe_file(path, out, force, check, as_json):
     table = parity_table()
     for name, result in results["parity"].items():
         parity_row(table, name, result)
-    console(stderr=False).print(table)
-    console(stderr=False).print(profile_table(results["doc"]))
+    table.show()
+    profile_table(results["doc"]).show()
     print_fpga_resources(results["doc"])
     warn_not_predicted(results["doc"])
     for p in [results["profile"], *results["report"]]:
-        click.echo(f"wrote {p}")
+        say(f"wrote {p}")
     return None
 
 
-def profile_table(doc: dict):
-    """A rich table of a profile document: measured and predicted entries, predictions and their error."""
-    from rich.table import Table
-
-    t = Table(title="latency per device (measured: ran here; predicted: roofline from the device's figures; "
-                    "peak mem: what loading and running the bundle adds to a fresh process)")
-    for col in ("bundle", "device", "mode", "p50", "p90", "predicted (band)", "error", "load",
-                "peak mem", "size"):
-        t.add_column(col, justify="left" if col in ("bundle", "device", "mode") else "right", overflow="fold")
+def profile_table(doc: dict) -> DataTable:
+    """A table of a profile document: measured and predicted entries, predictions and their error."""
+    t = DataTable(Column("bundle", key=True), Column("device", key=True), Column("mode", wrap=True),
+                  *(Column(col, "right") for col in ("p50", "p90", "predicted (band)", "error", "load",
+                                                     "peak mem", "size")),
+                  title="latency per device (measured: ran here; predicted: roofline from the device's figures; "
+                        "peak mem: what loading and running the bundle adds to a fresh process)")
     for e in doc["entries"]:
         lat, pred = e["latency_ms"], e.get("prediction")
         label = f"{e['name']}.{e['target']}"

@@ -11,7 +11,7 @@ from edgesmith.cli import main
 from edgesmith.demo import demo_recipe
 from edgesmith.recipe import load_recipe
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+EXAMPLES = Path(__file__).resolve().parents[1] / "edgesmith" / "examples"
 
 
 def cli(capsys, *args) -> tuple[int, str, str]:

@@ -14,7 +14,7 @@ from edgesmith.errors import UsageError
 from edgesmith.recipe import load_recipe
 from edgesmith.sweep import expand, jobs_from_options, job_label, run_sweep, validate_jobs
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+EXAMPLES = Path(__file__).resolve().parents[1] / "edgesmith" / "examples"
 DEVICES = ["host", "jetson-orin-nano"]
 
 
