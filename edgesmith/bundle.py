@@ -18,7 +18,10 @@ import hashlib
 import json
 import os
 import shutil
+import struct
 import tempfile
+import zipfile
+import zlib
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -84,6 +87,12 @@ def check_links(root: str | Path) -> None:
                 )
 
 
+# what reading a damaged zip or .npy raises (zipfile: BadZipFile, NotImplementedError for an odd
+# version, RuntimeError for an encrypted member; zlib.error for corrupt compressed data)
+_READ_ERRORS = (OSError, ValueError, EOFError, KeyError, NotImplementedError, RuntimeError, zipfile.BadZipFile,
+                zlib.error, struct.error)
+
+
 def load_arrays(path: str | Path, what: str) -> dict[str, np.ndarray]:
     """Read an ``.npz`` of numeric arrays without unpickling anything.
 
@@ -98,14 +107,21 @@ def load_arrays(path: str | Path, what: str) -> dict[str, np.ndarray]:
         BadInputError: Not an ``.npz`` (unreadable, truncated, a ``.npy`` or other file), or an
             array of objects, strings or another non-numeric dtype, naming the file and the array.
     """
-    import zipfile
-
     path = Path(path)
     try:
-        z = np.load(path, allow_pickle=False)
+        file = open(path, "rb")  # ours to close, whatever np.load does with a damaged file
     except FileNotFoundError:
         raise BadInputError(f"{what} {path} does not exist") from None
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+    except OSError as exc:
+        raise BadInputError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+    with file:
+        return _read_npz(file, path, what)
+
+
+def _read_npz(file, path: Path, what: str) -> dict[str, np.ndarray]:
+    try:
+        z = np.load(file, allow_pickle=False)
+    except _READ_ERRORS as exc:
         raise BadInputError(f"cannot read {what} {path}: it is not an .npz of arrays ({_first_line(exc)})",
                             hint="write it with numpy.savez(path, name=array, ...)") from None
     if not isinstance(z, np.lib.npyio.NpzFile):
@@ -117,7 +133,7 @@ def load_arrays(path: str | Path, what: str) -> dict[str, np.ndarray]:
         for key in z.files:
             try:
                 arr = z[key]
-            except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as exc:
+            except _READ_ERRORS as exc:
                 raise BadInputError(f"cannot read array {key!r} of {what} {path} ({_first_line(exc)})",
                                     hint="save numbers only: object arrays are refused, they would be unpickled"
                                     ) from None
@@ -142,7 +158,6 @@ def _check_headers(archive, path: Path, what: str) -> None:
         BadInputError: Naming the file, the array and what is wrong with it.
     """
     import math
-    import zipfile
 
     hint = "write it with numpy.savez(path, name=array, ...), numbers only"
     for info in archive.infolist():
@@ -156,8 +171,7 @@ def _check_headers(archive, path: Path, what: str) -> None:
                     raise ValueError(f"unsupported .npy format version {version}")
                 shape, _, dtype = read(f)
                 start = f.tell()
-        except (OSError, ValueError, EOFError, SyntaxError, TypeError, zipfile.BadZipFile,
-                NotImplementedError) as exc:
+        except (*_READ_ERRORS, SyntaxError, TypeError) as exc:
             raise BadInputError(f"{what} {path} holds {key!r}, which is not a readable array "
                                 f"({_first_line(exc)})", hint=hint) from None
         if dtype.hasobject:
@@ -420,8 +434,25 @@ def save_golden(path: Path, inputs: dict[str, np.ndarray], outputs: dict[str, np
 
 
 def bundle_dir(out: str | Path, name: str, target: str) -> Path:
-    """Return ``OUT/NAME.TARGET``."""
+    """Return ``OUT/NAME.TARGET``.
+
+    Raises:
+        BadInputError: If the name is not a plain folder name (see :func:`check_bundle_name`).
+    """
+    check_bundle_name(name)
     return Path(out) / f"{name}.{target}"
+
+
+def check_bundle_name(name: str) -> None:
+    """Refuse a bundle name that is not a plain folder name, so no bundle is written outside ``OUT``.
+
+    Raises:
+        BadInputError: An empty name, a path such as ``../x``, or one with a control character.
+    """
+    if (not isinstance(name, str) or not name.strip() or any(c in name for c in "/\\")
+            or any(ord(c) < 32 for c in name)):
+        raise BadInputError(f"bundle name {name!r} is not a plain folder name",
+                            hint="use letters, digits, '-', '_' and '.' (no '/')")
 
 
 def check_writable(dest: Path, force: bool) -> None:

@@ -73,7 +73,7 @@ def cli():
 def demo(out, runs, as_json):
     """Run zoo:digits-cnn and its reparam variant through export, verify, profile and report.
 
-    The same pipeline as `edgesmith run examples/demo.yaml`: both variants go to ONNX
+    The same pipeline as 'edgesmith run examples/demo.yaml': both variants go to ONNX
     and torch (parity checked), are measured on this machine and predicted on a Jetson
     Orin Nano, an Apple A17 Pro Neural Engine and a Raspberry Pi 5, into one report.
 
@@ -285,7 +285,7 @@ def inspect(model, inputs, weights, gguf, seq_len, as_json):
 @click.argument("model")
 @_model_options
 @click.option("-p", "--pass", "pass_specs", multiple=True, required=True, metavar="PASS[:k=v,...]",
-              help="Pass to apply, in order (see `edgesmith passes list`).")
+              help="Pass to apply, in order (see edgesmith passes list).")
 @click.option("-o", "--out", required=True, type=click.Path(dir_okay=False), help="Output .pt2 file.")
 @click.option("--data", type=click.Path(exists=True),
               help="Training data for passes that train (distill): an image folder (one sub-folder per class) or .npz.")
@@ -296,7 +296,7 @@ def optimize(model, inputs, weights, gguf, seq_len, pass_specs, out, data, resum
     """Apply passes to a model and save the variant as a .pt2 program.
 
     The .pt2 keeps the passes applied, the signature and the example inputs, so
-    `edgesmith export OUT.pt2` continues from it. A distillation writes a
+    'edgesmith export OUT.pt2' continues from it. A distillation writes a
     checkpoint to OUT.ckpt/ after every epoch, a MatFormer nested fine-tune every
     save_every steps; --resume continues from it.
 
@@ -334,7 +334,7 @@ def optimize(model, inputs, weights, gguf, seq_len, pass_specs, out, data, resum
 @click.argument("model")
 @_model_options
 @click.option("-t", "--target", "targets_", multiple=True, default=("onnx",), show_default=True,
-              help="Target (repeatable), or `all` (see `edgesmith targets list`).")
+              help="Target (repeatable), or all (see edgesmith targets list).")
 @click.option("-p", "--pass", "pass_specs", multiple=True, metavar="PASS[:k=v,...]", help="Pass to apply first.")
 @click.option("-O", "--option", "target_options", multiple=True, metavar="KEY=VALUE",
               help="Target option, e.g. -O opset=20 -O dynamic=false.")
@@ -369,7 +369,7 @@ def export(model, inputs, weights, gguf, seq_len, targets_, pass_specs, target_o
 
     The tensorrt target checks every node against TensorRT's ONNX support
     table and builds the engine where TensorRT and an NVIDIA GPU are here;
-    elsewhere it writes a structural bundle that `edgesmith build-engine`
+    elsewhere it writes a structural bundle that 'edgesmith build-engine'
     completes on the device. Static shapes by default; -O min_shapes=...
     -O max_shapes=... (trtexec's name:1x8 form) make an optimisation profile.
 
@@ -525,7 +525,7 @@ def _split_target_options(opts: dict[str, str], names: list[str]) -> dict[str, d
         return {names[0]: opts}  # the exporter names an unknown key with its known ones
     for key in opts:
         if not any(key in f for f in fields.values()):
-            raise errors.UsageError(f"no chosen target has option {key!r}", hint="see `edgesmith targets list`")
+            raise errors.UsageError(f"no chosen target has option {key!r}", hint="see edgesmith targets list")
     return {t: {k: v for k, v in opts.items() if k in fields[t]} for t in names}
 
 
@@ -578,7 +578,7 @@ def run(target, inputs_file, out, force, threads, check, as_json):
     """Run a bundle on inputs with its runtime, or a whole pipeline from a recipe.
 
     A recipe (.yaml) names the model, the variants' passes, the targets, the devices
-    and the report (`edgesmith examples copy` writes two; see `edgesmith.recipe`); it is validated before
+    and the report ('edgesmith examples copy' writes two; see edgesmith.recipe); it is validated before
     anything runs.
 
     \b
@@ -613,13 +613,14 @@ def run(target, inputs_file, out, force, threads, check, as_json):
             warnings.showwarning(w.message, w.category, w.filename, w.lineno)
     if out:
         np.savez(out, **outputs)
-    summary = {k: {"shape": list(v.shape), "dtype": str(v.dtype), "mean": float(np.mean(v)),
-                   "argmax": np.argmax(v, axis=-1).ravel()[:16].tolist() if v.ndim else None}
-               for k, v in outputs.items()}
+    summary = {k: {"shape": list(v.shape), "dtype": str(v.dtype), "mean": float(np.mean(v)) if v.size else None,
+                   "argmax": np.argmax(v, axis=-1).ravel()[:16].tolist() if v.ndim and v.size else None}
+               for k, v in outputs.items()}  # an empty batch has neither
     if as_json:
         return _emit_json(summary)
     for k, s in summary.items():
-        click.echo(f"{k}: shape {s['shape']} {s['dtype']}, mean {s['mean']:.4g}, argmax[:16] {s['argmax']}")
+        mean = "-" if s["mean"] is None else f"{s['mean']:.4g}"
+        click.echo(f"{k}: shape {s['shape']} {s['dtype']}, mean {mean}, argmax[:16] {s['argmax']}")
     if out:
         click.echo(f"wrote {out}")
 

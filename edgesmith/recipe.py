@@ -118,6 +118,17 @@ def _int(path: Path, where: str, value: Any, minimum: int) -> int:
     return value
 
 
+def _plain_name(path: Path, where: str, name: str | None) -> None:
+    """A bundle name from the recipe must be a plain folder name (never a path out of ``out``)."""
+    from edgesmith.bundle import check_bundle_name
+
+    if name is not None:
+        try:
+            check_bundle_name(name)
+        except EdgesmithError as exc:
+            _fail(path, where, exc.message, exc.hint)
+
+
 def load_recipe(path: str | Path) -> Recipe:
     """Read and validate a recipe; nothing runs.
 
@@ -149,6 +160,7 @@ def load_recipe(path: str | Path) -> Recipe:
             if not isinstance(data[key], str):
                 _fail(path, key, f"expected a string, got {data[key]!r}")
             setattr(recipe, key, local(data[key]) if key in ("weights", "data") else data[key])
+    _plain_name(path, "name", recipe.name)
     if data.get("seq_len") is not None:
         recipe.seq_len = _int(path, "seq_len", data["seq_len"], 1)
     recipe.inputs = _list_of_str(path, "inputs", data.get("inputs") or [])
@@ -175,6 +187,7 @@ def load_recipe(path: str | Path) -> Recipe:
             specs.append(spec)
         if raw.get("name") is not None and not isinstance(raw["name"], str):
             _fail(path, f"{where}.name", f"expected a string, got {raw['name']!r}")
+        _plain_name(path, f"{where}.name", raw.get("name"))
         recipe.variants.append(Variant(raw.get("name"), specs))
     names = [v.name for v in recipe.variants if v.name]
     if len(names) != len(set(names)):

@@ -78,6 +78,9 @@ class Device:
         if not isinstance(data, dict):
             raise BadInputError(f"{origin}: a device file is a mapping of keys, got {type(data).__name__}")
         fields = {f.name for f in dataclasses.fields(cls)} - {"origin"}
+        odd = [k for k in data if not isinstance(k, str)]
+        if odd:
+            raise BadInputError(f"{origin}: key {odd[0]!r} is not a name", hint=f"keys: {', '.join(sorted(fields))}")
         unknown = sorted(set(data) - fields)
         if unknown:
             close = difflib.get_close_matches(unknown[0], fields, n=1)
@@ -127,7 +130,11 @@ class Device:
 
 
 def _positive(value: Any, key: str, origin: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+    try:
+        number = float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+    except OverflowError:
+        number = None
+    if number is None or not 0 < number < float("inf"):  # also refuses nan
         raise BadInputError(f"{origin}: {key} must be a positive number, got {value!r}")
 
 
