@@ -58,7 +58,7 @@ def _pad_tokens(variant, length: int) -> dict[str, np.ndarray]:
     from edgesmith.models.hf import EXAMPLE_TEXT
     from edgesmith.models.offline import minilm_dir
 
-    tok = AutoTokenizer.from_pretrained(str(minilm_dir()), local_files_only=True)
+    tok = AutoTokenizer.from_pretrained(str(minilm_dir()), local_files_only=True, trust_remote_code=False)
     enc = tok(EXAMPLE_TEXT, padding="max_length", max_length=length, return_tensors="np")
     return {s.name: enc[s.name].astype(np.int64) for s in variant.inputs}
 

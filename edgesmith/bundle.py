@@ -308,7 +308,8 @@ def _check_spec(spec: Any, where: str) -> None:
         raise ValueError(f"{where}.dtype must name a numeric numpy dtype, got {spec['dtype']!r}")
     axes = spec.get("dynamic_axes", {})
     if not isinstance(axes, dict) or not all(
-            isinstance(k, str) and k.isascii() and k.isdigit() and int(k) < len(shape) and isinstance(v, str) for k, v in axes.items()):
+            isinstance(k, str) and k.isascii() and k.isdigit() and int(k) < len(shape) and isinstance(v, str)
+            for k, v in axes.items()):
         raise ValueError(f"{where}.dynamic_axes must map axis numbers below its rank to names, got {axes!r}")
 
 

@@ -98,7 +98,8 @@ def read_yaml_file(path: Any, what: str) -> Any:
     except OSError as exc:
         raise BadInputError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
     except UnicodeDecodeError as exc:
-        raise BadInputError(f"{what} {path} is not UTF-8 text (byte {exc.start}: {exc.object[exc.start:exc.start + 1]!r})",
+        bad = exc.object[exc.start:exc.start + 1]
+        raise BadInputError(f"{what} {path} is not UTF-8 text (byte {exc.start}: {bad!r})",
                             hint="save it as UTF-8") from None
     except yaml.YAMLError as exc:
         raise BadInputError(f"{what} {path} is not valid YAML: {str(exc).splitlines()[0]}") from None

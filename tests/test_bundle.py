@@ -353,3 +353,12 @@ def test_golden_that_is_not_numeric_npz_is_refused(copy, bad):
     _write_manifest(copy, data)
     with pytest.raises(BadInputError, match=GOLDEN):
         Bundle.open(copy).golden()
+
+
+def test_manifest_naming_an_unknown_runtime_is_bad_input(capsys, copy):
+    data = _manifest(copy)
+    data["runtime"] = "nope"
+    _write_manifest(copy, data)
+    code, line = _cli(capsys, "verify", copy)
+    assert code == 3
+    assert "'nope'" in line

@@ -168,7 +168,8 @@ def test_fuzz_manifest_fields(base_bundle, data):
 @FUZZ
 @given(data=st.data())
 def test_fuzz_manifest_damaged(base_bundle, data):
-    content = data.draw(damaged((base_bundle / MANIFEST).read_text()) | json_values.map(lambda v: json.dumps(v).encode()))
+    any_json = json_values.map(lambda v: json.dumps(v).encode())
+    content = data.draw(damaged((base_bundle / MANIFEST).read_text()) | any_json)
     tmp, path = _with_manifest(base_bundle, content)
     with tmp:
         _open_and_use(path)
@@ -190,7 +191,8 @@ def test_huge_and_unicode_manifest_values_are_handled(base_bundle):
 
 _RECIPE = {"model": "zoo:digits-cnn", "name": "digits", "variants": [{"name": "a", "passes": []},
                                                                     {"name": "b", "passes": ["reparam"]}],
-           "targets": ["onnx", "torch"], "target_options": {"onnx": {"opset": 18}}, "devices": ["host", "raspberry-pi-5"],
+           "targets": ["onnx", "torch"], "target_options": {"onnx": {"opset": 18}},
+           "devices": ["host", "raspberry-pi-5"],
            "profile": {"runs": 5, "warmup": 1, "threads": 0, "layers": True}, "inputs": ["image:1x1x8x8"],
            "seq_len": 16, "report": False, "out": "out", "device_files": [], "data": "d.npz", "weights": "w.pt",
            "gguf": "m.gguf"}
@@ -352,8 +354,8 @@ def onnx_bundle(tmp_path_factory) -> Path:
 @settings(FUZZ, max_examples=max(FUZZ.max_examples // 4, 1))
 @given(given_feeds=st.dictionaries(st.just("image") | st.text(min_size=1, max_size=4),
                                    hnp.arrays(dtype=st.sampled_from(_DTYPES[:11]).map(np.dtype),
-                                              shape=st.sampled_from([(1, 1, 8, 8), (3, 1, 8, 8), (1, 8, 8), (0, 1, 8, 8),
-                                                                     (2, 1, 8, 9)])),
+                                              shape=st.sampled_from([(1, 1, 8, 8), (3, 1, 8, 8), (1, 8, 8),
+                                                                     (0, 1, 8, 8), (2, 1, 8, 9)])),
                                    min_size=1, max_size=2))
 def test_fuzz_run_command_inputs(onnx_bundle, capsys, given_feeds):
     from edgesmith.cli import main

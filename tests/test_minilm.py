@@ -57,8 +57,9 @@ def test_profile_json(capsys, bundle):
 def test_run_batch1_new_sequence_length_matches_torch(bundle, checkpoint):
     import torch
 
-    tok = transformers.AutoTokenizer.from_pretrained(str(checkpoint), local_files_only=True)
-    model = transformers.AutoModel.from_pretrained(str(checkpoint), local_files_only=True).eval()
+    tok = transformers.AutoTokenizer.from_pretrained(str(checkpoint), local_files_only=True, trust_remote_code=False)
+    model = transformers.AutoModel.from_pretrained(str(checkpoint), local_files_only=True,
+                                                   trust_remote_code=False).eval()
     enc = tok(["A rather different sentence, long enough that its token count differs from the golden data's."],
               return_tensors="np")
     feeds = {k: enc[k].astype(np.int64) for k in ("input_ids", "token_type_ids", "attention_mask")}

@@ -268,13 +268,13 @@ def test_minilm_checkpoint_directory():
         assert s.dynamic == {0: "batch", 1: "sequence"}
         assert s.shape == v.example[s.name].shape and s.shape[0] == len(EXAMPLE_TEXT)
 
-    tok = transformers.AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    tok = transformers.AutoTokenizer.from_pretrained(str(path), local_files_only=True, trust_remote_code=False)
     enc = tok(EXAMPLE_TEXT, return_tensors="np", padding=True)
     for n in names:
         np.testing.assert_array_equal(v.example[n], enc[n])
 
     (out,) = v.outputs
-    config = transformers.AutoConfig.from_pretrained(str(path), local_files_only=True)
+    config = transformers.AutoConfig.from_pretrained(str(path), local_files_only=True, trust_remote_code=False)
     assert out.name == "last_hidden_state"
     assert out.shape == (*v.inputs[0].shape, config.hidden_size)
     assert out.dynamic == {0: "batch", 1: "sequence"}
