@@ -19,7 +19,7 @@ def devices():
 
 _device_file_option = click.option(
     "--device-file", "device_files", multiple=True, type=click.Path(exists=True, dir_okay=False),
-    help="A YAML device file of your own (same format as `edgesmith devices show NAME --yaml`); repeatable.")
+    help="A YAML device file of your own (same format as edgesmith devices show NAME --yaml); repeatable.")
 
 
 @devices.command("list")

@@ -22,7 +22,7 @@ def examples():
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @format_option
 def examples_list(as_json):
-    """List the examples that `edgesmith examples copy` writes.
+    """List the examples that 'edgesmith examples copy' writes.
 
     \b
     Example:

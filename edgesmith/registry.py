@@ -20,7 +20,7 @@ class Registry(Generic[T]):
     """A name -> object table filled by decorator; registering a name twice raises.
 
     Args:
-        kind: What the registry holds, for messages (``"pass"``, ``"exporter"``).
+        kind: What the registry holds, for messages (``"pass"``, ``"target"``).
         entry_point_group: The entry-point group plugins register under.
     """
 

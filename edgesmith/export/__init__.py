@@ -23,7 +23,8 @@ from edgesmith.errors import ParityError
 from edgesmith.options import build_options
 from edgesmith.registry import Registry
 
-EXPORTERS: Registry[type["Exporter"]] = Registry("exporter", "edgesmith.exporters")
+# "target" in messages: the CLI calls them targets (--target, targets list)
+EXPORTERS: Registry[type["Exporter"]] = Registry("target", "edgesmith.exporters")
 
 _VERSIONED = ("edgesmith", "torch", "onnx", "onnxruntime", "onnxscript", "numpy", "transformers", "mlx", "coremltools",
               "tensorrt")

@@ -14,7 +14,8 @@ so the layer costs ``(1 - s)`` of its dense multiply-accumulates. ``t`` is the q
 is sparse-only (no low-rank part), ``rho = 0`` low-rank-only. The thresholds are calibrated on
 the dense model, then again (``refine`` rounds) on the sparse model, whose later layers see smaller
 inputs. The achieved sparsity is counted on the calibration text (skipped / dense
-multiply-accumulates), not assumed.
+multiply-accumulates), not assumed; its cost is reported beside it as the next-token loss on the
+same windows, dense and sparse (``calibration_nll``).
 """
 
 from __future__ import annotations
@@ -212,6 +213,7 @@ class Rsparse(Pass):
                 f"({len(windows) * o.seq_len:,} tokens); the thresholds need samples={o.samples} x seq_len={o.seq_len} "
                 f"= {o.samples * o.seq_len:,} tokens", hint="give a longer text, or fewer samples / a shorter seq_len")
         windows = spread_windows(windows, o.samples)
+        dense_nll = _loss(module, variant, windows)  # the quality cost is reported against the dense model
         if self.progress:
             self.progress("rsparse: calibrating thresholds", 0, len(layers))
         stats = calibrate(module, variant, layers, windows)
@@ -274,6 +276,8 @@ class Rsparse(Pass):
         for _, layer in built:
             layer.freeze()
         report["achieved_sparsity"] = round(measure_sparsity(module, variant, windows), 4)
+        # next-token loss on the calibration windows (nats/token), dense and sparse: what the sparsity cost
+        report["calibration_nll"] = {"dense": round(dense_nll, 4), "sparse": round(_loss(module, variant, windows), 4)}
         report["rho"] = {"mean": round(sum(rhos) / len(rhos), 4), "min": min(rhos), "max": max(rhos)}
         report["per_layer"] = rows
         return module, report

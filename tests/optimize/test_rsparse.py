@@ -91,6 +91,8 @@ def test_pass_reaches_its_target_sparsity(tiny_llama, calibration):
     assert report["layers"] == 14  # 7 Linears per layer, lm_head left dense
     assert abs(report["achieved_sparsity"] - 0.5) <= 0.02, report["achieved_sparsity"]
     assert sum(isinstance(m, RSparseLinear) for m in sparse.module.modules()) == 14
+    nll = report["calibration_nll"]  # what the sparsity cost, on the same windows
+    assert 0 < nll["dense"] <= nll["sparse"] + 0.05, nll
 
 
 def test_sparsity_zero_all_sparse_is_the_dense_model(tiny_llama, calibration):
