@@ -71,7 +71,8 @@ def check_checkpoint(path: Path, gguf: str | None = None) -> None:
         try:
             data = json.loads(cfg.read_text(encoding="utf-8"))
         except (OSError, ValueError, RecursionError) as exc:
-            raise BadInputError(f"cannot read {cfg}: not a JSON file ({str(exc).splitlines()[0][:200]})",
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            raise BadInputError(f"cannot read {cfg}: not a JSON file ({reason})",
                                 hint="restore the checkpoint's file") from None
         refs = _auto_map_refs(data)
         if refs:
