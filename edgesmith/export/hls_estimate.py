@@ -81,7 +81,8 @@ def latency_text(latency_cycles: int, clock_ns: float, *, batch: int = 1, interv
             f"at a {clock_ns:g} ns clock")
     if batch > 1:
         cycles = latency_cycles + (batch - 1) * interval_cycles
-        text += (f"; a batch of {batch} (a new sample every {interval_cycles:,} cycle{'s' * (interval_cycles != 1)}): {cycles:,} cycles = "
+        every = f"{interval_cycles:,} cycle" + "s" * (interval_cycles != 1)
+        text += (f"; a batch of {batch} (a new sample every {every}): {cycles:,} cycles = "
                  f"{format_duration(cycles * clock_ns / 1e6)}")
     return text
 

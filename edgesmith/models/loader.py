@@ -292,9 +292,10 @@ def check_pt2_path(path: str | Path) -> Path:
     """
     path = Path(path)
     if path.suffix != ".pt2":
+        fixed = path.with_suffix(".pt2") if path.suffix else path.with_name(path.name + ".pt2")
         raise UsageError(f"cannot save a variant as {str(path)!r}: edgesmith reads a saved variant by its "
                          f"suffix .pt2, and this name has {repr(path.suffix) if path.suffix else 'none'}",
-                         hint=f"write -o {path.with_name(path.name + '.pt2') if not path.suffix else path.with_suffix('.pt2')}")
+                         hint=f"write -o {fixed}")
     return path
 
 

@@ -42,6 +42,9 @@ _PARITY = [("name", False), ("tier", False), ("result", False), ("max_abs", True
 _LATENCY = [("name", False), ("samples", True), ("min ms", True), ("p50 ms", True),
             ("p90 ms", True), ("p99 ms", True), ("max ms", True)]
 _LAYERS = [("#", True), ("layer", False), ("op types", False), ("mean ms", True), ("share", True)]
+_MEMORY_NOTE = ("peak MiB: what loading and running the bundle adds to a fresh process's peak resident memory "
+                "(measured in a child process; — where unknown, and on predicted rows: a device's process memory "
+                "is not predicted).")
 _TIERS_NOTE = ("Parity tiers: verified = the artifact ran on its real runtime; emulated = a "
                "faithful stand-in ran it; structural = the artifact did not run, only its graph was checked "
                "(a tensorrt graph is also run on ONNX Runtime: its metrics are that graph's).")
@@ -236,7 +239,8 @@ def render_markdown(docs: list[dict]) -> str:
         out += [f"## {_md_text(heading)}", "", table, ""]
     if not entries:
         return "\n".join(out + ["No entries: the profile documents are empty.", ""])
-    out += ["## Summary", "", _md_table(_SUMMARY, [_summary_row(e) for e in entries], code=0), ""]
+    summary = _md_table(_SUMMARY, [_summary_row(e) for e in entries], code=0)
+    out += ["## Summary", "", _md_text(_MEMORY_NOTE), "", summary, ""]
     for section in device_sections(docs, entries, _use_log_axis(entries)):
         out += [f"## {_md_text(section.heading)}", ""]
         out += [x for note in section.notes for x in (_md_text(note), "")]
@@ -332,8 +336,8 @@ def _html_section(section: Section) -> str:
 
 def _html_sections(docs: list[dict], entries: list[dict[str, Any]]) -> tuple[list[str], int]:
     """Return the HTML of the entry sections and the number of plots in them."""
-    out = ['<section id="summary">', "<h2>Summary</h2>", _html_table(_SUMMARY, [_summary_row(e) for e in entries]),
-           "</section>"]
+    out = ['<section id="summary">', "<h2>Summary</h2>", _note(_MEMORY_NOTE),
+           _html_table(_SUMMARY, [_summary_row(e) for e in entries]), "</section>"]
     plots = 0
     for section in device_sections(docs, entries, _use_log_axis(entries)):
         out.append(_html_section(section))
