@@ -119,6 +119,15 @@ def load_arrays(path: str | Path, what: str) -> dict[str, np.ndarray]:
 
 
 def _read_npz(file, path: Path, what: str) -> dict[str, np.ndarray]:
+    hint = "write it with numpy.savez(path, name=array, ...)"
+    magic = file.read(6)
+    file.seek(0)
+    if magic.startswith(b"\x93NUMPY"):
+        raise BadInputError(f"cannot read {what} {path}: it holds one bare array (.npy), not an .npz of named arrays",
+                            hint=hint)
+    if not magic.startswith(b"PK"):  # np.load would take anything else for a pickle
+        raise BadInputError(f"cannot read {what} {path}: it is not an .npz (a zip archive of .npy arrays)",
+                            hint=hint)
     try:
         z = np.load(file, allow_pickle=False)
     except _READ_ERRORS as exc:
@@ -421,7 +430,7 @@ class Bundle:
             BadInputError: The golden file is missing, not an ``.npz``, or holds non-numeric
                 (e.g. object) arrays, which are never unpickled.
         """
-        arrays = load_arrays(self.file(GOLDEN), f"golden data of bundle {self.path.name}")
+        arrays = load_arrays(self.file(GOLDEN), "golden data")
         ins = {k[3:]: v for k, v in arrays.items() if k.startswith("in.")}
         outs = {k[4:]: v for k, v in arrays.items() if k.startswith("out.")}
         return ins, outs
