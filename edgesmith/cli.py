@@ -491,20 +491,17 @@ def _report_failures(failures: list, results: list[dict], out: str, console) -> 
 
 def _print_hls(info: dict) -> None:
     """The precision table an hls export chose and its predicted resources (stdout)."""
-    from rich.table import Table
-
     from edgesmith.export.hls_estimate import latency_text, resources_text
 
     out = _console(stderr=False)
     chosen = info.get("precision_table")  # None with one precision for every tensor
     mode = "chosen from calibration data" if chosen else f"{info['precision_mode']} for every tensor"
-    table = Table(title=f"{info['project']}: ap_fixed<W,I> per layer ({mode})", title_justify="left")
-    for col in ("layer", "kind", "weight", "bias", "result", "accum", "max |result|"):
-        table.add_column(col, justify="right" if col == "max |result|" else "left")
+    table = DataTable(Column("layer", key=True), "kind", "weight", "bias", "result", "accum",
+                      Column("max |result|", "right"), title=f"{info['project']}: ap_fixed<W,I> per layer ({mode})")
     for row in chosen or ([name, "", t.get("weight", ""), t.get("bias", ""), t.get("result", ""),
                            t.get("accum", ""), ""] for name, t in info["types"].items()):
         table.add_row(*row)
-    out.print(table)
+    table.show()
     cal, est = info["calibration"], info["estimates"]
     agree = f"{cal['top1_agreement']:.2%}" if cal.get("top1_agreement") is not None else "n/a"
     snr = f"{cal['snr_db']:.1f} dB" if cal.get("snr_db") is not None else "exact"

@@ -25,6 +25,7 @@ import click
 FORMATS = ("table", "plain", "csv", "json")
 _FORMAT_KEY = "edgesmith.format"
 _started: float | None = None  # when the command started: progress lines count from it
+HEARTBEAT_S = 60.0  # off a terminal, a stage that reports nothing still prints a line this often
 
 
 def width_for(stream) -> int | None:
@@ -301,7 +302,8 @@ def progress(description: str, total: int | None = None) -> Iterator[_Stages]:
     """Progress on stderr: a live bar in a terminal, else one ``[  12.3s] stage`` line per stage.
 
     A long step (a distillation, an LM export) piped to a log is then never silent for
-    long: besides a line per new stage, counted progress prints a line every 30 s.
+    long: besides a line per new stage, a stage that goes on prints a line every 60 s
+    (counted progress: every 30 s, with its count).
 
     Args:
         description: The first stage.
@@ -312,7 +314,22 @@ def progress(description: str, total: int | None = None) -> Iterator[_Stages]:
     """
     start = _start_time()
     if not sys.stderr.isatty():
-        yield _Stages(description, None, None, start)
+        import threading
+
+        stages, done = _Stages(description, None, None, start), threading.Event()
+
+        def heartbeat() -> None:  # one call (an LM export) can take minutes without reporting anything
+            while not done.wait(5):
+                if time.monotonic() - stages._last_line >= HEARTBEAT_S:
+                    stages._line(f"{stages.description} (still running)")
+
+        thread = threading.Thread(target=heartbeat, daemon=True)
+        thread.start()
+        try:
+            yield stages
+        finally:
+            done.set()
+            thread.join()
         return
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 

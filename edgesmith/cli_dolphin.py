@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from edgesmith.cli_common import console, emit_json
+from edgesmith.cli_common import console, emit_json, progress
 from edgesmith.optimize.dolphin import DolphinOptions
 
 
@@ -30,13 +30,6 @@ def _training_options(f):
         f = click.option(flag, field.name, type=type(field.default), default=field.default, show_default=True,
                          help=helps.get(field.name, ""))(f)
     return f
-
-
-def _progress():
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                    console=console(), transient=True)
 
 
 @click.group()
@@ -81,10 +74,9 @@ def train(model, encoder, out, resume, force, as_json, **fields):
 
     options = DolphinOptions(**fields)
     options.check()
-    with _progress() as bar:
-        task = bar.add_task("loading models", total=None)
+    with progress("loading models") as bar:
         record = train_folder(model, out, options, encoder, resume=resume, force=force,
-                              progress=lambda d, n, total: bar.update(task, description=d, completed=n, total=total))
+                              progress=lambda d, n, total: bar.update(d, completed=n, total=total))
     if as_json:
         emit_json(record)
         return
@@ -128,7 +120,7 @@ def ask(folder, context, question, max_new_tokens, full, as_json):
     from edgesmith.optimize.dolphin_io import load_folder
 
     text = _read_context(context)
-    with console().status(f"loading {folder}"):
+    with progress(f"loading {folder}"):
         pair = load_folder(folder)
     began = time.perf_counter()
     record = pair.answer(text, question, max_new_tokens, full=full)
@@ -160,14 +152,13 @@ def evaluate(folder, windows, as_json):
     from edgesmith.optimize.dolphin_io import load_folder
     from edgesmith.optimize.dolphin_train import continuation_perplexity, training_windows
 
-    with console().status(f"loading {folder}"):
+    with progress(f"loading {folder}"):
         pair = load_folder(folder)
     o = pair.options
     rows = training_windows(pair, eval_text("test"), o.context + o.continuation)
     rows = rows[:windows] if windows > 0 else rows
-    with _progress() as bar:
-        task = bar.add_task("scoring windows", total=len(rows))
-        result = continuation_perplexity(pair, rows, o.context, progress=lambda n, total: bar.update(task, completed=n))
+    with progress("scoring windows", total=len(rows)) as bar:
+        result = continuation_perplexity(pair, rows, o.context, progress=lambda n, total: bar.update(completed=n))
     if as_json:
         emit_json(result)
         return
@@ -195,7 +186,7 @@ def export(folder, out, target, name, force, as_json):
     """
     from edgesmith.optimize.dolphin_io import export_folder
 
-    with console().status(f"exporting {folder} to {target}"):
+    with progress(f"exporting {folder} to {target}"):
         results = export_folder(folder, out, target=target, name=name, force=force)
     if as_json:
         emit_json([{"bundle": str(b.path), "parity": p.to_dict()} for b, p in results])
@@ -205,4 +196,4 @@ def export(folder, out, target, name, force, as_json):
     table = parity_table()
     for bundle, result in results:
         parity_row(table, str(bundle.path), result)
-    console(stderr=False).print(table)
+    table.show()

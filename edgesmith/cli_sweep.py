@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from edgesmith.cli_common import console, emit_json
+from edgesmith.cli_common import Column, DataTable, console, emit_json, format_option, progress, say
 
 
 @click.command()
@@ -31,6 +31,7 @@ from edgesmith.cli_common import console, emit_json
 @click.option("--warmup", type=int, help="Untimed warm-up runs (default: the recipe's, else 5).")
 @click.option("--force", is_flag=True, help="Overwrite existing bundles, profile.json and report.")
 @click.option("--json", "as_json", is_flag=True, help="Print the jobs' records and the files written as JSON.")
+@format_option
 def sweep(recipe, models, pass_sets, targets, devices, device_files, data, out, workers, ray_address, runs, warmup,
           force, as_json):
     """Run many variants x targets x devices in parallel, into one profile and one report.
@@ -49,8 +50,6 @@ def sweep(recipe, models, pass_sets, targets, devices, device_files, data, out, 
       edgesmith sweep examples/demo.yaml --ray-address local
     """
     import dataclasses
-
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
     from edgesmith import api as es
     from edgesmith.errors import EdgesmithError, OutputExistsError, UsageError
@@ -75,13 +74,10 @@ def sweep(recipe, models, pass_sets, targets, devices, device_files, data, out, 
     profile_path = out / "profile.json"
     if profile_path.exists() and not force:
         raise OutputExistsError(f"{profile_path} exists", hint="pass --force to sweep over it")
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), console=console(),
-                  transient=True) as bar:
-        task = bar.add_task(f"sweep: {len(jobs)} jobs", total=len(jobs))
+    with progress(f"sweep: {len(jobs)} jobs", total=len(jobs)) as bar:
         results, doc = run_sweep(jobs, out, workers=workers, ray_address=ray_address, force=force,
                                  device_files=device_files,
-                                 progress=lambda label, done, total: bar.update(task, completed=done,
-                                                                                description=f"done: {label}"))
+                                 progress=lambda label, done, total: bar.update(f"done: {label}", completed=done))
     profile_path.write_text(json.dumps(doc, indent=2))
     written = [profile_path, *es.report([doc], out / "report.html", force=True)]
     failed = [r for r in results if not r.ok]
@@ -90,7 +86,7 @@ def sweep(recipe, models, pass_sets, targets, devices, device_files, data, out, 
     else:
         _show(results, doc)
         for p in written:
-            click.echo(f"wrote {p}")
+            say(f"wrote {p}")
     if failed:
         error = EdgesmithError(f"{len(failed)} of {len(results)} jobs failed; the first: {failed[0].label}: "
                                f"{failed[0].error}", hint=f"the other jobs' results are in {profile_path}")
@@ -99,8 +95,6 @@ def sweep(recipe, models, pass_sets, targets, devices, device_files, data, out, 
 
 
 def _show(results, doc) -> None:
-    from rich.table import Table
-
     latency: dict[tuple[str, str], str] = {}
     for e in doc["entries"]:
         mark = "" if e["mode"] == "measured" else "~"
@@ -108,14 +102,13 @@ def _show(results, doc) -> None:
     devices = list(dict.fromkeys(e["device"] for e in doc["entries"]))
     from rich.markup import escape
 
-    t = Table(title="sweep (ms: p50 measured on host, ~ predicted)")
-    for col in ("job", "result", *devices, "s"):
-        t.add_column(col, justify="right" if col in devices or col == "s" else "left", overflow="fold")
+    t = DataTable(Column("job", key=True), Column("result", wrap=True), *(Column(d, "right") for d in devices),
+                  Column("s", "right"), title="sweep (ms: p50 measured on host, ~ predicted)")
     for r in results:
         cells = [latency.get((r.bundle, d), "-") for d in devices]
         status = "[green]ok[/]" if r.ok else f"[red]FAILED[/] ({r.exit_code}): {escape(r.error)}"
         t.add_row(r.label, status, *cells, f"{r.seconds:.1f}")
-    console(stderr=False).print(t)
+    t.show()
     for r in results:
         for note in r.notes if r.ok else []:  # a failed job's notes are its traceback, in the report
             console().print(f"[yellow]note:[/] {r.label}: {escape(note)}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import click
 
-from edgesmith.cli_common import console, emit_json, parity_row, parity_table
+from edgesmith.cli_common import console, emit_json, format_option, parity_row, parity_table, progress
 
 
 @click.command("build-engine")
@@ -16,6 +16,7 @@ from edgesmith.cli_common import console, emit_json, parity_row, parity_table
 @click.option("--runs", default=100, show_default=True, help="Timed runs of the engine.")
 @click.option("--warmup", default=10, show_default=True, help="Untimed runs first.")
 @click.option("--json", "as_json", is_flag=True, help="Print the engine record, parity and latency as JSON.")
+@format_option
 def build_engine(bundle, force, timing_cache, runs, warmup, as_json):
     """Build a tensorrt bundle's engine here, check its parity and measure it, in the bundle.
 
@@ -32,7 +33,7 @@ def build_engine(bundle, force, timing_cache, runs, warmup, as_json):
     """
     from edgesmith import api as es
 
-    with console().status("building the engine") as status:
+    with progress("building the engine") as status:
         done, parity, profile = es.build_engine(bundle, force=force, timing_cache=timing_cache, runs=runs,
                                                 warmup=warmup, step=status.update)
     engine = done.manifest.details["tensorrt"]["engine"]
@@ -41,7 +42,7 @@ def build_engine(bundle, force, timing_cache, runs, warmup, as_json):
                           "profile": profile.to_dict()})
     table = parity_table()
     parity_row(table, str(done.path), parity)
-    console(stderr=False).print(table)
+    table.show()
     lat = profile.latency_ms
     click.echo(f"engine: TensorRT {engine['tensorrt']} on {engine['gpu']} (compute capability "
                f"{engine['compute_capability']}), {engine['precision']}, built in {engine['build_s']:.1f} s")

@@ -111,6 +111,19 @@ def test_progress_off_a_terminal_prints_a_line_per_stage(capsys):
     assert all(re.match(r"\[\s*\d+\.\ds\] ", line) for line in lines)
 
 
+def test_a_long_silent_stage_still_prints_lines(capsys, monkeypatch):
+    import time
+
+    import edgesmith.cli_common as common
+
+    monkeypatch.setattr(common, "HEARTBEAT_S", 0.2)
+    with progress("exporting smollm2-135m to onnx"):
+        time.sleep(5.5)  # the heartbeat looks every 5 s
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0].endswith("] exporting smollm2-135m to onnx")
+    assert lines[1].endswith("] exporting smollm2-135m to onnx (still running)"), lines
+
+
 def test_third_party_progress_bars_are_silenced_off_a_terminal(monkeypatch):
     for var in ("TQDM_DISABLE", "HF_HUB_DISABLE_PROGRESS_BARS"):
         monkeypatch.setenv(var, "")  # records the variable, so the test leaves it as it found it
