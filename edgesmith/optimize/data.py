@@ -64,8 +64,9 @@ def load_image_data(path: str | Path, shape: tuple[int, int, int], test_fraction
     if path.suffix != ".npz":
         raise BadInputError(f"data {path} is neither a folder nor an .npz file",
                             hint="give an image folder (one sub-folder per class) or an .npz")
-    with np.load(path) as npz:
-        arrays = {k: npz[k] for k in npz.files}
+    from edgesmith.bundle import load_arrays
+
+    arrays = load_arrays(path, "data")
     if "x_train" in arrays:
         if "x_test" not in arrays:
             raise BadInputError(f"{path} has x_train but no x_test", hint="add x_test, or give one array x")

@@ -56,11 +56,9 @@ def feeds_from(variant, source: str, owner: str, seq_len: int, samples: int | No
     if not source:
         return variant.example
     if arrays or source.endswith(".npz"):
-        try:
-            with np.load(source, allow_pickle=False) as z:
-                found = {k: z[k] for k in z.files}
-        except (OSError, ValueError) as exc:
-            raise BadInputError(f"{owner}: cannot read {what} data {source}: {exc}") from None
+        from edgesmith.bundle import load_arrays
+
+        found = load_arrays(source, f"{what} data for {owner}")
         names = [s.name for s in variant.inputs]
         missing = [n for n in names if n not in found]
         if missing:
@@ -128,11 +126,13 @@ def held_out_accuracy(variant, module, data: TrainSet, before: str, after: str) 
 def _image_npz(source: str) -> bool:
     if not source.endswith(".npz") or not Path(source).is_file():
         return False
+    import zipfile
+
     try:
         with np.load(source, allow_pickle=False) as z:
             return bool({"x_train", "x", "images"} & set(z.files))
-    except (OSError, ValueError):
-        return False
+    except (OSError, ValueError, EOFError, NotImplementedError, zipfile.BadZipFile):
+        return False  # not an image archive; the caller's reader says what is wrong with it
 
 
 def _images(variant, x_train, y_train, x_test, y_test) -> TrainSet:

@@ -160,3 +160,17 @@ def test_cli_checkpoints_next_to_the_output_and_resumes(digits_npz, tmp_path, ca
     student = es.load(str(out))
     assert student.inputs[0].shape[1:] == (1, 8, 8) and student.run()["logits"].shape[-1] == 10
     assert [p["name"] for p in student.passes] == ["distill"]
+
+
+@pytest.mark.parametrize("content", [b"not an npz\n", b"PK\x03\x04 truncated zip"], ids=["text", "truncated-zip"])
+def test_data_that_is_not_an_npz_is_bad_input(tmp_path, content):
+    from types import SimpleNamespace
+
+    from edgesmith.optimize.training import feeds_from
+
+    bad = tmp_path / "bad.npz"
+    bad.write_bytes(content)
+    with pytest.raises(BadInputError, match="bad.npz"):
+        load_image_data(bad, (1, 8, 8))
+    with pytest.raises(BadInputError, match="bad.npz"):
+        feeds_from(SimpleNamespace(inputs=[], example={}), str(bad), "pass 'distill'", seq_len=8)
