@@ -303,7 +303,7 @@ def optimize(model, inputs, weights, gguf, seq_len, pass_specs, out, data, resum
     \b
     Examples:
       edgesmith optimize zoo:digits-cnn -p reparam -o digits-reparam.pt2
-      edgesmith optimize zoo:digits-cnn -p distill:student=lsnet-t,width=0.06,depth=0.25,epochs=20 \\
+      edgesmith optimize zoo:digits-cnn -p distill:student=lsnet-t,width=0.08,depth=0.25,epochs=20 \\
           --data digits.npz -o digits-lsnet.pt2
       edgesmith optimize zoo:smollm2-135m -o smol-budget.pt2 \\
           -p matformer:budget_ms=50,text=devils-dictionary,seq_len=128

@@ -15,12 +15,21 @@ DIGITS_NPZ = "digits.npz"
 
 
 def examples() -> dict[str, str]:
-    """Each shipped example's file name and what it is (the first line of its comment)."""
-    found = {p.name: p.read_text(encoding="utf-8").splitlines()[0].lstrip("# ").strip()
-             for p in sorted(HERE.glob("*.yaml"))}
+    """Each shipped example's file name and what it is (its opening comment, without the command lines)."""
+    found = {p.name: _about(p.read_text(encoding="utf-8")) for p in sorted(HERE.glob("*.yaml"))}
     found[DIGITS_NPZ] = ("the scikit-learn digits split zoo:digits-cnn was trained on, for --data "
                          "(written by copy; needs scikit-learn)")
     return found
+
+
+def _about(text: str) -> str:
+    lines = []
+    for line in text.splitlines():
+        if not line.startswith("#"):
+            break
+        if not line.startswith("#   "):  # an indented line is a command to run it
+            lines.append(line.lstrip("#").strip())
+    return " ".join(lines)
 
 
 def write_digits_npz(path: str | Path) -> tuple[int, int]:
