@@ -13,7 +13,7 @@ from pathlib import Path
 import click
 
 from edgesmith import errors
-from edgesmith.cli_common import Column, DataTable, format_option, progress, quiet_progress_bars, say
+from edgesmith.cli_common import Column, DataTable, format_option, say
 from edgesmith.cli_common import console as _console, emit_json as _emit_json
 from edgesmith.cli_common import parity_row as _parity_row, parity_table as _parity_table
 from edgesmith.cli_devices import devices
@@ -21,6 +21,7 @@ from edgesmith.cli_dolphin import dolphin
 from edgesmith.cli_examples import examples
 from edgesmith.cli_passes import print_pass_reports
 from edgesmith.cli_profile import profile, profile_table, report, run_recipe_file, warn_not_predicted
+from edgesmith.cli_progress import progress, quiet_progress_bars
 from edgesmith.cli_sweep import sweep
 from edgesmith.cli_tensorrt import build_engine, print_tensorrt_export
 from edgesmith.cli_view import view

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import click
 
-from edgesmith.cli_common import Column, DataTable, console, emit_json, format_option, progress
+from edgesmith.cli_common import Column, DataTable, console, emit_json, format_option
+from edgesmith.cli_progress import progress
 
 
 @click.group()

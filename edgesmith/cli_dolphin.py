@@ -9,7 +9,8 @@ from pathlib import Path
 
 import click
 
-from edgesmith.cli_common import console, emit_json, progress
+from edgesmith.cli_common import console, emit_json
+from edgesmith.cli_progress import progress
 from edgesmith.optimize.dolphin import DolphinOptions
 
 

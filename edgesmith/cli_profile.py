@@ -16,9 +16,9 @@ from edgesmith.cli_common import (
     output_format,
     parity_row,
     parity_table,
-    progress,
     say,
 )
+from edgesmith.cli_progress import progress
 from edgesmith.units import format_bytes, format_duration, format_mib
 
 

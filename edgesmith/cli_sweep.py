@@ -7,7 +7,8 @@ from pathlib import Path
 
 import click
 
-from edgesmith.cli_common import Column, DataTable, console, emit_json, format_option, progress, say
+from edgesmith.cli_common import Column, DataTable, console, emit_json, format_option, say
+from edgesmith.cli_progress import progress
 
 
 @click.command()

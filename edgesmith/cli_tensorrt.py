@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import click
 
-from edgesmith.cli_common import console, emit_json, format_option, parity_row, parity_table, progress
+from edgesmith.cli_common import console, emit_json, format_option, parity_row, parity_table
+from edgesmith.cli_progress import progress
 
 
 @click.command("build-engine")

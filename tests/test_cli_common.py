@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from edgesmith.cli import main
-from edgesmith.cli_common import Column, DataTable, progress, quiet_progress_bars
+from edgesmith.cli_common import Column, DataTable
+from edgesmith.cli_progress import progress, quiet_progress_bars
 from edgesmith.cli_passes import pass_summary
 
 DEVICES = ("host", "jetson-orin-nano", "apple-a17-pro-ane")
@@ -114,7 +115,7 @@ def test_progress_off_a_terminal_prints_a_line_per_stage(capsys):
 def test_a_long_silent_stage_still_prints_lines(capsys, monkeypatch):
     import time
 
-    import edgesmith.cli_common as common
+    import edgesmith.cli_progress as common
 
     monkeypatch.setattr(common, "HEARTBEAT_S", 0.2)
     with progress("exporting smollm2-135m to onnx"):
