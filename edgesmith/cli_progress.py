@@ -10,6 +10,7 @@ import contextlib
 import os
 import re
 import sys
+import threading
 import time
 from typing import Iterator
 
@@ -76,8 +77,6 @@ def progress(description: str, total: int | None = None) -> Iterator[_Stages]:
     """
     start = _start_time()
     if not sys.stderr.isatty():
-        import threading
-
         stages, done = _Stages(description, None, None, start), threading.Event()
 
         def heartbeat() -> None:  # one call (an LM export) can take minutes without reporting anything
