@@ -134,8 +134,8 @@ def models_list(patterns, details, as_json):
         return _emit_json(rows)
     name = Column("model", key=True)
     t = DataTable(name, "task", Column("summary", wrap=True)) if not details else DataTable(
-        name, "task", Column("params", "right"), Column("paper", "right"), Column("MACs", "right"),
-        Column("paper", "right"), "input")
+        name, "task", Column("params", "right"), Column("paper params", "right", wrap=True), Column("MACs", "right"),
+        Column("paper MACs", "right", wrap=True), "input")
     for r in rows:
         if not details:
             t.add_row(r["name"], r["task"], r["summary"])
