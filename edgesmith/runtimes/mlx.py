@@ -6,6 +6,15 @@ MLX is Apple's array framework (Metal GPU on Apple silicon, CPU elsewhere,
 ``mx.import_function`` and run on MLX's default device. Inputs go in the
 manifest's order, outputs are evaluated (``mx.eval``: MLX is lazy) and returned
 as numpy arrays. MLX has no intra-op thread setting, so ``threads`` is ignored.
+
+Speed on Linux: the ``mlx[cpu]`` wheel links a bundled reference BLAS (netlib
+``libblas``, single-threaded, unoptimised) for its matrix multiplies, and a
+transformer's time on it is almost all matmul: mlx-lm's own models run no
+faster than these bundles there. A system OpenBLAS in ``LD_PRELOAD`` (e.g.
+``LD_PRELOAD=libopenblas.so.0`` after ``apt-get install libopenblas0-pthread``)
+takes over ``cblas_sgemm`` and makes them 10-30x faster; the numbers are in
+BENCHMARKS.md ("MLX on Linux: bound by the wheel's matmul"). The preload must be
+set before the process starts, so this runtime only documents it.
 """
 
 from __future__ import annotations
