@@ -3,14 +3,28 @@
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 import uuid
+from pathlib import Path
 
 import pytest
+
+# tests import their shared checks as `testkit` (tests/ is not a package; pytest runs in importlib mode)
+sys.path.insert(0, str(Path(__file__).parent))
 
 # The host calibration the latency predictor caches: one per test session, never the user's own
 # (subprocesses such as the README's commands inherit it).
 os.environ.setdefault("EDGESMITH_CACHE", tempfile.mkdtemp(prefix="edgesmith-test-cache-"))
+
+
+@pytest.fixture
+def work(tmp_path, monkeypatch) -> Path:
+    """An empty working directory (the process's cwd) for a command that must write nothing."""
+    d = tmp_path / "work"
+    d.mkdir()
+    monkeypatch.chdir(d)
+    return d
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ import hashlib
 import json
 import os
 import pickle
-import shlex
 import shutil
 import subprocess
 import sys
@@ -22,35 +21,9 @@ import pytest
 from edgesmith import api as es
 from edgesmith.bundle import Bundle
 from edgesmith.cli import main
-
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}
-
+from testkit import ENV, PickleBomb, assert_one_error, cli, snapshot
 
 # ---------------------------------------------------------------- helpers
-
-def cli(capsys, *args) -> tuple[int, str, str]:
-    """Run the CLI in-process; return (exit code, stdout, stderr)."""
-    capsys.readouterr()
-    code = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def snapshot(root: Path) -> dict[str, bytes | None]:
-    """Every file (with its bytes) and directory under root."""
-    return {p.relative_to(root).as_posix(): (p.read_bytes() if p.is_file() else None)
-            for p in sorted(root.rglob("*"))}
-
-
-def assert_one_error(err: str, *names: str) -> str:
-    """stderr holds one ``error:`` line naming every given thing, and no traceback."""
-    assert "Traceback" not in err, err
-    lines = [ln for ln in err.splitlines() if ln.startswith("error:")]
-    assert len(lines) == 1, err
-    for name in names:
-        assert name in lines[0], (name, lines[0])
-    return lines[0]
-
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory) -> dict[str, Path]:
@@ -80,15 +53,6 @@ def factory(py_module) -> str:
         "    return torch.nn.Conv2d(3, 4, 3)\n",
         prefix="es_nets",
     )
-
-
-@pytest.fixture
-def work(tmp_path, monkeypatch) -> Path:
-    """An empty working directory (the process's cwd) for a command that must write nothing."""
-    d = tmp_path / "work"
-    d.mkdir()
-    monkeypatch.chdir(d)
-    return d
 
 
 # ---------------------------------------------------------------- happy path
@@ -308,16 +272,6 @@ def test_truncated_pt2(capsys, work, optimized_pt2):
     assert snapshot(work) == before
 
 
-class _Evil:
-    """Unpickling this runs a shell command (creates a sentinel file)."""
-
-    def __init__(self, sentinel: Path):
-        self.sentinel = sentinel
-
-    def __reduce__(self):
-        return (os.system, (f"touch {shlex.quote(str(self.sentinel))}",))
-
-
 @pytest.mark.parametrize("writer", ["torch.save", "pickle"])
 @pytest.mark.filterwarnings("ignore:Detected pickle protocol:UserWarning")
 def test_weights_that_would_run_code_are_refused(capsys, tmp_path, work, factory, writer):
@@ -325,15 +279,15 @@ def test_weights_that_would_run_code_are_refused(capsys, tmp_path, work, factory
 
     # the payload is live: plain unpickling runs it
     control = tmp_path / "CONTROL"
-    pickle.loads(pickle.dumps(_Evil(control)))
+    pickle.loads(pickle.dumps(PickleBomb(control)))
     assert control.exists()
 
     sentinel = tmp_path / "SENTINEL"
     evil = work / "evil.pt"
     if writer == "torch.save":
-        torch.save({"weight": _Evil(sentinel), "bias": torch.zeros(4)}, evil)
+        torch.save({"weight": PickleBomb(sentinel), "bias": torch.zeros(4)}, evil)
     else:
-        evil.write_bytes(pickle.dumps({"weight": _Evil(sentinel)}))
+        evil.write_bytes(pickle.dumps({"weight": PickleBomb(sentinel)}))
     before = snapshot(work)
     code, _, err = cli(capsys, "export", f"py:{factory}:conv3", "--weights", "evil.pt",
                        "--input", "x:1x3x8x8", "-o", "out")
@@ -464,7 +418,7 @@ def test_run_inputs_with_a_string_array(capsys, exported, tmp_path, array, dtype
 
 def test_run_inputs_with_an_object_array_is_never_unpickled(capsys, exported, tmp_path):
     marker = tmp_path / "MARKER"
-    np.savez(tmp_path / "x.npz", image=np.array([_Evil(marker)], dtype=object))
+    np.savez(tmp_path / "x.npz", image=np.array([PickleBomb(marker)], dtype=object))
     before = snapshot(tmp_path)
     code, _, err = cli(capsys, "run", exported["onnx"], "--inputs", tmp_path / "x.npz", "-o", tmp_path / "y.npz")
     assert code == 3

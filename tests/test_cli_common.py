@@ -17,15 +17,9 @@ from edgesmith.cli import main
 from edgesmith.cli_common import Column, DataTable
 from edgesmith.cli_progress import progress, quiet_progress_bars
 from edgesmith.cli_passes import pass_summary
+from testkit import cli
 
 DEVICES = ("host", "jetson-orin-nano", "apple-a17-pro-ane")
-
-
-def cli(capsys, *args) -> tuple[int, str, str]:
-    capsys.readouterr()
-    code = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def whole(name: str, text: str) -> int:

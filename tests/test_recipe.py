@@ -7,23 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from edgesmith.cli import main
 from edgesmith.demo import demo_recipe
 from edgesmith.recipe import load_recipe
+from testkit import cli, snapshot
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "edgesmith" / "examples"
-
-
-def cli(capsys, *args) -> tuple[int, str, str]:
-    capsys.readouterr()
-    code = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def snapshot(root: Path) -> dict[str, bytes | None]:
-    return {p.relative_to(root).as_posix(): (p.read_bytes() if p.is_file() else None)
-            for p in sorted(root.rglob("*"))}
 
 
 @pytest.mark.parametrize("path", sorted(EXAMPLES.glob("*.yaml")), ids=lambda p: p.name)

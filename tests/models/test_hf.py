@@ -9,10 +9,8 @@ the file, nothing written, and the marker the code would create never appears.
 from __future__ import annotations
 
 import json
-import os
 import pickle
 import runpy
-import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -23,32 +21,10 @@ import pytest
 from edgesmith.cli import main
 from edgesmith.errors import BadInputError
 from edgesmith.models import hf
+from testkit import ENV, PickleBomb, assert_one_error, snapshot
 
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}
 BERT = {"model_type": "bert", "architectures": ["BertModel"], "hidden_size": 8, "num_hidden_layers": 1,
         "num_attention_heads": 2, "intermediate_size": 16, "vocab_size": 30}
-
-
-def _snapshot(root: Path) -> dict[str, bytes | None]:
-    return {p.relative_to(root).as_posix(): (p.read_bytes() if p.is_file() else None)
-            for p in sorted(root.rglob("*"))}
-
-
-def _one_error(err: str, *names: str) -> str:
-    assert "Traceback" not in err, err
-    lines = [ln for ln in err.splitlines() if ln.startswith("error:")]
-    assert len(lines) == 1, err
-    for name in names:
-        assert name in lines[0], (name, lines[0])
-    return lines[0]
-
-
-@pytest.fixture
-def work(tmp_path, monkeypatch) -> Path:
-    d = tmp_path / "work"
-    d.mkdir()
-    monkeypatch.chdir(d)
-    return d
 
 
 def _evil_folder(root: Path, marker: Path, config_file: str) -> Path:
@@ -78,61 +54,51 @@ def test_checkpoint_code_is_refused(capsys, tmp_path, work, config_file, command
     assert marker.exists()
     marker.unlink()
 
-    before = _snapshot(work)
+    before = snapshot(work)
     capsys.readouterr()
     code = main(command)
     _, err = capsys.readouterr()
     assert code == 3
-    line = _one_error(err, "modeling_evil.py", config_file, "ckpt")
+    line = assert_one_error(err, "modeling_evil.py", config_file, "ckpt")
     assert "never runs" in line
     assert not marker.exists(), "the checkpoint's code ran"
-    assert _snapshot(work) == before
+    assert snapshot(work) == before
 
 
 def test_checkpoint_code_is_refused_even_with_yes_on_stdin(tmp_path, work):
     """A real process with "y" waiting on stdin: transformers would take it as consent."""
     marker = tmp_path / "MARKER"
     _evil_folder(work, marker, "config.json")
-    before = _snapshot(work)
+    before = snapshot(work)
     r = subprocess.run([sys.executable, "-m", "edgesmith.cli", "export", "ckpt", "-o", "out"], input="y\ny\n",
                        capture_output=True, text=True, env=ENV, cwd=work, timeout=300)
     assert r.returncode == 3, r.stderr
-    _one_error(r.stderr, "modeling_evil.py")
+    assert_one_error(r.stderr, "modeling_evil.py")
     assert "custom code" not in r.stdout + r.stderr  # transformers never got to ask
     assert not marker.exists(), "the checkpoint's code ran"
-    assert _snapshot(work) == before
-
-
-class _Evil:
-    """Unpickling this runs a shell command (creates the marker file)."""
-
-    def __init__(self, marker: Path):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (os.system, (f"touch {shlex.quote(str(self.marker))}",))
+    assert snapshot(work) == before
 
 
 @pytest.mark.parametrize("weights", ["pytorch_model.bin", "model.pt"])
 def test_pickled_weights_are_refused(capsys, tmp_path, work, weights):
     marker = tmp_path / "MARKER"
-    pickle.loads(pickle.dumps(_Evil(marker)))  # the payload is live
+    pickle.loads(pickle.dumps(PickleBomb(marker)))  # the payload is live
     assert marker.exists()
     marker.unlink()
     folder = work / "ckpt"
     folder.mkdir()
     (folder / "config.json").write_text(json.dumps(BERT))
-    (folder / weights).write_bytes(pickle.dumps({"embeddings.word_embeddings.weight": _Evil(marker)}))
-    before = _snapshot(work)
+    (folder / weights).write_bytes(pickle.dumps({"embeddings.word_embeddings.weight": PickleBomb(marker)}))
+    before = snapshot(work)
     for command in (["export", "ckpt", "-o", "out"], ["inspect", "ckpt"]):
         capsys.readouterr()
         code = main(command)
         _, err = capsys.readouterr()
         assert code == 3, command
-        line = _one_error(err, weights, "ckpt")
+        line = assert_one_error(err, weights, "ckpt")
         assert "pickle" in line and "safetensors" in err
     assert not marker.exists(), "the pickle's code ran"
-    assert _snapshot(work) == before
+    assert snapshot(work) == before
 
 
 def test_unreadable_config_is_bad_input(tmp_path):
