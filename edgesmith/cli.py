@@ -592,7 +592,8 @@ def run(target, inputs_file, out, force, threads, check, as_json):
     import numpy as np
 
     from edgesmith import api as es
-    from edgesmith.bundle import Bundle, check_writable, load_arrays
+    from edgesmith.arrays import load_arrays
+    from edgesmith.bundle import Bundle, check_writable
     from edgesmith.runtimes import InputCastNote
 
     if out:

@@ -24,7 +24,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from edgesmith.bundle import GOLDEN, MANIFEST, Bundle, Manifest, finalize_manifest, load_arrays, save_golden
+from edgesmith.arrays import load_arrays
+from edgesmith.bundle import GOLDEN, MANIFEST, Bundle, Manifest, finalize_manifest, save_golden
 from edgesmith.errors import BadInputError, EdgesmithError
 from edgesmith.runtimes import Runtime
 from edgesmith.specs import TensorSpec

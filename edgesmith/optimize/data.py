@@ -64,7 +64,7 @@ def load_image_data(path: str | Path, shape: tuple[int, int, int], test_fraction
     if path.suffix != ".npz":
         raise BadInputError(f"data {path} is neither a folder nor an .npz file",
                             hint="give an image folder (one sub-folder per class) or an .npz")
-    from edgesmith.bundle import load_arrays
+    from edgesmith.arrays import load_arrays
 
     arrays = load_arrays(path, "data")
     if "x_train" in arrays:

@@ -56,7 +56,7 @@ def feeds_from(variant, source: str, owner: str, seq_len: int, samples: int | No
     if not source:
         return variant.example
     if arrays or source.endswith(".npz"):
-        from edgesmith.bundle import load_arrays
+        from edgesmith.arrays import load_arrays
 
         found = load_arrays(source, f"{what} data for {owner}")
         names = [s.name for s in variant.inputs]

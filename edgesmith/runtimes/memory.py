@@ -70,15 +70,13 @@ def measure(bundle: str, threads: int = 0, accelerator: str | None = None, compi
         ``peak_memory_mb`` (the rise, see the module docstring), ``baseline_mb`` and
         ``peak_rss_mb``, all None where the OS gives no peak.
     """
-    import numpy as np
-
+    from edgesmith.arrays import load_arrays
     from edgesmith.runtimes import open_runtime
 
     baseline = high_water_mb()
     runtime = open_runtime(bundle, threads=threads, accelerator=accelerator, compiled=compiled)
     if inputs:
-        with np.load(inputs) as z:
-            feeds = {k: z[k] for k in z.files}
+        feeds = load_arrays(inputs, "inputs")
     else:
         feeds = runtime.bundle.golden()[0]
     prepared = runtime.prepare(feeds)
