@@ -188,11 +188,16 @@ def main(argv=None) -> int:
                 if name != "matmul":  # the first call, kept for parity against eager
                     worker.ask(op="output", name=name, path=str(tmp / "out.npy"))
                     results["parity"][f"{name} {backend}"] = _max_abs(np.load(tmp / "out.npy"), reference)
-        times = {"torch-eager": []} | {(b, n): [] for b in backends for n in RUNNERS}
+        threads = torch.get_num_threads()
+        times = {"torch-eager": [], "torch-eager-1t": []} | {(b, n): [] for b in backends for n in RUNNERS}
         for r in range(args.rounds):
             for backend in backends:
                 # eager is cheap: a block of it beside each backend's, so it sees the same load
                 times["torch-eager"] += time_runs(eager, warmup=args.warmup, runs=args.runs)
+                # one thread too: with two, eager slows down ~30x whenever another process holds a core
+                torch.set_num_threads(1)
+                times["torch-eager-1t"] += time_runs(eager, warmup=args.warmup, runs=args.runs)
+                torch.set_num_threads(threads)
                 for name in RUNNERS:
                     answer = workers[backend, name].ask(op="time", name=name, warmup=args.warmup, runs=args.runs)
                     times[backend, name] += answer["times_ms"]
@@ -232,6 +237,7 @@ def _print_table(med, backends, eager_ms, results, args, env, seconds) -> None:
         print("| " + " | ".join(cells) + " |")
     pad = [""] * (len(head) - 2)
     print("| " + " | ".join(["PyTorch eager (plain baseline)", f"{eager_ms:.1f}"] + pad) + " |")
+    print("| " + " | ".join(["PyTorch eager, 1 thread", f"{med['torch-eager-1t']:.1f}"] + pad) + " |")
     print()
     for b in backends:
         m = {n: med[b, n] for n in RUNNERS}
