@@ -189,6 +189,7 @@ def passes():
 
 @passes.command("list")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@format_option
 def passes_list(as_json):
     """List passes and their options.
 
@@ -213,6 +214,7 @@ def targets():
 
 @targets.command("list")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@format_option
 def targets_list(as_json):
     """List export targets, their runtimes and options.
 
@@ -234,10 +236,12 @@ def _list_with_options(registry, as_json: bool, describe) -> None:
             for n in registry.names()]
     if as_json:
         return _emit_json(rows)
+    about = [k for k in (rows[0] if rows else {}) if k not in ("name", "options")]
+    table = DataTable(Column("name", key=True), *(Column(k, wrap=True) for k in about), Column("options", wrap=True))
     for r in rows:
-        about = ", ".join(str(v) for k, v in r.items() if k not in ("name", "options"))
         opts = ", ".join(f"{o['name']}={o['default']} ({o['type']})" for o in r["options"]) or "no options"
-        click.echo(f"{r['name']}: {about}\n    options: {opts}")
+        table.add_row(r["name"], *(str(r[k]) for k in about), opts)
+    table.show()
 
 
 @cli.command()
