@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from edgesmith.cli_common import Column, DataTable, console, emit_json, format_option
+from edgesmith.cli_common import Column, DataTable, emit_json, format_option, say
 from edgesmith.cli_progress import progress
 
 
@@ -89,6 +89,7 @@ def devices_show(name, device_files, as_json, as_yaml):
 @click.option("--threads", default=0, help="ONNX Runtime threads the calibration applies to (0 = runtime default).")
 @click.option("--refresh", is_flag=True, help="Measure again even when a cached calibration exists.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (with every suite op's timing).")
+@format_option
 def devices_calibrate(threads, refresh, as_json):
     """Measure (or show the cached) host calibration the latency predictor uses.
 
@@ -107,17 +108,13 @@ def devices_calibrate(threads, refresh, as_json):
         cal = host_calibration(threads, refresh=refresh)
     if as_json:
         return emit_json(cal.to_dict())
-    from rich.table import Table
-
-    out = console(stderr=False)
-    out.print(f"host: {cal.machine.get('cpu', '?')}, {cal.machine.get('cores_usable', '?')} cores, "
-              f"onnxruntime {cal.machine.get('onnxruntime', '?')}, threads {cal.threads or 'default'}")
-    out.print(f"GEMM peak {cal.peak_gflops:.1f} GFLOP/s, bandwidth {cal.bandwidth_gbs:.1f} GB/s, "
-              f"{cal.op_overhead_us:.2f} us per node, kernel floor {cal.kernel_floor_us:.1f} us, "
-              f"{cal.run_overhead_us:.1f} us per run; suite median error {cal.spread:.0%}")
-    t = Table(title=EFFICIENCY_MEANING)
-    t.add_column("class")
-    t.add_column("roofline / measured", justify="right")
+    say(f"host: {cal.machine.get('cpu', '?')}, {cal.machine.get('cores_usable', '?')} cores, "
+        f"onnxruntime {cal.machine.get('onnxruntime', '?')}, threads {cal.threads or 'default'}")
+    say(f"GEMM peak {cal.peak_gflops:.1f} GFLOP/s, bandwidth {cal.bandwidth_gbs:.1f} GB/s, "
+        f"{cal.op_overhead_us:.2f} us per node, kernel floor {cal.kernel_floor_us:.1f} us, "
+        f"{cal.run_overhead_us:.1f} us per run; suite median error {cal.spread:.0%}")
+    t = DataTable(Column("class", key=True), Column("roofline / measured", justify="right"),
+                  title=EFFICIENCY_MEANING)
     for cls, eff in cal.efficiency.items():
         t.add_row(cls, f"{eff:.2f}")
-    out.print(t)
+    t.show()
