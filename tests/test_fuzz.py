@@ -208,19 +208,6 @@ def _load_recipe_text(content: bytes) -> None:
         _expect_typed(load_recipe, path)
 
 
-@FUZZ
-@given(data=st.data())
-def test_fuzz_recipe(data):
-    recipe = data.draw(mutations(_RECIPE))
-    _load_recipe_text(yaml.safe_dump(recipe, allow_unicode=True).encode())
-
-
-@FUZZ
-@given(data=st.data())
-def test_fuzz_recipe_damaged(data):
-    _load_recipe_text(data.draw(damaged(yaml.safe_dump(_RECIPE)) | st.text(max_size=80).map(str.encode)))
-
-
 # ---------------------------------------------------------------- device file
 
 _DEVICE = yaml.safe_load((Path(__file__).parents[1] / "edgesmith/devices/catalog/jetson-orin-nano.yaml").read_text())
@@ -240,17 +227,25 @@ def _load_device_text(content: bytes) -> None:
             assert v is None or (math.isfinite(v) and v > 0)
 
 
-@FUZZ
-@given(data=st.data())
-def test_fuzz_device_file(data):
-    device = data.draw(mutations(_DEVICE))
-    _load_device_text(yaml.safe_dump(device, allow_unicode=True).encode())
+# a recipe and a device file: YAML documents fuzzed the same two ways
+_YAML_FILES = {"recipe": (lambda: _RECIPE, lambda c: _load_recipe_text(c)),
+               "device_file": (lambda: _DEVICE, lambda c: _load_device_text(c))}
 
 
+@pytest.mark.parametrize("kind", sorted(_YAML_FILES))
 @FUZZ
 @given(data=st.data())
-def test_fuzz_device_file_damaged(data):
-    _load_device_text(data.draw(damaged(yaml.safe_dump(_DEVICE)) | st.text(max_size=80).map(str.encode)))
+def test_fuzz_yaml_file(kind, data):
+    original, load = _YAML_FILES[kind]
+    load(yaml.safe_dump(data.draw(mutations(original())), allow_unicode=True).encode())
+
+
+@pytest.mark.parametrize("kind", sorted(_YAML_FILES))
+@FUZZ
+@given(data=st.data())
+def test_fuzz_yaml_file_damaged(kind, data):
+    original, load = _YAML_FILES[kind]
+    load(data.draw(damaged(yaml.safe_dump(original())) | st.text(max_size=80).map(str.encode)))
 
 
 # ---------------------------------------------------------------- --inputs
