@@ -228,8 +228,7 @@ def _load_device_text(content: bytes) -> None:
 
 
 # a recipe and a device file: YAML documents fuzzed the same two ways
-_YAML_FILES = {"recipe": (lambda: _RECIPE, lambda c: _load_recipe_text(c)),
-               "device_file": (lambda: _DEVICE, lambda c: _load_device_text(c))}
+_YAML_FILES = {"recipe": (_RECIPE, _load_recipe_text), "device_file": (_DEVICE, _load_device_text)}
 
 
 @pytest.mark.parametrize("kind", sorted(_YAML_FILES))
@@ -237,7 +236,7 @@ _YAML_FILES = {"recipe": (lambda: _RECIPE, lambda c: _load_recipe_text(c)),
 @given(data=st.data())
 def test_fuzz_yaml_file(kind, data):
     original, load = _YAML_FILES[kind]
-    load(yaml.safe_dump(data.draw(mutations(original())), allow_unicode=True).encode())
+    load(yaml.safe_dump(data.draw(mutations(original)), allow_unicode=True).encode())
 
 
 @pytest.mark.parametrize("kind", sorted(_YAML_FILES))
@@ -245,7 +244,7 @@ def test_fuzz_yaml_file(kind, data):
 @given(data=st.data())
 def test_fuzz_yaml_file_damaged(kind, data):
     original, load = _YAML_FILES[kind]
-    load(data.draw(damaged(yaml.safe_dump(original())) | st.text(max_size=80).map(str.encode)))
+    load(data.draw(damaged(yaml.safe_dump(original)) | st.text(max_size=80).map(str.encode)))
 
 
 # ---------------------------------------------------------------- --inputs
