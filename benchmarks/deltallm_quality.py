@@ -37,9 +37,9 @@ import torch  # noqa: E402
 
 from edgesmith import api as es  # noqa: E402
 from edgesmith.devices.host import fingerprint  # noqa: E402
-from edgesmith.models.datasets import eval_text  # noqa: E402
+from edgesmith.data.datasets import eval_text  # noqa: E402
 from edgesmith.models.hf import tokenizer_for  # noqa: E402
-from edgesmith.models.lm_eval import token_windows  # noqa: E402
+from edgesmith.eval.lm import token_windows  # noqa: E402
 from edgesmith.optimize.deltallm import convert, counted_sparsity, counting, decode_logits, scale_by_keys, states  # noqa: E402
 
 

@@ -2,7 +2,7 @@
 
 Held-out documents: the evaluation text's test split (never trained on) cut into windows of
 ``context + continuation`` decoder tokens (256 + 64 with the defaults). Each window's continuation
-is scored four ways (``edgesmith.optimize.dolphin_train.continuation_perplexity``): ``none``
+is scored four ways (``edgesmith.dolphin.train.continuation_perplexity``): ``none``
 (``[sep] + continuation``), ``other`` (the memory of another window's context: what the trained
 memory tokens give without the document), ``compressed`` (K memories of its own context) and
 ``full`` (``[sep] + context + continuation``). ``gap closed`` = (none - compressed) / (none - full)
@@ -29,10 +29,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 
 from edgesmith.devices.host import fingerprint  # noqa: E402
-from edgesmith.models.datasets import eval_text  # noqa: E402
-from edgesmith.optimize.dolphin import DolphinOptions  # noqa: E402
-from edgesmith.optimize.dolphin_io import WEIGHTS, build, load_folder, train_folder  # noqa: E402
-from edgesmith.optimize.dolphin_train import continuation_perplexity, training_windows  # noqa: E402
+from edgesmith.data.datasets import eval_text  # noqa: E402
+from edgesmith.dolphin.model import DolphinOptions  # noqa: E402
+from edgesmith.dolphin.folder import WEIGHTS, build, load_folder, train_folder  # noqa: E402
+from edgesmith.dolphin.train import continuation_perplexity, training_windows  # noqa: E402
 
 
 def main() -> int:

@@ -29,9 +29,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 
 from edgesmith.devices.host import fingerprint  # noqa: E402
-from edgesmith.models.datasets import eval_text  # noqa: E402
-from edgesmith.optimize.dolphin import DolphinOptions, separator  # noqa: E402
-from edgesmith.optimize.dolphin_io import build, load_folder  # noqa: E402
+from edgesmith.data.datasets import eval_text  # noqa: E402
+from edgesmith.dolphin.model import DolphinOptions, separator  # noqa: E402
+from edgesmith.dolphin.folder import build, load_folder  # noqa: E402
 
 QUESTION = "What does the dictionary say about this word, and why is it funny?"
 

@@ -26,7 +26,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from edgesmith import api as es  # noqa: E402
 from edgesmith.devices.catalog import gpu_here  # noqa: E402
-from edgesmith.runtimes.cuda import gpus  # noqa: E402
+from edgesmith.runtimes.tensorrt.cuda import gpus  # noqa: E402
 from edgesmith.runtimes.tensorrt import tensorrt_unavailable  # noqa: E402
 
 MODELS = ("digits-cnn", "all-minilm-l6-v2", "lsnet-t")

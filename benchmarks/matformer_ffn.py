@@ -6,7 +6,7 @@ pass slices every FFN twice: after ordering the hidden units by importance on
 calibration text (the evaluation text's train split, ``--calib-windows`` windows of
 256 tokens), and naively (the first units as they are, ``order=first``). Each model's
 perplexity is measured on the whole test split of the evaluation text (Bierce's "The
-Devil's Dictionary", ``edgesmith.models.datasets.eval_text("test")``: 99 entries,
+Devil's Dictionary", ``edgesmith.data.datasets.eval_text("test")``: 99 entries,
 32 windows of 256 tokens, each scored on its own).
 
 Usage (from the repo root, after `make install`):
@@ -24,9 +24,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from edgesmith import api as es  # noqa: E402
 from edgesmith.devices.host import fingerprint  # noqa: E402
-from edgesmith.models.datasets import eval_text  # noqa: E402
+from edgesmith.data.datasets import eval_text  # noqa: E402
 from edgesmith.models.hf import tokenizer_for  # noqa: E402
-from edgesmith.models.lm_eval import perplexity, token_windows  # noqa: E402
+from edgesmith.eval.lm import perplexity, token_windows  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -26,10 +26,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from edgesmith import api as es  # noqa: E402
 from edgesmith.devices.host import fingerprint  # noqa: E402
-from edgesmith.models.datasets import eval_text  # noqa: E402
+from edgesmith.data.datasets import eval_text  # noqa: E402
 from edgesmith.models.hf import tokenizer_for  # noqa: E402
 from edgesmith.models.lm_decode import decode_step_variant  # noqa: E402
-from edgesmith.models.lm_eval import lm_feeds, token_windows  # noqa: E402
+from edgesmith.eval.lm import lm_feeds, token_windows  # noqa: E402
 from edgesmith.profiles.measure import time_runs  # noqa: E402
 from edgesmith.runtimes import open_runtime  # noqa: E402
 

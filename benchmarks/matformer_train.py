@@ -22,9 +22,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from edgesmith import api as es  # noqa: E402
 from edgesmith.devices.host import fingerprint  # noqa: E402
-from edgesmith.models.datasets import eval_text  # noqa: E402
+from edgesmith.data.datasets import eval_text  # noqa: E402
 from edgesmith.models.hf import tokenizer_for  # noqa: E402
-from edgesmith.models.lm_eval import perplexity, token_windows  # noqa: E402
+from edgesmith.eval.lm import perplexity, token_windows  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,7 +2,7 @@
 
 The ``matryoshka`` pass pools MiniLM's token states (mean under the mask), keeps the
 first ``dim`` coordinates and re-normalises. On the 1,445 evaluation sentences of the
-fixed evaluation text (``edgesmith.models.datasets.eval_sentences("eval")``: every second
+fixed evaluation text (``edgesmith.data.datasets.eval_sentences("eval")``: every second
 sentence of Bierce's "The Devil's Dictionary"), each sentence's 10 nearest neighbours
 by cosine similarity are found with the full embedding and with each truncation; the
 agreement is the mean share of the full embedding's 10 neighbours the truncation also
@@ -25,8 +25,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from edgesmith import api as es  # noqa: E402
 from edgesmith.devices.host import fingerprint  # noqa: E402
-from edgesmith.models.datasets import eval_sentences  # noqa: E402
-from edgesmith.models.embed_eval import embed, recall_agreement  # noqa: E402
+from edgesmith.data.datasets import eval_sentences  # noqa: E402
+from edgesmith.eval.embeddings import embed, recall_agreement  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -37,10 +37,10 @@ import torch  # noqa: E402
 from edgesmith import api as es  # noqa: E402
 from edgesmith.devices.host import fingerprint  # noqa: E402
 from edgesmith.kernels import require_rsparse_matvec  # noqa: E402
-from edgesmith.models.datasets import eval_text  # noqa: E402
+from edgesmith.data.datasets import eval_text  # noqa: E402
 from edgesmith.models.hf import tokenizer_for  # noqa: E402
-from edgesmith.models.lm_eval import token_windows  # noqa: E402
-from edgesmith.optimize.rsparse_layers import RSparseLinear  # noqa: E402
+from edgesmith.eval.lm import token_windows  # noqa: E402
+from edgesmith.optimize.rsparse.layers import RSparseLinear  # noqa: E402
 
 
 def _set_kernel(model, on: bool) -> None:

@@ -34,8 +34,8 @@ from torch import nn  # noqa: E402
 from edgesmith import api as es  # noqa: E402
 from edgesmith.devices.host import fingerprint  # noqa: E402
 from edgesmith.models.variant import Variant  # noqa: E402
-from edgesmith.optimize.prepbn import layer_norms  # noqa: E402
-from edgesmith.optimize.slab_layers import ProgressiveNorm, build_sla, layout_of  # noqa: E402
+from edgesmith.optimize.slab.prepbn import layer_norms  # noqa: E402
+from edgesmith.optimize.slab.layers import ProgressiveNorm, build_sla, layout_of  # noqa: E402
 from edgesmith.profiles.measure import time_runs  # noqa: E402
 from edgesmith.runtimes import open_runtime  # noqa: E402
 from edgesmith.specs import TensorSpec  # noqa: E402

@@ -214,7 +214,7 @@ def build_engine(bundle: str | Path, *, force: bool = False, timing_cache: str |
     """Complete a tensorrt bundle here: build its engine, check parity on it, measure it (in place).
 
     Returns:
-        ``(Bundle, ParityResult, Profile)``; see :func:`edgesmith.runtimes.tensorrt_build.complete_bundle`.
+        ``(Bundle, ParityResult, Profile)``; see :func:`edgesmith.runtimes.tensorrt.build.complete_bundle`.
 
     Raises:
         RuntimeUnavailableError: No TensorRT or no NVIDIA GPU here (exit code 5).
@@ -222,7 +222,7 @@ def build_engine(bundle: str | Path, *, force: bool = False, timing_cache: str |
     """
     from edgesmith.devices.catalog import gpu_here
     from edgesmith.profiles.measure import profile_bundle
-    from edgesmith.runtimes.tensorrt_build import complete_bundle
+    from edgesmith.runtimes.tensorrt.build import complete_bundle
 
     def measure(path):
         here = gpu_here()  # named after the catalog device the GPU is, else cuda:0
@@ -300,7 +300,7 @@ def dolphin_train(model: str, out: str | Path, *, encoder: str | None = None, re
                   force: bool = False, progress: Callable[[str, int, int], None] | None = None,
                   **options) -> dict[str, Any]:
     """Train a Dolphin pair (``edgesmith dolphin train``): MODEL as decoder, a truncated copy (or ``encoder``)
-    reading the context; ``options`` are :class:`~edgesmith.optimize.dolphin.DolphinOptions` fields.
+    reading the context; ``options`` are :class:`~edgesmith.dolphin.model.DolphinOptions` fields.
 
     Returns:
         The record written to ``OUT/dolphin.json``.
@@ -308,8 +308,8 @@ def dolphin_train(model: str, out: str | Path, *, encoder: str | None = None, re
     import dataclasses
 
     from edgesmith.errors import UsageError
-    from edgesmith.optimize.dolphin import DolphinOptions
-    from edgesmith.optimize.dolphin_io import train_folder
+    from edgesmith.dolphin.model import DolphinOptions
+    from edgesmith.dolphin.folder import train_folder
 
     known = [f.name for f in dataclasses.fields(DolphinOptions)]
     unknown = sorted(set(options) - set(known))
@@ -320,6 +320,6 @@ def dolphin_train(model: str, out: str | Path, *, encoder: str | None = None, re
 
 def dolphin(folder: str | Path):
     """A trained Dolphin pair: ``pair.ask(context, question)``, ``pair.compress(ids)``, ``pair.generate(...)``."""
-    from edgesmith.optimize.dolphin_io import load_folder
+    from edgesmith.dolphin.folder import load_folder
 
     return load_folder(folder)

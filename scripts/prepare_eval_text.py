@@ -5,7 +5,7 @@ version 1.0-13.1, as a dictd database (``devil.dict.dz`` + ``devil.index``). Thi
 script reads the package (``apt-get download dict-devil`` by default, or ``--deb
 FILE``), checks its sha256, takes every dictionary entry in the order of the book
 (the database's own header entries left out), and writes them, one blank line
-apart, to ``edgesmith/models/data/``:
+apart, to ``edgesmith/data/text/``:
 
 - ``devils-dictionary-test.txt``: every 10th entry (entries 9, 19, 29, ...), the
   held-out split that all language-model quality figures are computed on;
@@ -33,7 +33,7 @@ from pathlib import Path
 PACKAGE = "dict-devil"
 VERSION = "1.0-13.1"
 DEB_SHA256 = "6a535684def2a1f70cd42da16d12d43f0e9dc3e54e4a329178eebab3170e3154"
-OUT = Path(__file__).resolve().parents[1] / "edgesmith" / "models" / "data"
+OUT = Path(__file__).resolve().parents[1] / "edgesmith" / "data" / "text"
 _B64 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
 
 

@@ -9,7 +9,7 @@ a stratified 80/20 train/test split with ``random_state=0``. Training is seeded
 and uses deterministic algorithms, so a rerun on the same software rewrites the
 same files. Takes a few seconds on a 2-core CPU.
 
-Writes, next to ``edgesmith/models/digits_cnn.py``:
+Writes, next to ``edgesmith/models/zoo/digits_cnn.py``:
     weights/digits_cnn.safetensors   the state dict (BN running stats included)
     weights/digits_cnn_samples.npz   64 held-out test images and their labels
     weights/digits_cnn.json          the model card
@@ -30,7 +30,7 @@ from torch import nn
 # The script is run as a file, so the repository root is not on sys.path.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from edgesmith.models.digits_cnn import (  # noqa: E402
+from edgesmith.models.zoo.digits_cnn import (  # noqa: E402
     CARD_PATH,
     SAMPLES_PATH,
     WEIGHTS_PATH,
@@ -47,13 +47,13 @@ N_SAMPLES = 64
 
 
 def load_split() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """The digits split that the tests recompute: ``edgesmith.models.datasets.digits_split``.
+    """The digits split that the tests recompute: ``edgesmith.data.datasets.digits_split``.
 
     Returns:
         ``(x_train, x_test, y_train, y_test)``; images float32 ``(N, 1, 8, 8)``
         in ``[0, 1]``, labels int64 ``(N,)``.
     """
-    from edgesmith.models.datasets import digits_split
+    from edgesmith.data.datasets import digits_split
 
     return digits_split()
 

@@ -7,7 +7,7 @@ Run from the repository root::
 Same data, split and seed handling as ``train_digits_cnn.py`` (no shift augmentation: a perceptron
 has no translation invariance to learn from it);
 deterministic, a few seconds on a 2-core CPU. Writes ``weights/digits_mlp.safetensors``
-and ``weights/digits_mlp.json`` next to ``edgesmith/models/digits_mlp.py``.
+and ``weights/digits_mlp.json`` next to ``edgesmith/models/zoo/digits_mlp.py``.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from edgesmith.models import digits_mlp  # noqa: E402
-from edgesmith.models.datasets import digits_split  # noqa: E402
+from edgesmith.data.datasets import digits_split  # noqa: E402
 from train_digits_cnn import accuracy, shift  # noqa: E402
 
 SEED = 0

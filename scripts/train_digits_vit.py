@@ -8,7 +8,7 @@ The loop, data, split and seed handling of ``train_digits_mlp.py``, plus the one
 augmentation of ``train_digits_cnn.py`` (a transformer of 16 tokens has no translation invariance
 of its own) and AdamW with weight decay; 200 epochs; deterministic, about 25 s on an idle 2-core CPU.
 Writes ``weights/digits_vit.safetensors`` and ``weights/digits_vit.json`` next to
-``edgesmith/models/digits_vit.py``.
+``edgesmith/models/zoo/digits_vit.py``.
 """
 
 from __future__ import annotations

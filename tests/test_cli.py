@@ -121,7 +121,7 @@ def test_profile_and_report(capsys, exported, tmp_path):
 
 
 def test_inspect_json(capsys):
-    from edgesmith.models import digits_cnn
+    from edgesmith.models.zoo import digits_cnn
 
     code, out, err = cli(capsys, "inspect", "zoo:digits-cnn", "--json")
     assert code == 0, err

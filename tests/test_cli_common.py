@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from edgesmith.cli import main
-from edgesmith.cli_common import Column, DataTable
-from edgesmith.cli_progress import progress, quiet_progress_bars
-from edgesmith.cli_passes import pass_summary
+from edgesmith.cli.common import Column, DataTable
+from edgesmith.cli.progressbar import progress, quiet_progress_bars
+from edgesmith.cli.optimize import pass_summary
 from testkit import cli
 
 DEVICES = ("host", "jetson-orin-nano", "apple-a17-pro-ane")
@@ -109,7 +109,7 @@ def test_progress_off_a_terminal_prints_a_line_per_stage(capsys):
 def test_a_long_silent_stage_still_prints_lines(capsys, monkeypatch):
     import time
 
-    import edgesmith.cli_progress as common
+    import edgesmith.cli.progressbar as common
 
     monkeypatch.setattr(common, "HEARTBEAT_S", 0.2)
     with progress("exporting smollm2-135m to onnx"):

@@ -200,7 +200,7 @@ _RECIPE = {"model": "zoo:digits-cnn", "name": "digits", "variants": [{"name": "a
 
 
 def _load_recipe_text(content: bytes) -> None:
-    from edgesmith.recipe import load_recipe
+    from edgesmith.pipeline.recipe import load_recipe
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "recipe.yaml"
@@ -394,7 +394,7 @@ def test_found_device_file_cases(tmp_path, text, named):
 
 
 def test_found_recipe_that_is_not_utf8(tmp_path):
-    from edgesmith.recipe import load_recipe
+    from edgesmith.pipeline.recipe import load_recipe
 
     (tmp_path / "r.yaml").write_bytes(b"model: zoo:digits-cnn\n# \x80\xff\n")
     with pytest.raises(BadInputError, match="UTF-8"):
@@ -403,7 +403,7 @@ def test_found_recipe_that_is_not_utf8(tmp_path):
 
 @pytest.mark.parametrize("name", ["../../escaped", "a/b", "", "x\ny"])
 def test_found_bundle_name_that_leaves_out(tmp_path, name):
-    from edgesmith.recipe import load_recipe
+    from edgesmith.pipeline.recipe import load_recipe
 
     (tmp_path / "r.yaml").write_text(yaml.safe_dump({"model": "zoo:digits-cnn",
                                                      "variants": [{"name": name, "passes": []}]}))

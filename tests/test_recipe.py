@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from edgesmith.demo import demo_recipe
-from edgesmith.recipe import load_recipe
+from edgesmith.pipeline.demo import demo_recipe
+from edgesmith.pipeline.recipe import load_recipe
 from testkit import cli, snapshot
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "edgesmith" / "examples"

@@ -11,8 +11,8 @@ import pytest
 
 from edgesmith.cli import main
 from edgesmith.errors import UsageError
-from edgesmith.recipe import load_recipe
-from edgesmith.sweep import expand, jobs_from_options, job_label, run_sweep, validate_jobs
+from edgesmith.pipeline.recipe import load_recipe
+from edgesmith.pipeline.sweep import expand, jobs_from_options, job_label, run_sweep, validate_jobs
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "edgesmith" / "examples"
 DEVICES = ["host", "jetson-orin-nano"]
@@ -102,7 +102,7 @@ def test_cli_sweep_end_to_end_with_a_failing_job(tmp_path, capsys):
 def test_cli_sweep_needs_jobs_and_ray_installed(tmp_path, capsys, monkeypatch):
     assert main(["sweep", "-o", str(tmp_path / "x")]) == 2
     assert "nothing to sweep" in capsys.readouterr().err
-    import edgesmith.sweep as sweep_module
+    import edgesmith.pipeline.sweep as sweep_module
     from edgesmith.errors import RuntimeUnavailableError
 
     def missing(module, extra):

@@ -20,12 +20,12 @@ from pathlib import Path
 import pytest
 
 from edgesmith import api as es
-from edgesmith import view as es_view
+from edgesmith.cli import netron as es_view
 from edgesmith.bundle import Manifest, finalize_manifest
 from edgesmith.cli import main
 from edgesmith.errors import RuntimeUnavailableError, UsageError
 from edgesmith.export import EXPORTERS
-from edgesmith.view import model_file, serve, stop
+from edgesmith.cli.netron import model_file, serve, stop
 
 if importlib.util.find_spec("netron") is None and not os.environ.get("CI"):
     pytest.skip("netron (the view extra) is not installed", allow_module_level=True)

@@ -224,7 +224,7 @@ def match_gpu(cuda_name: str, devices: list[Device]) -> Device | None:
 
 def gpu_here(device_files: tuple[str | Path, ...] | list = ()) -> Device | None:
     """The catalog (or user) device that the first CUDA GPU here is, or None (no GPU, or none matches)."""
-    from edgesmith.runtimes.cuda import gpus
+    from edgesmith.runtimes.tensorrt.cuda import gpus
 
     names = gpus()
     return match_gpu(names[0], list_devices(device_files)) if names else None

@@ -50,7 +50,7 @@ def write_digits_npz(path: str | Path) -> tuple[int, int]:
     """
     import numpy as np
 
-    from edgesmith.models.datasets import digits_split
+    from edgesmith.data.datasets import digits_split
 
     x_train, x_test, y_train, y_test = digits_split()
     np.savez_compressed(path, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)

@@ -111,7 +111,8 @@ def apply_passes(variant, specs: list[str], defaults: dict[str, str] | None = No
 
 
 def _register_builtins() -> None:
-    from edgesmith.optimize import deltallm, distill, matformer, matryoshka, prepbn, reparam, rsparse, sla  # noqa: F401
+    from edgesmith.optimize import deltallm, distill, matformer, matryoshka, reparam, rsparse  # noqa: F401
+    from edgesmith.optimize.slab import prepbn, sla  # noqa: F401
 
 
 _register_builtins()

@@ -23,7 +23,7 @@ import time
 
 from edgesmith.errors import BadInputError, UsageError
 from edgesmith.optimize import PASSES, Pass
-from edgesmith.optimize.checkpoint import Checkpoint
+from edgesmith.training.checkpoint import Checkpoint
 
 CHECKPOINT_FORMAT = "edgesmith-distill-1"
 # Options that change the run, not just how it is driven: a checkpoint resumes only if they match.
@@ -146,7 +146,7 @@ class Distill(Pass):
             raise BadInputError(f"pass 'distill' needs a model taking one image (N, C, H, W); {variant.name} takes {shapes}",
                                 hint="distill an image classifier")
         from edgesmith.models.complexity import count_params
-        from edgesmith.optimize.data import load_image_data
+        from edgesmith.data.images import load_image_data
 
         data = load_image_data(opts.data, tuple(variant.inputs[0].shape[1:]), opts.test_fraction, opts.seed)
         teacher = variant.module

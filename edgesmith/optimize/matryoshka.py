@@ -197,7 +197,7 @@ def _doubling(dim: int, width: int) -> list[int]:
 
 
 def _sentences(spec: str) -> list[str]:
-    from edgesmith.models.datasets import EVAL_TEXT, eval_sentences
+    from edgesmith.data.datasets import EVAL_TEXT, eval_sentences
 
     if spec == EVAL_TEXT:
         return eval_sentences("train")

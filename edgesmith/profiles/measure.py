@@ -22,7 +22,7 @@ from edgesmith.profiles.profile import LatencyStats, LayerTime, Profile
 def measurable_here(device_files=()) -> dict[str, str]:
     """Device name -> accelerator for what can be measured here: ``host``, and the GPU if there is one."""
     from edgesmith.devices.catalog import gpu_here
-    from edgesmith.runtimes.cuda import gpus
+    from edgesmith.runtimes.tensorrt.cuda import gpus
 
     found = {"host": "cpu"}
     if gpus():
@@ -36,7 +36,7 @@ def measurable_here(device_files=()) -> dict[str, str]:
 def _accelerator(device: str, device_files) -> str:
     """The accelerator that measures ``device``, or the error saying what can be measured here."""
     from edgesmith.devices.catalog import gpu_slug
-    from edgesmith.runtimes.cuda import gpus
+    from edgesmith.runtimes.tensorrt.cuda import gpus
 
     here = measurable_here(device_files)
     if device in here:

@@ -23,7 +23,7 @@ Where the figures come from:
 
 An ``hls`` bundle is FPGA logic, not a graph a runtime schedules: on an ``fpga``
 device its latency is the cycles its first-order resource model predicts
-(:mod:`edgesmith.export.hls_estimate`, from the layer sizes, reuse factor and
+(:mod:`edgesmith.export.hls.estimate`, from the layer sizes, reuse factor and
 precisions) times the bundle's clock period, and its DSP/LUT/FF/BRAM are set
 against the device's part; the band is :data:`TRANSFER_BAND` of ``fpga``, as no
 synthesis checked the cycle model here.
@@ -302,7 +302,7 @@ def predict_hls(bundle, device: Device, batch: int = 1) -> Prediction:
     Raises:
         UsageError: A device that is not an FPGA, or a bundle without estimates.
     """
-    from edgesmith.export.hls_estimate import PARTS, capacity_of
+    from edgesmith.export.hls.estimate import PARTS, capacity_of
 
     if device.kind != "fpga":
         raise UsageError(f"bundle {bundle.path.name} is FPGA logic (hls); {device.name} is a {device.kind}",
@@ -316,7 +316,7 @@ def predict_hls(bundle, device: Device, batch: int = 1) -> Prediction:
     latency = cycles * est["clock_ns"] / 1e6
     u = TRANSFER_BAND["fpga"]
     total = est["total"]
-    notes = [f"{cycles:,} cycles (first-order model of edgesmith.export.hls_estimate) at the bundle's "
+    notes = [f"{cycles:,} cycles (first-order model of edgesmith.export.hls.estimate) at the bundle's "
              f"{est['clock_ns']:g} ns clock; the design is assumed to close timing there, and host transfers "
              "are not counted"]
     if batch > 1:

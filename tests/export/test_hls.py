@@ -24,9 +24,9 @@ from edgesmith.bundle import Bundle  # noqa: E402
 from edgesmith.cli import main  # noqa: E402
 from edgesmith.errors import BadInputError, ParityError, UsageError, exit_code_for  # noqa: E402
 from edgesmith.export import get_exporter  # noqa: E402
-from edgesmith.export.hls_graph import lower  # noqa: E402
-from edgesmith.export.hls_precision import Fixed, choose_precision  # noqa: E402
-from edgesmith.models.datasets import digits_split  # noqa: E402
+from edgesmith.export.hls.graph import lower  # noqa: E402
+from edgesmith.export.hls.precision import Fixed, choose_precision  # noqa: E402
+from edgesmith.data.datasets import digits_split  # noqa: E402
 from edgesmith.models.variant import Variant  # noqa: E402
 from edgesmith.runtimes.hls import CSim, build_library  # noqa: E402
 from edgesmith.specs import TensorSpec  # noqa: E402

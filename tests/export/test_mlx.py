@@ -29,8 +29,8 @@ from edgesmith.cli import main  # noqa: E402
 from edgesmith.errors import BadInputError, exit_code_for  # noqa: E402
 from edgesmith.export import get_exporter  # noqa: E402
 from edgesmith.export.mlx import check_feeds, trace_feeds  # noqa: E402
-from edgesmith.export.mlx_graph import MlxGraph, NeedsStatic, decompose, op_name  # noqa: E402
-from edgesmith.export.mlx_ops import OPS  # noqa: E402
+from edgesmith.export.mlx.graph import MlxGraph, NeedsStatic, decompose, op_name  # noqa: E402
+from edgesmith.export.mlx.ops import OPS  # noqa: E402
 from edgesmith.models.program import export_program  # noqa: E402
 from edgesmith.models.variant import Variant  # noqa: E402
 from edgesmith.runtimes import open_runtime  # noqa: E402

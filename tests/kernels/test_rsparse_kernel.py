@@ -8,7 +8,7 @@ from torch import nn
 
 from edgesmith import kernels
 from edgesmith.errors import RuntimeUnavailableError
-from edgesmith.optimize.rsparse_layers import RSparseLinear
+from edgesmith.optimize.rsparse.layers import RSparseLinear
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from edgesmith.models import digits_cnn
+from edgesmith.models.zoo import digits_cnn
 
 MIN_ACCURACY = 0.95
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 
 from edgesmith import api as es
-from edgesmith.models import digits_vit
-from edgesmith.models.datasets import digits_split
-from edgesmith.optimize.training import accuracy
+from edgesmith.models.zoo import digits_vit
+from edgesmith.data.datasets import digits_split
+from edgesmith.training.loop import accuracy
 
 
 def test_digits_vit_matches_its_card_and_exports(tmp_path):

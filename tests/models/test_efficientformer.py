@@ -9,7 +9,7 @@ from torch import nn
 
 from edgesmith import api as es
 from edgesmith.errors import UsageError
-from edgesmith.models import efficientformer as ef
+from edgesmith.models.zoo import efficientformer as ef
 from edgesmith.models.complexity import count_macs, count_params
 from edgesmith.models.variant import Variant
 from edgesmith.models.zoo import ZOO

@@ -9,9 +9,9 @@ import pytest
 
 from edgesmith import api as es
 from edgesmith.errors import BadInputError, UsageError
-from edgesmith.models.datasets import eval_text
+from edgesmith.data.datasets import eval_text
 from edgesmith.models.hf import tokenizer_for
-from edgesmith.models.lm_eval import perplexity, token_windows
+from edgesmith.eval.lm import perplexity, token_windows
 
 
 def test_the_evaluation_text_has_disjoint_train_and_test_splits():

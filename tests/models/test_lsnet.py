@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from edgesmith.errors import UsageError
-from edgesmith.models import lsnet
+from edgesmith.models.zoo import lsnet
 from edgesmith.models.complexity import count_macs, count_params
 from edgesmith.models.zoo import ZOO
 

@@ -11,7 +11,7 @@ from edgesmith import api as es
 from edgesmith.errors import BadInputError, UsageError
 from edgesmith.models.variant import Variant
 from edgesmith.optimize.deltallm import decode_logits
-from edgesmith.optimize.deltallm_attention import DeltaState, delta_scores, reference_queries
+from edgesmith.optimize.deltallm.attention import DeltaState, delta_scores, reference_queries
 from edgesmith.specs import TensorSpec
 
 

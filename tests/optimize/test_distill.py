@@ -11,7 +11,7 @@ import torch
 
 from edgesmith import api as es
 from edgesmith.errors import BadInputError, UsageError
-from edgesmith.optimize.data import load_image_data
+from edgesmith.data.images import load_image_data
 
 # A narrow LSNet-T: widths 16/32/64/96, depths 0/1/2/2 (RepVGG+SE, LS convolution and attention blocks).
 STUDENT = "distill:student=lsnet_t,width=0.25,depth=0.25,image_size=32"
@@ -168,7 +168,7 @@ def test_cli_checkpoints_next_to_the_output_and_resumes(digits_npz, tmp_path, ca
 def test_data_that_is_not_an_npz_is_bad_input(tmp_path, content):
     from types import SimpleNamespace
 
-    from edgesmith.optimize.training import feeds_from
+    from edgesmith.training.loop import feeds_from
 
     bad = tmp_path / "bad.npz"
     bad.write_bytes(content)

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from edgesmith.errors import BadInputError, UsageError
-from edgesmith.optimize.dolphin import PLACEHOLDER, Dolphin, DolphinOptions, left_pad
-from edgesmith.optimize.dolphin_train import continuation_perplexity, encoder_inputs, train
+from edgesmith.dolphin.model import PLACEHOLDER, Dolphin, DolphinOptions, left_pad
+from edgesmith.dolphin.train import continuation_perplexity, encoder_inputs, train
 
 ALPHABET = "abcdefghijklmnopqrstuvwxyz .,\n"
 
@@ -167,7 +167,7 @@ def test_a_longer_run_lowers_the_loss_and_the_compressed_perplexity(decoder):
 
 
 def test_export_writes_two_bundles_with_parity_and_leaves_the_pair_unchanged(decoder, tmp_path):
-    from edgesmith.optimize.dolphin_io import export_pair
+    from edgesmith.dolphin.folder import export_pair
 
     pair = Dolphin(decoder, small(lora=2)).eval()
     with torch.no_grad():

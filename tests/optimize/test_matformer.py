@@ -149,7 +149,7 @@ def test_a_sliced_language_model_exports_and_passes_parity(target, tiny_llama, t
 
 @pytest.fixture(scope="module")
 def digits_inputs(tmp_path_factory):
-    from edgesmith.models.datasets import digits_split
+    from edgesmith.data.datasets import digits_split
 
     variant = es.load("zoo:digits-mlp")
     x_train, x_test, _, _ = digits_split()

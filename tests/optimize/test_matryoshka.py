@@ -7,8 +7,8 @@ import pytest
 
 from edgesmith import api as es
 from edgesmith.errors import BadInputError, UsageError
-from edgesmith.models.datasets import eval_sentences
-from edgesmith.models.embed_eval import embed, neighbours, recall_agreement
+from edgesmith.data.datasets import eval_sentences
+from edgesmith.eval.embeddings import embed, neighbours, recall_agreement
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ from torch import nn
 from edgesmith import api as es
 from edgesmith.errors import BadInputError, UsageError
 from edgesmith.models.variant import Variant
-from edgesmith.optimize.slab_layers import RepBN
+from edgesmith.optimize.slab.layers import RepBN
 from edgesmith.specs import TensorSpec
 
 

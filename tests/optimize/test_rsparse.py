@@ -10,7 +10,7 @@ from torch import nn
 from edgesmith import api as es
 from edgesmith.errors import BadInputError, UsageError
 from edgesmith.optimize.rsparse import budget, threshold
-from edgesmith.optimize.rsparse_layers import RSparseLinear
+from edgesmith.optimize.rsparse.layers import RSparseLinear
 
 
 def _linear(d_in: int = 24, d_out: int = 16, seed: int = 0) -> nn.Linear:

@@ -8,7 +8,7 @@ from torch import nn
 
 from edgesmith import api as es
 from edgesmith.errors import BadInputError, UsageError
-from edgesmith.optimize.slab_layers import Layout, SimplifiedLinearAttention, attentions, build_sla, layout_of
+from edgesmith.optimize.slab.layers import Layout, SimplifiedLinearAttention, attentions, build_sla, layout_of
 
 
 def _quadratic(sla: SimplifiedLinearAttention, x, grid=None):
@@ -61,7 +61,7 @@ def test_projections_are_taken_over_per_head():
     q, k, v = attn.qkv(x).reshape(2, 7, 3, 16).unbind(2)
     assert torch.allclose(sla.q(x), q) and torch.allclose(sla.k(x), k) and torch.allclose(sla.v(x), v)
 
-    from edgesmith.models.efficientformer import HEADS, KEY_DIM, _TokenAttention
+    from edgesmith.models.zoo.efficientformer import HEADS, KEY_DIM, _TokenAttention
 
     token = _TokenAttention(64, 7)
     layout = layout_of(token)
@@ -75,7 +75,7 @@ def test_projections_are_taken_over_per_head():
 
 
 def test_efficientformer_token_attention_is_recognised():
-    from edgesmith.models.efficientformer import _TokenAttention
+    from edgesmith.models.zoo.efficientformer import _TokenAttention
 
     model = nn.Sequential(nn.Linear(4, 64), _TokenAttention(64, 7))
     assert [name for name, _, _ in attentions(model)] == ["1"]

@@ -19,7 +19,7 @@ from edgesmith.profiles.profile import (
     read_profile_document,
 )
 from edgesmith.profiles.report import render_html, render_markdown, write_report
-from edgesmith.profiles.report_devices import pareto_front, quality_of
+from edgesmith.profiles.report.devices import pareto_front, quality_of
 
 ENVIRONMENT = {
     "cpu": "Test CPU 9000",

@@ -28,7 +28,7 @@ from torch import nn  # noqa: E402
 
 from edgesmith.errors import BadInputError, exit_code_for  # noqa: E402
 from edgesmith.runtimes.coreml import native_coreml  # noqa: E402
-from edgesmith.runtimes.coreml_eval import MilProgram, ops  # noqa: E402
+from edgesmith.runtimes.coreml.mil import MilProgram, ops  # noqa: E402
 
 
 class _Fn(nn.Module):
@@ -256,7 +256,7 @@ def test_fp16_program_rounds_like_fp16(converted):
 
 def test_uncovered_op_names_the_op(monkeypatch, converted):
     """An op missing from the table is refused when the program loads, naming the op."""
-    from edgesmith.runtimes.coreml_eval import table
+    from edgesmith.runtimes.coreml.mil import table
 
     package = converted("activations")[0].path
     monkeypatch.delitem(table.OPS, "softmax")

@@ -14,7 +14,7 @@ from edgesmith.devices.catalog import gpu_slug, list_devices, match_gpu
 from edgesmith.errors import RuntimeUnavailableError, UsageError, exit_code_for
 from edgesmith.profiles.measure import measurable_here, profile_bundle
 from edgesmith.runtimes import open_runtime
-from edgesmith.runtimes.cuda import gpus
+from edgesmith.runtimes.tensorrt.cuda import gpus
 
 HAS_GPU = bool(gpus())
 needs_cuda_torch = pytest.mark.skipif(not torch.cuda.is_available(),

@@ -1,0 +1,189 @@
+"""``edgesmith profile``, ``report`` and the recipe form of ``run`` (registered by :mod:`edgesmith.cli`)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from edgesmith.cli.common import (
+    Column,
+    DataTable,
+    console,
+    emit_json,
+    format_option,
+    output_format,
+    parity_row,
+    parity_table,
+    say,
+)
+from edgesmith.cli.progressbar import progress
+from edgesmith.units import format_bytes, format_duration, format_mib
+
+
+@click.command()
+@click.argument("bundles", nargs=-1, required=True, type=click.Path())
+@click.option("-d", "--device", "device_names", multiple=True, default=("host",), show_default=True,
+              help="Device: host (measured, with the host prediction beside it) or a catalog name "
+                   "(predicted); repeat for several. See edgesmith devices list.")
+@click.option("--device-file", "device_files", multiple=True, type=click.Path(dir_okay=False),
+              help="Your own device file (YAML, as edgesmith devices show NAME --yaml prints); repeatable.")
+@click.option("-o", "--out", type=click.Path(dir_okay=False), help="Write the profile document (JSON).")
+@click.option("--force", is_flag=True, help="Overwrite --out.")
+@click.option("--runs", default=100, show_default=True, help="Timed runs.")
+@click.option("--warmup", default=10, show_default=True, help="Untimed warm-up runs.")
+@click.option("--threads", default=0, help="Runtime threads (0 = runtime default).")
+@click.option("--no-layers", is_flag=True, help="Skip the per-layer breakdown.")
+@click.option("--recalibrate", is_flag=True, help="Measure the host calibration again instead of using the cache.")
+@click.option("--compile", "compiled", is_flag=True,
+              help="Run torch bundles under torch.compile (compiled during warm-up); other runtimes as they are.")
+@click.option("--json", "as_json", is_flag=True, help="Print the profile document.")
+@format_option
+def profile(bundles, device_names, device_files, out, force, runs, warmup, threads, no_layers, recalibrate,
+            compiled, as_json):
+    """Measure latency, memory and size of bundles here, or predict them on other devices.
+
+    On host each bundle is measured (p50/p90/p99, per-layer time) and its host
+    prediction is shown beside the measurement with the error. A GPU device that is
+    here (the first CUDA GPU is that catalog device; cuda:0 names it whatever it is) is
+    measured as well: torch bundles with PyTorch on CUDA (--compile: torch.compile),
+    tensorrt bundles with their engine. On any other catalog device the latency is
+    predicted from the graph's per-op FLOPs and bytes (a roofline calibrated on this
+    machine), with an uncertainty band, and labelled predicted.
+
+    \b
+    Examples:
+      edgesmith profile out/digits-cnn.onnx out/digits-cnn.torch -o profile.json
+      edgesmith profile out/lsnet-t.onnx -d host -d jetson-orin-nano -d apple-a17-pro-ane
+      edgesmith profile out/lsnet-t.torch -d nvidia-h100 --compile   # on an H100 machine
+    """
+    from edgesmith import api as es
+    from edgesmith.bundle import check_writable
+
+    if out:
+        check_writable(Path(out), force)
+    with progress(f"profiling {Path(bundles[0]).name}", total=runs) as bar:
+        doc = es.profile(bundles, device=list(device_names), warmup=warmup, runs=runs, threads=threads,
+                         layers=not no_layers,
+                         progress=lambda b, n: bar.update(f"profiling {Path(b).name}", completed=n),
+                         device_files=device_files, recalibrate=recalibrate, compiled=compiled)
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps(doc, indent=2))
+    if as_json:
+        return emit_json(doc)
+    profile_table(doc).show()
+    print_fpga_resources(doc)
+    warn_not_predicted(doc)
+    if out:
+        say(f"wrote {out}")
+
+
+def print_fpga_resources(doc: dict) -> None:
+    """One line per hls entry: its predicted DSP/LUT/FF/BRAM against the device's part."""
+    from edgesmith.export.hls.estimate import latency_text, resources_text
+
+    for e in doc["entries"]:
+        res = (e.get("prediction") or {}).get("resources")
+        if not res:
+            continue
+        fits = {True: "fits", False: "[red]does not fit[/]", None: "capacity unknown"}[res.get("fits")]
+        # the table's latency is the golden batch's: say so beside the per-sample figure export printed
+        latency = latency_text(res["latency_cycles"], res["clock_ns"], batch=e.get("batch", 1),
+                               interval_cycles=res["interval_cycles"])
+        console(stderr=output_format() in ("csv", "json")).print(
+            f"{e['name']}.{e['target']} on {e['device']} ({res['part']}), predicted: "
+            f"{resources_text(res, res.get('capacity'))}; "
+            f"{fits}; latency {latency}")
+
+
+def _band(pred: dict) -> str:
+    """``155 ns (77.5-310)``: the point estimate and its band, the unit written once where they share it."""
+    point, low, high = (format_duration(pred[k]) for k in ("latency_ms", "low_ms", "high_ms"))
+    unit = point.rpartition(" ")[2]
+    if low.endswith(" " + unit) and high.endswith(" " + unit):
+        low, high = low.rpartition(" ")[0], high.rpartition(" ")[0]
+    return f"{point} ({low}-{high})"
+
+
+def warn_not_predicted(doc: dict) -> None:
+    """Say on stderr which (bundle, device) pairs could not be predicted or measured, and why."""
+    from rich.markup import escape
+
+    for key in ("not_predicted", "not_measured"):
+        for s in doc.get(key, []):
+            console().print(f"[yellow]{key.replace('_', ' ')}:[/] {Path(s['bundle']).name} on {s['device']}: "
+                            f"{escape(s['reason'])}")
+
+
+def run_recipe_file(path, out, force, check, as_json):
+    """``edgesmith run RECIPE.yaml``: validate, then (unless ``check``) run and show the results."""
+    from edgesmith.pipeline.recipe import load_recipe, run_recipe
+
+    recipe = load_recipe(path)
+    if check:
+        plan = {"model": recipe.model, "variants": [{"name": v.name, "passes": v.passes} for v in recipe.variants],
+                "targets": recipe.targets, "devices": recipe.devices, "out": str(out or recipe.out)}
+        if as_json:
+            return emit_json(plan)
+        click.echo(f"{path}: valid; {len(recipe.variants)} variant(s) x {len(recipe.targets)} target(s) "
+                   f"on {', '.join(recipe.devices)} -> {plan['out']}")
+        return None
+    with progress("running the recipe") as status:
+        results = run_recipe(recipe, out=out, force=force, step=lambda s: status.update(s))
+    if as_json:
+        return emit_json({"out": str(results["out"]), "bundles": [str(b) for b in results["bundles"]],
+                           "parity": {k: v.to_dict() for k, v in results["parity"].items()},
+                           "profile": str(results["profile"]), "report": [str(p) for p in results["report"]]})
+    table = parity_table()
+    for name, result in results["parity"].items():
+        parity_row(table, name, result)
+    table.show()
+    profile_table(results["doc"]).show()
+    print_fpga_resources(results["doc"])
+    warn_not_predicted(results["doc"])
+    for p in [results["profile"], *results["report"]]:
+        say(f"wrote {p}")
+    return None
+
+
+def profile_table(doc: dict) -> DataTable:
+    """A table of a profile document: measured and predicted entries, predictions and their error."""
+    t = DataTable(Column("bundle", key=True), Column("device", key=True), Column("mode", wrap=True),
+                  *(Column(col, "right") for col in ("p50", "p90", "predicted (band)", "error", "load",
+                                                     "peak mem", "size")),
+                  title="latency per device (measured: ran here; predicted: roofline from the device's figures; "
+                        "peak mem: what loading and running the bundle adds to a fresh process)")
+    for e in doc["entries"]:
+        lat, pred = e["latency_ms"], e.get("prediction")
+        label = f"{e['name']}.{e['target']}"
+        band = _band(pred) if pred else "-"
+        size = format_bytes(e["file_size_bytes"])
+        error = f"{pred['error']:+.0%}" if pred and pred.get("error") is not None else "-"
+        if e["mode"] == "predicted":
+            # a device's process memory is not predicted (see Profile.peak_memory_mb)
+            t.add_row(label, e["device"], "predicted", "-", "-", band, "-", "-", "-", size)
+            continue
+        mode = "measured" + (" (emulated: not a latency)" if e.get("timing") == "emulated" else "")
+        t.add_row(label, e["device"], mode, format_duration(lat["p50"]), format_duration(lat["p90"]), band, error,
+                  format_duration(e["load_time_ms"]), format_mib(e.get("peak_memory_mb")), size)
+    return t
+
+
+@click.command()
+@click.argument("profiles", nargs=-1, required=True, type=click.Path())
+@click.option("-o", "--out", required=True, type=click.Path(dir_okay=False),
+              help="report.html (+ report.md beside it), report.md or merged .json.")
+@click.option("--force", is_flag=True, help="Overwrite existing files.")
+def report(profiles, out, force):
+    """Write a self-contained HTML (and Markdown) report from profile documents.
+
+    \b
+    Example:
+      edgesmith report profile.json -o report.html
+    """
+    from edgesmith import api as es
+
+    for path in es.report(profiles, out, force=force):
+        click.echo(f"wrote {path}")
