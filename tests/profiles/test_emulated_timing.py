@@ -12,7 +12,7 @@ if importlib.util.find_spec("coremltools") is None:
 from edgesmith import api as es  # noqa: E402
 from edgesmith.profiles.measure import profile_bundle  # noqa: E402
 from edgesmith.profiles.profile import Profile, profile_document  # noqa: E402
-from edgesmith.profiles.report import render_markdown  # noqa: E402
+from edgesmith.profiles.report.markdown import render_markdown  # noqa: E402
 from edgesmith.runtimes.coreml import native_coreml  # noqa: E402
 
 MARK = "emulated (not a latency)"

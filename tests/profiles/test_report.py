@@ -18,8 +18,10 @@ from edgesmith.profiles.profile import (
     profile_document,
     read_profile_document,
 )
-from edgesmith.profiles.report import render_html, render_markdown, write_report
+from edgesmith.profiles.report import write_report
 from edgesmith.profiles.report.devices import pareto_front, quality_of
+from edgesmith.profiles.report.html import render_html
+from edgesmith.profiles.report.markdown import render_markdown
 
 ENVIRONMENT = {
     "cpu": "Test CPU 9000",

@@ -1,8 +1,8 @@
 """The report's cross-device sections: variants x targets x devices, measured next to predicted.
 
 Each section is format-free data (:class:`Section`: heading, notes, a table, an
-optional plot) that :mod:`edgesmith.profiles.report` renders as Markdown (tables
-only) and HTML (tables and inline SVG):
+optional plot) that :mod:`edgesmith.profiles.report.markdown` renders as tables
+and :mod:`edgesmith.profiles.report.html` as tables and inline SVG:
 
 - ``latency-per-device``: rows variant.target, columns devices; a measured p50 or
   ``≈point (low–high)`` for a prediction; a dot plot with the bands;
@@ -24,8 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from edgesmith.profiles.report import svg
-
-_Cell = str | tuple[str, str]
+from edgesmith.profiles.report.format import Cell, latency_cell, parity_cells, sig, size
 
 
 @dataclass
@@ -45,14 +44,8 @@ class Section:
     heading: str
     notes: list[str] = field(default_factory=list)
     columns: list[tuple[str, bool]] = field(default_factory=list)
-    rows: list[list[_Cell]] = field(default_factory=list)
+    rows: list[list[Cell]] = field(default_factory=list)
     plots: list[str] = field(default_factory=list)
-
-
-def _sig(v: Any, digits: int = 3) -> str:
-    from edgesmith.profiles.report import _sig as sig
-
-    return sig(v, digits)
 
 
 def variant(e: dict[str, Any]) -> str:
@@ -73,16 +66,6 @@ def latency_of(e: dict[str, Any]) -> float | None:
     if e.get("timing") == "emulated":
         return None  # a stand-in's timing is not a latency
     return (e.get("latency_ms") or {}).get("p50")
-
-
-def latency_cell(e: dict[str, Any]) -> _Cell:
-    """``1.23`` measured, ``≈1.2 (0.61–2.4)`` predicted, ``emulated`` for a stand-in's timing."""
-    if e.get("mode") == "predicted" and e.get("prediction"):
-        p = e["prediction"]
-        return (f"≈{_sig(p.get('latency_ms'))} ({_sig(p.get('low_ms'))}–{_sig(p.get('high_ms'))})", "predicted")
-    if e.get("timing") == "emulated":
-        return ("emulated (not a latency)", "note")
-    return (_sig((e.get("latency_ms") or {}).get("p50")), "measured")
 
 
 def quality_of(e: dict[str, Any]) -> tuple[float | None, str]:
@@ -163,8 +146,8 @@ def _prediction_error(entries) -> Section | None:
         if e.get("mode") != "measured" or not p or p.get("error") is None:
             continue
         errors.append(abs(p["error"]))
-        rows.append([f"{variant(e)} @ {e.get('device')}", _sig(e["latency_ms"]["p50"]), _sig(p.get("latency_ms")),
-                     f"{_sig(p.get('low_ms'))}–{_sig(p.get('high_ms'))}", f"{p['error']:+.1%}"])
+        rows.append([f"{variant(e)} @ {e.get('device')}", sig(e["latency_ms"]["p50"]), sig(p.get("latency_ms")),
+                     f"{sig(p.get('low_ms'))}–{sig(p.get('high_ms'))}", f"{p['error']:+.1%}"])
     if not rows:
         return None
     return Section("prediction-error", "Prediction vs measured",
@@ -194,8 +177,8 @@ def _pareto(entries) -> list[Section]:
                                 x_label="bundle size (log scale)", y_label=f"latency ms, {mode} (log scale)",
                                 quality_label={"top1_agreement": "top-1 agreement", "cosine": "cosine",
                                                "snr_db": "SNR dB / 100"}.get(metric, "unknown"))
-        rows = [[variant(e), _sig(latency_of(e)), _size(e["file_size_bytes"]),
-                 "—" if q is None else _sig(q, 4), ("on the front", "pass") if f else "dominated"]
+        rows = [[variant(e), sig(latency_of(e)), size(e["file_size_bytes"]),
+                 "—" if q is None else sig(q, 4), ("on the front", "pass") if f else "dominated"]
                 for e, (q, _), f in zip(on, qualities, front)]
         sections.append(Section(f"pareto-{_slug(d)}", f"Size, latency and quality on {d}",
                                 [f"Quality is the {label} (from each bundle's parity). A variant is on the Pareto "
@@ -227,7 +210,7 @@ def _fpga_resources(entries) -> Section | None:
         fits = {True: ("fits", "pass"), False: ("does not fit", "fail"), None: "capacity unknown"}[res.get("fits")]
         rows.append([variant(e), str(e.get("device", "")), str(res.get("part", "")),
                      *[cell(k) for k in ("dsp", "lut", "ff", "bram18")],
-                     f"{res['latency_cycles']:,}", f"{res['interval_cycles']:,}", _sig(res["clock_ns"]), fits])
+                     f"{res['latency_cycles']:,}", f"{res['interval_cycles']:,}", sig(res["clock_ns"]), fits])
     if not rows:
         return None
     return Section("fpga-resources", "FPGA resources (predicted)",
@@ -251,12 +234,11 @@ def _parity_matrix(entries) -> Section | None:
     if not cells:
         return None
 
-    def cell(p: dict | None) -> _Cell:
+    def cell(p: dict | None) -> Cell:
         if not p:
             return "—"
-        passed = p.get("passed")
-        result = "pass" if passed is True else "FAIL" if passed is False else "?"
-        return (f"{p.get('tier') or 'unknown tier'}: {result}", {"pass": "pass", "FAIL": "fail"}.get(result, ""))
+        tier, result, cls = parity_cells(p)
+        return (f"{tier}: {result}", cls)
 
     rows = [[name, *[cell(by_target.get(t)) for t in targets]] for name, by_target in cells.items()]
     return Section("parity-matrix", "Parity matrix",
@@ -272,12 +254,12 @@ def _calibration(docs) -> Section | None:
     cal = next((d["calibration"] for d in docs if d.get("calibration")), None)
     if not cal:
         return None
-    rows = [["GEMM peak", f"{_sig(cal.get('peak_gflops'))} GFLOP/s"],
-            ["memory bandwidth", f"{_sig(cal.get('bandwidth_gbs'))} GB/s"],
-            ["per node / per run", f"{_sig(cal.get('op_overhead_us'))} us / {_sig(cal.get('run_overhead_us'))} us"],
-            ["reference-network factor", _sig(cal.get("graph_factor"))],
+    rows = [["GEMM peak", f"{sig(cal.get('peak_gflops'))} GFLOP/s"],
+            ["memory bandwidth", f"{sig(cal.get('bandwidth_gbs'))} GB/s"],
+            ["per node / per run", f"{sig(cal.get('op_overhead_us'))} us / {sig(cal.get('run_overhead_us'))} us"],
+            ["reference-network factor", sig(cal.get("graph_factor"))],
             ["one-op suite median error", f"{cal.get('spread', 0):.0%}"]]
-    rows += [[f"roofline / measured: {k}", _sig(v)] for k, v in (cal.get("efficiency") or {}).items()]
+    rows += [[f"roofline / measured: {k}", sig(v)] for k, v in (cal.get("efficiency") or {}).items()]
     return Section("calibration", "Host calibration (for predictions)",
                    ["Measured on this machine with ONNX Runtime (edgesmith devices calibrate); predictions for "
                     "other devices use its per-class factors with their own data-sheet figures.",
@@ -295,12 +277,6 @@ def _jobs(docs) -> Section | None:
     failed = sum(not j.get("ok") for j in jobs)
     return Section("jobs", "Sweep jobs", [f"{len(jobs)} jobs, {failed} failed."],
                    [("job", False), ("result", False), ("seconds", True), ("error or notes", False)], rows)
-
-
-def _size(n: Any) -> str:
-    from edgesmith.profiles.report import _size as size
-
-    return size(n)
 
 
 def _slug(text: str) -> str:
