@@ -13,6 +13,7 @@ Example::
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
@@ -47,13 +48,19 @@ def optimize(variant, passes: Iterable[str], *, defaults: dict[str, Any] | None 
         variant: From :func:`load`.
         passes: Pass specs, applied in order.
         defaults: Values for options a spec leaves unset, given to each pass that has the option,
-            e.g. ``{"data": "digits.npz", "checkpoint": "student.ckpt", "resume": True}`` for ``distill``.
+            e.g. ``{"data": "digits.npz", "checkpoint": "student.ckpt", "resume": True}`` for ``distill``:
+            text, or values of the option's type (taken as they are; a path for a text option).
         progress: ``(description, completed, total)`` callback of long passes (``distill``).
     """
-    from edgesmith.optimize import apply_passes
+    import functools
 
-    text = {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in (defaults or {}).items()}
-    return apply_passes(variant, list(passes), text, progress)
+    from edgesmith.optimize import apply_passes
+    from edgesmith.optimize.base import PassContext
+    from edgesmith.profiles.probe import latency_probe
+
+    # a pass may not reach up to export or profile: what it needs of them is handed down
+    context = PassContext(latency_probe=functools.partial(latency_probe, export=export, profile=profile))
+    return apply_passes(variant, list(passes), defaults, progress, context)
 
 
 def export(variant, out: str | Path, *, target: str = "onnx", name: str | None = None,
@@ -69,6 +76,83 @@ def export(variant, out: str | Path, *, target: str = "onnx", name: str | None =
     from edgesmith.export import get_exporter
 
     return get_exporter(target, options).export(variant, out, name=name, force=force, keep_failed=keep_failed)
+
+
+@dataclasses.dataclass
+class TargetResult:
+    """One target's outcome in :func:`export_targets`: a bundle and its parity, or the error.
+
+    Attributes:
+        target: The export target.
+        bundle: The bundle written, or None when the export failed.
+        parity: The parity result (also set for a parity failure, from the error).
+        error: The error that stopped this target, or None.
+        notes: What the exporter noted on its own copy of the variant (fixed shapes, a misfit...),
+            beyond the variant's own notes.
+    """
+
+    target: str
+    bundle: Any = None
+    parity: Any = None
+    error: Any = None
+    notes: list[str] = dataclasses.field(default_factory=list)
+
+    @property
+    def refused(self) -> bool:
+        """Whether the target turned the model down cleanly: an op or layer it cannot take (exit 3).
+
+        An existing output, a parity failure, a missing runtime or a crash is not a refusal.
+        """
+        from edgesmith.errors import BadInputError, OutputExistsError
+
+        return isinstance(self.error, BadInputError) and not isinstance(self.error, OutputExistsError)
+
+
+def export_targets(variant, out: str | Path, targets: Sequence[str], *, name: str | None = None,
+                   options: dict[str, dict[str, str]] | None = None, force: bool = False,
+                   keep_failed: bool = False, stop_on_error: bool = True,
+                   stage: Callable[[str], Any] | None = None) -> list[TargetResult]:
+    """Export one variant to several targets, each checked for parity: the loop every pipeline runs.
+
+    Args:
+        variant: The variant to export.
+        out: Output folder; bundles are ``OUT/NAME.TARGET``.
+        targets: Export targets, in order.
+        name: Bundle name (default: the variant's).
+        options: Per-target exporter options, ``{target: {key: value}}``.
+        force: Overwrite existing bundles.
+        keep_failed: Keep a bundle whose parity failed, for inspection.
+        stop_on_error: Raise a target's error at once; else record it and go on with the next target
+            (one target that cannot take the model must not stop the others).
+        stage: Called with each target before its export; returns a context manager around it
+            (a progress line), or None.
+
+    Returns:
+        One :class:`TargetResult` per target.
+
+    Raises:
+        EdgesmithError: A target failed and ``stop_on_error`` is set.
+    """
+    import contextlib
+
+    from edgesmith.errors import EdgesmithError
+
+    results = []
+    for target in targets:
+        result = TargetResult(target)
+        try:
+            with (stage(target) if stage else None) or contextlib.nullcontext():
+                result.bundle, result.parity = export(variant, out, target=target, name=name,
+                                                      options=(options or {}).get(target), force=force,
+                                                      keep_failed=keep_failed)
+            result.notes = [n for n in result.bundle.manifest.options.get("notes", []) if n not in variant.notes]
+        except EdgesmithError as exc:
+            if stop_on_error:
+                raise
+            result.error = exc
+            result.parity = getattr(exc, "result", None)
+        results.append(result)
+    return results
 
 
 def verify(bundle: str | Path, threads: int = 0):
@@ -299,8 +383,16 @@ def inspect(variant) -> dict[str, Any]:
 def dolphin_train(model: str, out: str | Path, *, encoder: str | None = None, resume: bool = False,
                   force: bool = False, progress: Callable[[str, int, int], None] | None = None,
                   **options) -> dict[str, Any]:
-    """Train a Dolphin pair (``edgesmith dolphin train``): MODEL as decoder, a truncated copy (or ``encoder``)
-    reading the context; ``options`` are :class:`~edgesmith.dolphin.model.DolphinOptions` fields.
+    """Train a Dolphin pair into the folder ``out`` (``edgesmith dolphin train``).
+
+    Args:
+        model: The decoder LM; a truncated copy of it reads the context unless ``encoder`` is given.
+        out: Folder for ``dolphin.pt``, ``dolphin.json`` and the checkpoint.
+        encoder: A separate encoder LM.
+        resume: Continue the run checkpointed in ``OUT/checkpoint``.
+        force: Train again over an existing pair or checkpoint.
+        progress: ``(description, step, steps)`` callback.
+        **options: :class:`~edgesmith.dolphin.options.DolphinOptions` fields.
 
     Returns:
         The record written to ``OUT/dolphin.json``.
@@ -308,8 +400,8 @@ def dolphin_train(model: str, out: str | Path, *, encoder: str | None = None, re
     import dataclasses
 
     from edgesmith.errors import UsageError
-    from edgesmith.dolphin.model import DolphinOptions
     from edgesmith.dolphin.folder import train_folder
+    from edgesmith.dolphin.options import DolphinOptions
 
     known = [f.name for f in dataclasses.fields(DolphinOptions)]
     unknown = sorted(set(options) - set(known))
@@ -323,3 +415,60 @@ def dolphin(folder: str | Path):
     from edgesmith.dolphin.folder import load_folder
 
     return load_folder(folder)
+
+
+def dolphin_ask(pair, context: str, question: str, *, max_new_tokens: int = 48, full: bool = False) -> dict[str, Any]:
+    """Answer ``question`` about a long ``context`` through its K memory vectors (``edgesmith dolphin ask``).
+
+    Args:
+        pair: A Dolphin folder, or a pair from :func:`dolphin`.
+        context: The document's text.
+        question: What to ask (or the text to continue).
+        max_new_tokens: Most tokens to generate (greedy, with the decoder's KV cache).
+        full: Put the whole context in the decoder's prompt instead (to compare).
+
+    Returns:
+        ``{"answer", "mode", "context_tokens", "prompt_tokens", "new_tokens", "seconds"}`` (``seconds``: the answer's).
+    """
+    import time
+
+    pair = dolphin(pair) if isinstance(pair, (str, Path)) else pair
+    began = time.perf_counter()
+    record = pair.answer(context, question, max_new_tokens, full=full)
+    return record | {"seconds": round(time.perf_counter() - began, 3)}
+
+
+def dolphin_eval(pair, *, windows: int = 0, progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+    """Continuation perplexity on the evaluation text's test split (``edgesmith dolphin eval``).
+
+    Args:
+        pair: A Dolphin folder, or a pair from :func:`dolphin`.
+        windows: Held-out windows to score (0: all).
+        progress: ``(windows scored, windows)`` callback.
+
+    Returns:
+        See :func:`edgesmith.dolphin.train.held_out_perplexity`.
+    """
+    from edgesmith.dolphin.train import held_out_perplexity
+
+    pair = dolphin(pair) if isinstance(pair, (str, Path)) else pair
+    return held_out_perplexity(pair, windows, progress)
+
+
+def dolphin_export(folder: str | Path, out: str | Path, *, target: str = "onnx", name: str | None = None,
+                   force: bool = False) -> list:
+    """Export a trained pair as ``NAME-encoder`` and ``NAME-decoder`` bundles (``edgesmith dolphin export``).
+
+    Args:
+        folder: A folder written by :func:`dolphin_train`.
+        out: Folder for the two bundles.
+        target: Export target.
+        name: Bundle name stem (default: ``DECODER-dolphin``).
+        force: Overwrite existing bundles.
+
+    Returns:
+        ``[(Bundle, ParityResult), (Bundle, ParityResult)]``: encoder, then decoder.
+    """
+    from edgesmith.dolphin.folder import export_folder
+
+    return export_folder(folder, out, target=target, name=name, force=force)

@@ -252,12 +252,10 @@ def build_bundles(recipe: Recipe, out: Path, force: bool = False, step: Callable
         if variant.passes:
             step(f"{name}: {' -> '.join(variant.passes)}")
             current = es.optimize(source, variant.passes, defaults=defaults, progress=progress)
-        for target in recipe.targets:
-            step(f"{name}: export to {target} and check parity")
-            bundle, result = es.export(current, out, target=target, name=name, force=force,
-                                       options=recipe.target_options.get(target))
-            bundles.append(bundle.path)
-            parity[bundle.path.name] = result
+        for done in es.export_targets(current, out, recipe.targets, name=name, options=recipe.target_options,
+                                      force=force, stage=lambda t: step(f"{name}: export to {t} and check parity")):
+            bundles.append(done.bundle.path)
+            parity[done.bundle.path.name] = done.parity
     return bundles, parity
 
 
