@@ -6,7 +6,7 @@ model is exported to the ``hls`` target (Vitis backend, io_parallel, reuse facto
 1, ZCU104 part, 5 ns), and the bundle's compiled C simulation runs the whole
 digits test split (360 images, unseen in training and calibration). Reported:
 top-1 agreement with PyTorch, accuracy against the labels (PyTorch's beside it),
-output SNR, and the predicted DSP / LUT / latency (edgesmith.export.hls.estimate,
+output SNR, and the predicted DSP / LUT / latency (edgesmith.profiles.fpga,
 no synthesis). The ratio column is auto's predicted DSPs over the default's.
 
 Usage (from the repo root, after `make install`; needs g++):

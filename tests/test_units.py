@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from edgesmith.export.hls.estimate import latency_text
+from edgesmith.profiles.fpga import latency_text
 from edgesmith.units import format_bytes, format_duration, format_mib
 
 

@@ -496,7 +496,7 @@ def _report_failures(failures: list, results: list[dict], out: str, console) -> 
 
 def _print_hls(info: dict) -> None:
     """The precision table an hls export chose and its predicted resources (stdout)."""
-    from edgesmith.export.hls.estimate import latency_text, resources_text
+    from edgesmith.profiles.fpga import latency_text, resources_text
 
     out = _console(stderr=False)
     chosen = info.get("precision_table")  # None with one precision for every tensor

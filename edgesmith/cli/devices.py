@@ -102,7 +102,8 @@ def devices_calibrate(threads, refresh, as_json):
     Example:
       edgesmith devices calibrate --refresh
     """
-    from edgesmith.profiles.calibrate import EFFICIENCY_MEANING, host_calibration
+    from edgesmith.profiles.calibrate import host_calibration
+    from edgesmith.profiles.roofline import EFFICIENCY_MEANING
 
     with progress("calibrating the host (a few seconds)"):
         cal = host_calibration(threads, refresh=refresh)

@@ -82,7 +82,7 @@ def profile(bundles, device_names, device_files, out, force, runs, warmup, threa
 
 def print_fpga_resources(doc: dict) -> None:
     """One line per hls entry: its predicted DSP/LUT/FF/BRAM against the device's part."""
-    from edgesmith.export.hls.estimate import latency_text, resources_text
+    from edgesmith.profiles.fpga import latency_text, resources_text
 
     for e in doc["entries"]:
         res = (e.get("prediction") or {}).get("resources")

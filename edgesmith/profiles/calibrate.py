@@ -37,7 +37,6 @@ import os
 import statistics
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -45,41 +44,9 @@ import numpy as np
 
 from edgesmith.errors import require
 from edgesmith.profiles.cost import CLASSES, op_class
+from edgesmith.profiles.roofline import CALIBRATION_VERSION, Calibration, roofline_ms
 
-CALIBRATION_VERSION = 4
-
-#: What ``efficiency[class]`` is, for tables and reports (see the module docstring).
-EFFICIENCY_MEANING = ("roofline time / measured time per op class: 1 = at the roofline of the GEMM peak and "
-                      "DRAM bandwidth; above 1 = faster than it (the op's data stayed in cache)")
 _RUNS = 30
-
-
-@dataclass(frozen=True)
-class Calibration:
-    """Measured figures of the host (see the module docstring)."""
-
-    peak_gflops: float
-    bandwidth_gbs: float
-    efficiency: dict[str, float]
-    op_overhead_us: float
-    kernel_floor_us: float
-    run_overhead_us: float
-    spread: float
-    threads: int
-    graph_factor: float = 1.0
-    reference: dict[str, float] = field(default_factory=dict)
-    machine: dict[str, Any] = field(default_factory=dict)
-    suite: list[dict[str, Any]] = field(default_factory=list)
-    version: int = CALIBRATION_VERSION
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready fields."""
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "Calibration":
-        """Rebuild from :meth:`to_dict` output."""
-        return cls(**data)
 
 
 # ---------------------------------------------------------------- the suite
@@ -362,11 +329,6 @@ def run_calibration(threads: int = 0, progress: Callable[[str], None] | None = N
                                reference={"measured_ms": measured, "predicted_ms": predicted})
 
 
-def roofline_ms(flops: float, nbytes: float, gflops: float, gbs: float) -> float:
-    """The roofline time of an op: the slower of computing and moving its data, in ms."""
-    return max(flops / (gflops * 1e6), nbytes / (gbs * 1e6))
-
-
 def _op_cost(op, attrs, shapes, inits) -> tuple[float, float]:
     """FLOPs and bytes of a suite op, by the same rules as :func:`edgesmith.profiles.cost.graph_costs`."""
     import onnx
@@ -387,7 +349,7 @@ def _op_cost(op, attrs, shapes, inits) -> tuple[float, float]:
 # ---------------------------------------------------------------- the cache
 
 def _cache_dir() -> Path:
-    from edgesmith.runtimes import cache_dir
+    from edgesmith.runtimes.base import cache_dir
 
     return cache_dir()
 

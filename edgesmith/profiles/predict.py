@@ -12,7 +12,8 @@ TensorRT and Core ML alike), and nodes that read only weights (constant-folded).
 Where the figures come from:
 
 - the host: ``peak`` and ``bandwidth`` measured by the calibration suite
-  (:mod:`edgesmith.profiles.calibrate`), with its per-class efficiencies and overheads;
+  (:mod:`edgesmith.profiles.calibrate`, the model in :mod:`edgesmith.profiles.roofline`), with its per-class
+  efficiencies and overheads;
 - CPUs (the host and catalog CPUs): op times scaled by the calibration's
   ``graph_factor`` (a whole reference network against the sum of its one-op times);
 - a catalog device: its data-sheet peak for the graph's precision and its memory
@@ -23,7 +24,7 @@ Where the figures come from:
 
 An ``hls`` bundle is FPGA logic, not a graph a runtime schedules: on an ``fpga``
 device its latency is the cycles its first-order resource model predicts
-(:mod:`edgesmith.export.hls.estimate`, from the layer sizes, reuse factor and
+(:mod:`edgesmith.profiles.fpga`, from the layer sizes, reuse factor and
 precisions) times the bundle's clock period, and its DSP/LUT/FF/BRAM are set
 against the device's part; the band is :data:`TRANSFER_BAND` of ``fpga``, as no
 synthesis checked the cycle model here.
@@ -42,7 +43,7 @@ from typing import Any
 
 from edgesmith.devices.catalog import Device
 from edgesmith.errors import UsageError
-from edgesmith.profiles.calibrate import Calibration, roofline_ms
+from edgesmith.profiles.roofline import Calibration, roofline_ms
 from edgesmith.profiles.cost import GraphCost, OpCost
 
 # A large GEMM reaches about 80% of a data-sheet peak and a streaming copy about 80% of the
@@ -302,7 +303,7 @@ def predict_hls(bundle, device: Device, batch: int = 1) -> Prediction:
     Raises:
         UsageError: A device that is not an FPGA, or a bundle without estimates.
     """
-    from edgesmith.export.hls.estimate import PARTS, capacity_of
+    from edgesmith.profiles.fpga import PARTS, capacity_of
 
     if device.kind != "fpga":
         raise UsageError(f"bundle {bundle.path.name} is FPGA logic (hls); {device.name} is a {device.kind}",
@@ -316,7 +317,7 @@ def predict_hls(bundle, device: Device, batch: int = 1) -> Prediction:
     latency = cycles * est["clock_ns"] / 1e6
     u = TRANSFER_BAND["fpga"]
     total = est["total"]
-    notes = [f"{cycles:,} cycles (first-order model of edgesmith.export.hls.estimate) at the bundle's "
+    notes = [f"{cycles:,} cycles (first-order model of edgesmith.profiles.fpga) at the bundle's "
              f"{est['clock_ns']:g} ns clock; the design is assumed to close timing there, and host transfers "
              "are not counted"]
     if batch > 1:

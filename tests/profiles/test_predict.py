@@ -15,9 +15,10 @@ from edgesmith.cli import main
 from edgesmith.devices.catalog import get_device
 from edgesmith.errors import UsageError
 from edgesmith.profiles import calibrate
-from edgesmith.profiles.calibrate import Calibration, host_calibration
+from edgesmith.profiles.calibrate import host_calibration
 from edgesmith.profiles.cost import CLASSES, graph_costs
 from edgesmith.profiles.predict import ATTAINABLE, predict, predict_bundle
+from edgesmith.profiles.roofline import Calibration
 
 RNG = np.random.default_rng(0)
 

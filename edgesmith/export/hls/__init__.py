@@ -15,7 +15,7 @@ tool (not run here), the testbench ``<project>_test.cpp`` with ``tb_data/`` made
 from the golden inputs and outputs, and the compiled C simulation library that
 the ``hls`` runtime runs (tier ``emulated``). A ``README.md`` beside it tells the
 user who will synthesise it what to run, and gives the chosen precisions and the
-predicted resources (:mod:`edgesmith.export.hls.estimate`).
+predicted resources (:mod:`edgesmith.profiles.fpga`).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ import numpy as np
 
 from edgesmith.errors import BadInputError, UsageError, require
 from edgesmith.export import EXPORTERS, Exporter
-from edgesmith.export.hls.estimate import estimate, latency_text, resources_text
+from edgesmith.profiles.fpga import estimate, latency_text, resources_text
 from edgesmith.quiet import quiet
 
 BACKENDS = {"vitis": "Vitis", "vivado": "Vivado"}
@@ -309,7 +309,7 @@ def _readme(variant, info: dict) -> str:
         "## Predicted resources (not synthesised)",
         f"{resources_text(total, cap, of=True)}; latency {latency_text(est['latency_cycles'], est['clock_ns'])}, "
         f"interval {est['interval_cycles']:,} cycles. "
-        "First-order model (edgesmith.export.hls.estimate); the synthesis report is the real figure.",
+        "First-order model (edgesmith.profiles.fpga); the synthesis report is the real figure.",
         "",
         "## Precision per layer",
         "| layer | result | weight | bias | accum |",

@@ -216,7 +216,7 @@ def _fpga_resources(entries) -> Section | None:
     return Section("fpga-resources", "FPGA resources (predicted)",
                    ["For each hls bundle on an FPGA device: DSP slices, LUTs, flip-flops and 18 Kb block RAMs with "
                     "the share of the part, and the latency and initiation interval in clock cycles. A first-order "
-                    "model from the layer sizes, reuse factor and precisions (edgesmith.export.hls.estimate): no "
+                    "model from the layer sizes, reuse factor and precisions (edgesmith.profiles.fpga): no "
                     "synthesis was run, and the vendor's report is the figure to sign off on."],
                    [("variant", False), ("device", False), ("part", False), ("DSP", True), ("LUT", True),
                     ("FF", True), ("BRAM18", True), ("latency cycles", True), ("interval cycles", True),
@@ -249,7 +249,7 @@ def _parity_matrix(entries) -> Section | None:
 
 
 def _calibration(docs) -> Section | None:
-    from edgesmith.profiles.calibrate import EFFICIENCY_MEANING
+    from edgesmith.profiles.roofline import EFFICIENCY_MEANING
 
     cal = next((d["calibration"] for d in docs if d.get("calibration")), None)
     if not cal:

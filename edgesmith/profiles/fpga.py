@@ -29,6 +29,10 @@ reuse factor and ``nz`` the non-zero weights (hls4ml drops zero products):
 
 Device capacities (for the utilisation shown beside the estimate) come from the
 vendors' data sheets for the parts edgesmith knows.
+
+A profiling concern shared by two users: the hls exporter (:mod:`edgesmith.export.hls`) records
+the estimate in the bundle's manifest and README, and a prediction on an ``fpga`` device
+(:func:`edgesmith.profiles.predict.predict_hls`) sets it against the device's part.
 """
 
 from __future__ import annotations
@@ -113,7 +117,7 @@ def estimate(hls_model, *, reuse_factor: int, io: str, strategy: str, clock_ns: 
     utilisation = {k: total[k] / capacity[k] for k in total} if capacity else None
     return {
         "kind": "predicted",
-        "model": "first-order model of edgesmith.export.hls.estimate (no synthesis was run)",
+        "model": "first-order model of edgesmith.profiles.fpga (no synthesis was run)",
         "layers": rows, "total": total,
         "latency_cycles": latency, "interval_cycles": interval,
         "latency_us": latency * clock_ns / 1000.0, "clock_ns": clock_ns,
