@@ -5,7 +5,7 @@ the variant is exported to onnx (the graph the prediction reads), torch and, whe
 TensorRT is installed, tensorrt (engine built here, fp16 and fp32). Each bundle is then
 measured side by side on the GPU in one run: PyTorch eager, PyTorch under
 ``torch.compile``, the TensorRT engines; the prediction for the catalog device the
-GPU is (``edgesmith.devices.catalog.gpu_here``) is printed beside them with its error
+GPU is (``edgesmith.profiles.measure.gpu_here``) is printed beside them with its error
 against each measurement. Batch and shapes are each model's golden inputs (digits-cnn
 batch 4 of 8x8, MiniLM 2 x 17 tokens, LSNet-T 1 x 3 x 224 x 224).
 
@@ -25,7 +25,7 @@ import tempfile
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from edgesmith import api as es  # noqa: E402
-from edgesmith.devices.catalog import gpu_here  # noqa: E402
+from edgesmith.profiles.measure import gpu_here  # noqa: E402
 from edgesmith.runtimes.tensorrt.cuda import gpus  # noqa: E402
 from edgesmith.runtimes.tensorrt import tensorrt_unavailable  # noqa: E402
 

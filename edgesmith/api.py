@@ -304,8 +304,7 @@ def build_engine(bundle: str | Path, *, force: bool = False, timing_cache: str |
         RuntimeUnavailableError: No TensorRT or no NVIDIA GPU here (exit code 5).
         ParityError: The engine is out of tolerance (the bundle is left as it was).
     """
-    from edgesmith.devices.catalog import gpu_here
-    from edgesmith.profiles.measure import profile_bundle
+    from edgesmith.profiles.measure import gpu_here, profile_bundle
     from edgesmith.runtimes.tensorrt.build import complete_bundle
 
     def measure(path):

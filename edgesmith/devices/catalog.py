@@ -220,11 +220,3 @@ def match_gpu(cuda_name: str, devices: list[Device]) -> Device | None:
     slug = gpu_slug(cuda_name)
     found = [d for d in devices if d.kind == "gpu" and (slug == d.name or slug.startswith(d.name + "-"))]
     return max(found, key=lambda d: len(d.name), default=None)
-
-
-def gpu_here(device_files: tuple[str | Path, ...] | list = ()) -> Device | None:
-    """The catalog (or user) device that the first CUDA GPU here is, or None (no GPU, or none matches)."""
-    from edgesmith.runtimes.tensorrt.cuda import gpus
-
-    names = gpus()
-    return match_gpu(names[0], list_devices(device_files)) if names else None

@@ -1,7 +1,7 @@
 """Measuring a bundle here: latency distribution, load time, memory, per-layer time.
 
 ``host`` is this machine's CPU. A GPU device from the catalog is measurable where
-the first CUDA GPU here is that device (:func:`edgesmith.devices.catalog.gpu_here`);
+the first CUDA GPU here is that device (:func:`gpu_here`);
 ``cuda:0`` names that GPU whatever it is. Memory is host resident memory in both cases,
 measured in a fresh child process (:func:`peak_memory_mb`).
 """
@@ -15,13 +15,26 @@ from typing import Callable
 
 import numpy as np
 
+from edgesmith.devices.catalog import Device
 from edgesmith.errors import UsageError
 from edgesmith.profiles.profile import LatencyStats, LayerTime, Profile
 
 
+def gpu_here(device_files=()) -> Device | None:
+    """The catalog (or user) device that the first CUDA GPU here is, or None (no GPU, or none matches).
+
+    Args:
+        device_files: The user's device files (the GPU may be one of theirs).
+    """
+    from edgesmith.devices.catalog import list_devices, match_gpu
+    from edgesmith.runtimes.tensorrt.cuda import gpus
+
+    names = gpus()
+    return match_gpu(names[0], list_devices(device_files)) if names else None
+
+
 def measurable_here(device_files=()) -> dict[str, str]:
     """Device name -> accelerator for what can be measured here: ``host``, and the GPU if there is one."""
-    from edgesmith.devices.catalog import gpu_here
     from edgesmith.runtimes.tensorrt.cuda import gpus
 
     found = {"host": "cpu"}
