@@ -27,7 +27,7 @@ from hypothesis.extra import numpy as hnp
 from edgesmith.arrays import load_arrays
 from edgesmith.bundle import GOLDEN, MANIFEST, Bundle, Manifest, finalize_manifest, save_golden
 from edgesmith.errors import BadInputError, EdgesmithError
-from edgesmith.runtimes import Runtime
+from edgesmith.runtimes.base import Runtime
 from edgesmith.specs import TensorSpec
 
 # EDGESMITH_FUZZ_EXAMPLES=2000 (and EDGESMITH_FUZZ_RANDOM=1) for a longer hunt than CI's

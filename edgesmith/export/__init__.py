@@ -1,145 +1,14 @@
 """Exporters: variant -> artifact bundle, each checked for parity on its runtime.
 
-:meth:`Exporter.export` owns the common work (staging, golden data, manifest,
-parity, atomic rename); subclasses implement :meth:`Exporter._export_impl`,
-which only writes the model files.
+The base class and the registry are in :mod:`edgesmith.export.base`; this package
+registers the built-in exporters (imported here, in one place) and builds them by
+target name. :data:`EXPORTERS` as imported from here holds the built-ins.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import platform
-from importlib import metadata
-from pathlib import Path
-from typing import Any, ClassVar
-
-import numpy as np
-
-from edgesmith.bundle import (
-    GOLDEN, Bundle, Manifest, bundle_dir, check_writable, finalize_manifest, save_golden,
-    staged_bundle, write_manifest,
-)
-from edgesmith.errors import ParityError
+from edgesmith.export.base import EXPORTERS, Exporter
 from edgesmith.options import build_options
-from edgesmith.registry import Registry
-
-# "target" in messages: the CLI calls them targets (--target, targets list)
-EXPORTERS: Registry[type["Exporter"]] = Registry("target", "edgesmith.exporters")
-
-_VERSIONED = ("edgesmith", "torch", "onnx", "onnxruntime", "onnxscript", "numpy", "transformers", "mlx", "coremltools",
-              "tensorrt")
-
-
-def library_versions() -> dict[str, str]:
-    """Versions of Python and the installed libraries that matter to an artifact."""
-    versions = {"python": platform.python_version()}
-    for dist in _VERSIONED:
-        try:
-            versions[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            pass
-    return versions
-
-
-@dataclasses.dataclass
-class ExportOptions:
-    """Options shared by exporters (none yet); subclass per exporter."""
-
-
-class Exporter:
-    """Base class of exporters.
-
-    Subclasses set ``name`` (the target, equal to the module name), ``runtime``
-    (the runtime registry key that runs the artifact), ``model_file`` and
-    ``Options`` (a ``precision`` field there selects the parity tolerance),
-    and implement :meth:`_export_impl`.
-    """
-
-    name: ClassVar[str] = ""
-    runtime: ClassVar[str] = ""
-    model_file: ClassVar[str] = ""
-    Options: ClassVar[type] = ExportOptions
-
-    def __init__(self, options: Any | None = None):
-        self.options = options if options is not None else self.Options()
-        self.details: dict[str, Any] = {}  # the manifest's target-specific records, filled by _export_impl
-        # option values the artifact was written with where _export_impl departed from those asked (a
-        # fallback): the manifest's options record what was written, not what was asked
-        self.written_options: dict[str, Any] = {}
-
-    @property
-    def precision(self) -> str:
-        """Parity tolerance row: the options' ``precision`` field where it has one, else ``fp32``."""
-        return getattr(self.options, "precision", "fp32")
-
-    def export(self, variant, out: str | Path, *, name: str | None = None, force: bool = False,
-               keep_failed: bool = False) -> tuple[Bundle, Any]:
-        """Export a variant to ``OUT/NAME.TARGET`` and check parity on the target's runtime.
-
-        Args:
-            variant: The variant to export.
-            out: Output directory.
-            name: Bundle name (default: the variant's).
-            force: Overwrite an existing bundle.
-            keep_failed: Keep the bundle even when parity fails (still raises).
-
-        Returns:
-            The bundle and its :class:`~edgesmith.parity.ParityResult`.
-
-        Raises:
-            OutputExistsError: The bundle exists and ``force`` is false.
-            ParityError: The artifact's outputs differ from the source model's.
-            BadInputError / RuntimeUnavailableError: From the conversion or the runtime.
-        """
-        # exporters may narrow the signature (static shapes); keep the caller's variant intact
-        variant = dataclasses.replace(variant, inputs=list(variant.inputs), outputs=list(variant.outputs),
-                                      notes=list(variant.notes))
-        dest = bundle_dir(out, name or variant.name, self.name)
-        check_writable(dest, force)
-        self.written_options = {}
-        with staged_bundle(dest, force) as stage:
-            self._export_impl(variant, stage)
-            reference = variant.run()
-            save_golden(stage / GOLDEN, variant.example, reference)
-            manifest = Manifest(
-                name=dest.name.rsplit(".", 1)[0], target=self.name, runtime=self.runtime,
-                model_file=self.model_file, precision=self.precision,
-                inputs=variant.inputs, outputs=variant.outputs, task=variant.task,
-                source=variant.source, passes=variant.passes,
-                options={**dataclasses.asdict(self.options), **self.written_options, "notes": variant.notes},
-                versions=library_versions(), details=self.details,
-            )
-            bundle = finalize_manifest(stage, manifest)
-            parity = self._parity(bundle, variant)
-            manifest.parity = parity.to_dict()
-            write_manifest(stage, manifest)
-            if not parity.passed and not keep_failed:
-                raise ParityError(f"{self.name} export of {variant.name} failed parity: "
-                                  f"{'; '.join(parity.failures)}", parity)
-        if not parity.passed:
-            raise ParityError(f"{self.name} export of {variant.name} failed parity (bundle kept at {dest}): "
-                              f"{'; '.join(parity.failures)}", parity)
-        return Bundle(dest, manifest), parity
-
-    def _parity(self, bundle: Bundle, variant):
-        """Run the staged bundle on its runtime against the source model's outputs (golden + extra feeds).
-
-        Exporters whose artifact cannot run here override this with a ``structural`` result.
-        """
-        from edgesmith.runtimes import check_bundle
-
-        return check_bundle(bundle, extra=self._extra_feeds(variant))
-
-    def _extra_feeds(self, variant) -> list[tuple[dict, dict]]:
-        """A second batch size, for models exported with a dynamic batch axis."""
-        if not variant.inputs or not all(0 in s.dynamic for s in variant.inputs):
-            return []
-        feeds = {k: np.concatenate([v, v[:1]], axis=0) for k, v in variant.example.items()}
-        return [(feeds, variant.run(feeds))]
-
-    def _export_impl(self, variant, stage: Path) -> None:
-        """Write the model files (``model_file`` at least) into ``stage``."""
-        raise NotImplementedError
 
 
 def get_exporter(target: str, options: dict[str, str] | None = None) -> Exporter:

@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 
 from edgesmith.errors import BadInputError
-from edgesmith.export import EXPORTERS, Exporter
+from edgesmith.export.base import EXPORTERS, Exporter
 from edgesmith.quiet import quiet
 
 TWO_GB = 2 * 1024**3

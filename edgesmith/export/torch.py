@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from edgesmith.export import EXPORTERS, Exporter
+from edgesmith.export.base import EXPORTERS, Exporter
 
 
 @dataclasses.dataclass

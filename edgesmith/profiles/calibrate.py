@@ -232,6 +232,17 @@ def _graph_factor(calibration: "Calibration", threads: int, tmp: str) -> tuple[f
     return measured / predicted, measured, predicted
 
 
+def calibrated_runtime() -> str:
+    """The registry name of the runtime whose kernels the calibration suite times.
+
+    On the host, a prediction of that runtime's bundles is comparable with their measurement;
+    another runtime's kernels are not what the calibration measured.
+    """
+    from edgesmith.runtimes.onnxruntime import OnnxRuntime
+
+    return OnnxRuntime.name
+
+
 def _session(model, threads: int, profile_prefix: str | None = None):
     """An ONNX Runtime session with the options the runtime loader uses (so the timings match)."""
     from edgesmith.runtimes.onnxruntime import _options
@@ -271,8 +282,14 @@ def _wall_us(model, feeds: dict[str, np.ndarray], threads: int, runs: int = 300)
 
 
 def run_calibration(threads: int = 0, progress: Callable[[str], None] | None = None) -> Calibration:
-    """Measure the suite on this machine and fit the predictor's figures (a few seconds)."""
+    """Measure the suite on this machine and fit the predictor's figures (a few seconds).
+
+    Raises:
+        RuntimeUnavailableError: onnx (the build stack, which builds the suite's models) is not installed.
+    """
     from edgesmith.devices.host import fingerprint
+
+    require("onnx", "build")
     rows = []
     with tempfile.TemporaryDirectory(prefix="edgesmith-calib-") as tmp:
         for label, op, attrs, shapes, inits in _suite():

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from edgesmith.errors import BadInputError, RuntimeUnavailableError
-from edgesmith.runtimes import RUNTIMES, Runtime
+from edgesmith.runtimes.base import RUNTIMES, Runtime
 
 PROJECT_DIR = "hls"
 WEIGHTS_DIR = "firmware/weights"
@@ -107,7 +107,7 @@ class CSim:
 
 
 def _cache_dir() -> Path:
-    from edgesmith.runtimes import cache_dir
+    from edgesmith.runtimes.base import cache_dir
 
     return cache_dir("hls")
 

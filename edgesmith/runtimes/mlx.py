@@ -22,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 
 from edgesmith.errors import require
-from edgesmith.runtimes import RUNTIMES, Runtime
+from edgesmith.runtimes.base import RUNTIMES, Runtime
 
 
 

@@ -8,12 +8,13 @@ import os
 import re
 import tempfile
 from collections import defaultdict
-from typing import Any
+from pathlib import Path
+from typing import Any, Iterator
 
 import numpy as np
 
-from edgesmith.errors import RuntimeUnavailableError, require
-from edgesmith.runtimes import RUNTIMES, Runtime
+from edgesmith.errors import BadInputError, RuntimeUnavailableError, require
+from edgesmith.runtimes.base import RUNTIMES, Runtime
 
 
 
@@ -108,19 +109,70 @@ def _scope_of(node: str, scopes: dict[str, str]) -> str:
 
 
 def _node_scopes(path) -> dict[str, str]:
-    """ONNX node name -> source module path, from the dynamo exporter's metadata."""
-    import onnx
+    """ONNX node name -> source module path, from the dynamo exporter's metadata.
 
-    model = onnx.load(str(path), load_external_data=False)
+    Read from the protobuf wire format, not with the ``onnx`` package: a device's
+    runtime-only install has onnxruntime but not onnx. Field numbers are onnx.proto's.
+    """
     scopes = {}
-    for node in model.graph.node:
-        for prop in node.metadata_props:
-            if prop.key == "pkg.torch.onnx.name_scopes":
-                try:
-                    parts = [p for p in ast.literal_eval(prop.value) if p]
-                except (ValueError, SyntaxError):
-                    continue
-                # the last entry names the op itself; the one before is its module
-                if len(parts) >= 2:
-                    scopes[node.name] = parts[-2]
+    model = memoryview(Path(path).read_bytes())
+    graphs = [value for field, value in _fields(model) if field == _MODEL_GRAPH]
+    for graph in graphs:
+        for node in (value for field, value in _fields(graph) if field == _GRAPH_NODE):
+            name, scope = "", None
+            for field, value in _fields(node):
+                if field == _NODE_NAME:
+                    name = bytes(value).decode()
+                elif field == _NODE_METADATA:
+                    entry = dict(_fields(value))
+                    if bytes(entry.get(_ENTRY_KEY, b"")) == b"pkg.torch.onnx.name_scopes":
+                        scope = bytes(entry.get(_ENTRY_VALUE, b"")).decode()
+            if scope is None:
+                continue
+            try:
+                parts = [p for p in ast.literal_eval(scope) if p]
+            except (ValueError, SyntaxError):
+                continue
+            # the last entry names the op itself; the one before is its module
+            if len(parts) >= 2:
+                scopes[name] = parts[-2]
     return scopes
+
+
+# onnx.proto field numbers: ModelProto.graph, GraphProto.node, NodeProto.name and .metadata_props,
+# StringStringEntryProto.key and .value
+_MODEL_GRAPH, _GRAPH_NODE, _NODE_NAME, _NODE_METADATA, _ENTRY_KEY, _ENTRY_VALUE = 7, 1, 3, 9, 1, 2
+
+
+def _fields(message: memoryview) -> Iterator[tuple[int, Any]]:
+    """The (field number, value) pairs of one protobuf message, in order.
+
+    Varints come as ints, length-delimited fields (strings, bytes, sub-messages) as views
+    into ``message`` (no copy, so initializers are skipped, not read), fixed-width ones as None.
+    """
+    i, end = 0, len(message)
+    while i < end:
+        key, i = _varint(message, i)
+        wire = key & 7
+        if wire == 0:
+            value, i = _varint(message, i)
+        elif wire == 2:
+            size, i = _varint(message, i)
+            value, i = message[i:i + size], i + size
+        elif wire in (1, 5):
+            value, i = None, i + (8 if wire == 1 else 4)
+        else:
+            raise BadInputError(f"model.onnx: protobuf wire type {wire} at byte {i} is not one ONNX uses")
+        yield key >> 3, value
+
+
+def _varint(buf: memoryview, i: int) -> tuple[int, int]:
+    """Decode the base-128 varint at ``buf[i]``; return it and the index after it."""
+    value = shift = 0
+    while True:
+        byte = buf[i]
+        i += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, i
+        shift += 7

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from edgesmith.errors import RuntimeUnavailableError, require
-from edgesmith.runtimes import RUNTIMES, Runtime
+from edgesmith.runtimes.base import RUNTIMES, Runtime
 
 
 @RUNTIMES.register("torch")
@@ -27,10 +27,10 @@ class TorchRuntime(Runtime):
 
     @classmethod
     def available(cls) -> None:
-        require("torch", "all")
+        require("torch", "build")
 
     def _load_impl(self) -> None:
-        self._torch = torch = require("torch", "all")
+        self._torch = torch = require("torch", "build")
         if self.threads:
             torch.set_num_threads(self.threads)
         if self.accelerator == "cuda" and not torch.cuda.is_available():

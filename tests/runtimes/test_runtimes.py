@@ -118,7 +118,7 @@ def test_block_really_makes_torch_unimportable():
     assert proc.returncode != 0 and "ModuleNotFoundError" in proc.stderr
     proc = _run_python(_BLOCK + "import edgesmith.export\n")
     assert proc.returncode != 0 and "ModuleNotFoundError" in proc.stderr
-    proc = _run_python(_BLOCK + "from edgesmith.models import digits_cnn\n")  # imports torch at the top
+    proc = _run_python(_BLOCK + "from edgesmith.models.zoo import digits_cnn\n")  # imports torch at the top
     assert proc.returncode != 0 and "torch" in proc.stderr
 
 
@@ -175,7 +175,7 @@ def test_torch_runtime_without_torch_is_unavailable(bundles):
 def test_cast_allowed(given, declared, values):
     import warnings
 
-    from edgesmith.runtimes import InputCastNote, cast_input
+    from edgesmith.runtimes.base import InputCastNote, cast_input
 
     arr = np.array(values, dtype=given)
     with warnings.catch_warnings(record=True) as caught:
@@ -201,7 +201,7 @@ def test_cast_allowed(given, declared, values):
     ("M8[s]", "int64", [0]),
 ])
 def test_cast_refused(given, declared, values):
-    from edgesmith.runtimes import CAST_RULE, cast_input
+    from edgesmith.runtimes.base import CAST_RULE, cast_input
 
     arr = np.array(values, dtype=given)
     with pytest.raises(BadInputError) as info:

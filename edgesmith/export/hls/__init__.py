@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from edgesmith.errors import BadInputError, UsageError, require
-from edgesmith.export import EXPORTERS, Exporter
+from edgesmith.export.base import EXPORTERS, Exporter
 from edgesmith.profiles.fpga import estimate, latency_text, resources_text
 from edgesmith.quiet import quiet
 
@@ -64,11 +64,19 @@ class HlsOptions:
     """
 
     backend: str = "vitis"
-    io: str = "parallel"
-    reuse_factor: int = 1
+    # metadata "cli": the flag ``edgesmith export`` offers for the field (besides -O key=value); "help" its
+    # text, "choices" / "min" / "min_open" what the flag accepts
+    io: str = dataclasses.field(default="parallel", metadata={
+        "cli": "--io", "choices": IOS,
+        "help": "layers' I/O, parallel (registers, lowest latency) or stream (FIFOs) [parallel]."})
+    reuse_factor: int = dataclasses.field(default=1, metadata={
+        "cli": "--reuse-factor", "min": 1,
+        "help": "uses of each multiplier per inference (1 = fully parallel; more saves DSPs) [1]."})
     strategy: str = "latency"
-    clock_ns: float = 5.0
-    part: str = "xczu7ev-ffvc1156-2-e"
+    clock_ns: float = dataclasses.field(default=5.0, metadata={
+        "cli": "--clock-ns", "min": 0, "min_open": True, "help": "clock period in ns [5]."})
+    part: str = dataclasses.field(default="xczu7ev-ffvc1156-2-e", metadata={
+        "cli": "--part", "help": "FPGA part [xczu7ev-ffvc1156-2-e, the ZCU104's]."})
     precision: str = "auto"
     data: str = ""
     samples: int = 2000
@@ -113,6 +121,30 @@ class HlsExporter(Exporter):
     @property
     def precision(self) -> str:
         return "fixed"
+
+    @classmethod
+    def describe(cls, bundle, parity) -> list:
+        """The precision table the export chose, its C simulation's agreement and the predicted resources."""
+        info = bundle.manifest.details.get("hls")
+        if not info:
+            return []
+        chosen = info.get("precision_table")  # None with one precision for every tensor
+        mode = "chosen from calibration data" if chosen else f"{info['precision_mode']} for every tensor"
+        rows = chosen or [[name, "", t.get("weight", ""), t.get("bias", ""), t.get("result", ""),
+                           t.get("accum", ""), ""] for name, t in info["types"].items()]
+        table = {"title": f"{info['project']}: ap_fixed<W,I> per layer ({mode})",
+                 "columns": [{"name": "layer", "key": True}, "kind", "weight", "bias", "result", "accum",
+                             {"name": "max |result|", "justify": "right"}],
+                 "rows": rows}
+        cal, est = info["calibration"], info["estimates"]
+        agree = f"{cal['top1_agreement']:.2%}" if cal.get("top1_agreement") is not None else "n/a"
+        snr = f"{cal['snr_db']:.1f} dB" if cal.get("snr_db") is not None else "exact"
+        return [table,
+                {"markup": f"C simulation vs PyTorch on {cal['samples']} calibration samples ({cal['source']}): "
+                           f"top-1 agreement {agree}, SNR {snr}"},
+                {"markup": f"predicted on {est['part']}: {resources_text(est['total'], est.get('capacity'))}; "
+                           f"latency {latency_text(est['latency_cycles'], est['clock_ns'])} (first-order model, "
+                           "not synthesised)"}]
 
     def _export_impl(self, variant, stage: Path) -> None:
         from edgesmith.export.hls.graph import lower

@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from edgesmith.errors import BadInputError, require
-from edgesmith.export import EXPORTERS, Exporter
+from edgesmith.export.base import EXPORTERS, Exporter
 from edgesmith.quiet import quiet
 
 

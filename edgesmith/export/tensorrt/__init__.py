@@ -24,7 +24,7 @@ import re
 from pathlib import Path
 
 from edgesmith.errors import BadInputError, UsageError
-from edgesmith.export import EXPORTERS, Exporter
+from edgesmith.export.base import EXPORTERS, Exporter
 from edgesmith.parity import ParityResult
 from edgesmith.runtimes.tensorrt import ENGINE_FILE, ONNX_FILE
 
@@ -93,6 +93,23 @@ class TensorrtExporter(Exporter):
     runtime = "tensorrt"
     model_file = ONNX_FILE
     Options = TensorrtOptions
+
+    @classmethod
+    def describe(cls, bundle, parity) -> list:
+        """What the export checked, and how to finish a structural bundle on the device."""
+        info = bundle.manifest.details.get("tensorrt")
+        if not info:
+            return []
+        support = info["support"]
+        ops = ", ".join(f"{op} {n}" for op, n in sorted(support["op_counts"].items(), key=lambda kv: -kv[1]))
+        lines = [f"TensorRT {support['tensorrt']} support check: {support['nodes']} nodes, all supported ({ops})"]
+        if info.get("engine"):
+            e = info["engine"]
+            return [*lines, f"engine built: TensorRT {e['tensorrt']} on {e['gpu']}, {e['precision']}, "
+                            f"{e['build_s']:.1f} s"]
+        return [*lines, {"markup": f"[bold]structural[/]: {'; '.join(parity.checks)}. To finish on the target "
+                                   "machine:"},
+                f"  edgesmith build-engine {bundle.path}", f"  (or, with TensorRT alone: {info['trtexec']})"]
 
     def _export_impl(self, variant, stage: Path) -> None:
         import onnx

@@ -20,7 +20,7 @@ import numpy as np
 
 from edgesmith.errors import BadInputError
 from edgesmith.quiet import quiet
-from edgesmith.runtimes import RUNTIMES, Runtime
+from edgesmith.runtimes.base import RUNTIMES, Runtime
 
 # Core ML multi-array data types (FeatureTypes.proto ArrayDataType) -> numpy
 _ARRAY_DTYPES = {65568: np.float32, 65552: np.float16, 65600: np.float64, 131104: np.int32}

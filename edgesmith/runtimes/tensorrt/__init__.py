@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from edgesmith.errors import BadInputError, RuntimeUnavailableError, require
-from edgesmith.runtimes import RUNTIMES, Runtime
+from edgesmith.runtimes.base import RUNTIMES, Runtime
 
 ONNX_FILE = "model.onnx"  # the TensorRT-ready graph every tensorrt bundle holds
 ENGINE_FILE = "model.engine"  # the engine, once built

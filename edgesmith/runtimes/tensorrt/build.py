@@ -42,7 +42,7 @@ def trtexec_command(options: dict[str, Any], shapes: dict[str, dict[str, list[in
 
 def default_timing_cache() -> Path:
     """Where engine builds keep their timing cache by default (``$EDGESMITH_CACHE/tensorrt/``)."""
-    from edgesmith.runtimes import cache_dir
+    from edgesmith.runtimes.base import cache_dir
 
     return cache_dir("tensorrt", "timing.cache")
 
