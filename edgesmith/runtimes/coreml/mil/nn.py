@@ -15,7 +15,7 @@ import math
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from edgesmith.runtimes.coreml.mil.table import op
+from edgesmith.runtimes.coreml.mil.table import OPS
 
 
 def _ints(v, n: int, default: int) -> list[int]:
@@ -51,14 +51,14 @@ def _letters(n: int, base: str) -> str:
     return base[:n]
 
 
-@op("linear")
+@OPS.op("linear")
 def linear(x, weight, bias=None):
     """``x @ weight.T + bias``."""
     y = np.matmul(np.asarray(x, np.float32), np.asarray(weight, np.float32).T)
     return y if bias is None else y + bias
 
 
-@op("matmul")
+@OPS.op("matmul")
 def matmul(x, y, transpose_x=False, transpose_y=False):
     """Batched matrix product with broadcasting; ``transpose_*`` swap the last two axes of rank>=2 inputs."""
     x, y = np.asarray(x), np.asarray(y)
@@ -69,7 +69,7 @@ def matmul(x, y, transpose_x=False, transpose_y=False):
     return np.matmul(x, y)
 
 
-@op("conv")
+@OPS.op("conv")
 def conv(x, weight, bias=None, strides=None, pad_type="valid", pad=None, dilations=None, groups=1):
     """1-D to 3-D grouped, strided, dilated convolution."""
     x, w = np.asarray(x, np.float32), np.asarray(weight, np.float32)
@@ -89,7 +89,7 @@ def conv(x, weight, bias=None, strides=None, pad_type="valid", pad=None, dilatio
     return y if bias is None else y + np.reshape(bias, (1, -1) + (1,) * nsp)
 
 
-@op("conv_transpose")
+@OPS.op("conv_transpose")
 def conv_transpose(x, weight, bias=None, pad=None, output_shape=None, pad_type="valid", strides=None,
                    dilations=None, groups=1):
     """Transposed convolution: every input element scatters its kernel-weighted copy into the output."""
@@ -151,14 +151,14 @@ def _pool(x, kernel_sizes, strides, pad_type, pad, ceil_mode, fill):
     return win, axes, masks
 
 
-@op("max_pool")
+@OPS.op("max_pool")
 def max_pool(x, kernel_sizes, strides=None, pad_type="valid", pad=None, ceil_mode=False):
     """Max over each window (padding never wins)."""
     win, axes, _ = _pool(x, kernel_sizes, strides, pad_type, pad, ceil_mode, -np.inf)
     return win.max(axis=axes)
 
 
-@op("avg_pool")
+@OPS.op("avg_pool")
 def avg_pool(x, kernel_sizes, strides=None, pad_type="valid", pad=None, exclude_padding_from_average=False,
              ceil_mode=False):
     """Mean over each window, counting the padding unless ``exclude_padding_from_average``."""
@@ -170,7 +170,7 @@ def _channel(v, ndim: int):
     return np.reshape(v, (1, -1) + (1,) * (ndim - 2))
 
 
-@op("batch_norm")
+@OPS.op("batch_norm")
 def batch_norm(x, mean, variance, gamma=None, beta=None, epsilon=1e-5):
     """Inference batch norm over axis 1."""
     x = np.asarray(x, np.float32)
@@ -180,7 +180,7 @@ def batch_norm(x, mean, variance, gamma=None, beta=None, epsilon=1e-5):
     return y if beta is None else y + _channel(beta, x.ndim)
 
 
-@op("instance_norm")
+@OPS.op("instance_norm")
 def instance_norm(x, gamma=None, beta=None, epsilon=1e-5):
     """Normalize each (sample, channel) over its spatial axes."""
     x = np.asarray(x, np.float32)
@@ -191,7 +191,7 @@ def instance_norm(x, gamma=None, beta=None, epsilon=1e-5):
     return y if beta is None else y + _channel(beta, x.ndim)
 
 
-@op("layer_norm")
+@OPS.op("layer_norm")
 def layer_norm(x, axes=None, gamma=None, beta=None, epsilon=1e-5):
     """``gamma * (x - mean) / sqrt(var + epsilon) + beta`` over ``axes``; gamma has ``x.shape[axes]``."""
     x = np.asarray(x, np.float32)
@@ -204,7 +204,7 @@ def layer_norm(x, axes=None, gamma=None, beta=None, epsilon=1e-5):
     return y if beta is None else y + np.reshape(beta, shape)
 
 
-@op("softmax")
+@OPS.op("softmax")
 def softmax(x, axis=-1):
     """Softmax along ``axis`` (max-subtracted)."""
     x = np.asarray(x, np.float32)
@@ -212,7 +212,7 @@ def softmax(x, axis=-1):
     return e / e.sum(axis=int(axis), keepdims=True)
 
 
-@op("scaled_dot_product_attention")
+@OPS.op("scaled_dot_product_attention")
 def scaled_dot_product_attention(query, key, value, attn_mask=None):
     """``softmax(Q K^T / sqrt(E) + mask) V``; a boolean mask excludes the False positions (iOS 18)."""
     q, k, v = (np.asarray(t, np.float32) for t in (query, key, value))
@@ -223,7 +223,7 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None):
     return np.matmul(softmax(scores, -1), v)
 
 
-@op("upsample_nearest_neighbor")
+@OPS.op("upsample_nearest_neighbor")
 def upsample_nearest_neighbor(x, scale_factor_height=1, scale_factor_width=1):
     """Nearest-neighbour upsampling of the last two axes to ``floor(size * scale)``.
 
@@ -248,7 +248,7 @@ def _bilinear_grid(size: int, out: int, align_corners: bool, half_pixel_centers:
     return np.clip(grid, 0, size - 1)
 
 
-@op("upsample_bilinear")
+@OPS.op("upsample_bilinear")
 def upsample_bilinear(x, scale_factor_height=1, scale_factor_width=1, align_corners=True,
                       half_pixel_centers=None):
     """Bilinear upsampling of the last two axes, sampling grid as the op's docstring describes."""

@@ -13,13 +13,14 @@ from __future__ import annotations
 import inspect
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
 from edgesmith.errors import BadInputError
 from edgesmith.runtimes.coreml.mil.mlpackage import STRING, BlobStore, decode_value, numpy_dtype, read_model
-from edgesmith.runtimes.coreml.mil.table import OpDef, ops
+from edgesmith.runtimes.coreml.mil import elementwise, nn, tensor  # noqa: F401 (they fill the op table)
+from edgesmith.runtimes.coreml.mil.table import OPS
 
 _F16 = np.dtype(np.float16)
 
@@ -39,7 +40,8 @@ class Step:
     Attributes:
         op: The op type.
         name: The op's name in the program.
-        impl: Its table entry.
+        fn: Its function in the op table.
+        variadic: Its inputs that take a tuple of values.
         inputs: ``(param, [(is_var, var name or constant), ...])`` per input.
         outputs: ``(var name, declared dtype or None)`` per output.
         free: Vars no later step reads (dropped after this one).
@@ -47,7 +49,8 @@ class Step:
 
     op: str
     name: str
-    impl: OpDef
+    fn: Callable
+    variadic: tuple[str, ...]
     inputs: list[tuple[str, list[tuple[bool, Any]]]]
     outputs: list[tuple[str, np.dtype | None]]
     free: list[str] = field(default_factory=list)
@@ -96,25 +99,24 @@ class MilProgram:
         self.consts: dict[str, Any] = {}
         self.steps: list[Step] = []
         blobs = BlobStore(model_dir)
-        table = ops()
         for operation in block.operations:
-            self._add(operation, blobs, table)
+            self._add(operation, blobs)
         self._plan_frees()
 
-    def _add(self, operation, blobs: BlobStore, table: dict[str, OpDef]) -> None:
+    def _add(self, operation, blobs: BlobStore) -> None:
         name = _attr_name(operation)
         outputs = [(o.name, _declared(o.type, o.name)) for o in operation.outputs]
         if operation.type == "const":
             value = decode_value(operation.attributes["val"], blobs, name)
             self.consts[outputs[0][0]] = store(value, outputs[0][1])
             return
-        impl = table.get(operation.type)
-        if impl is None or len(operation.blocks):
+        if operation.type not in OPS or len(operation.blocks):
             raise BadInputError(
                 f"the Core ML evaluator does not cover op {operation.type!r} (in {name!r})",
                 hint="run the bundle on macOS, where Core ML itself runs it",
             )
-        params = inspect.signature(impl.fn).parameters
+        fn = OPS.get(operation.type)
+        params = inspect.signature(fn).parameters
         inputs = []
         for param, arg in operation.inputs.items():
             if param not in params:
@@ -123,7 +125,8 @@ class MilProgram:
             bindings = [(True, b.name) if b.WhichOneof("binding") == "name"
                         else (False, decode_value(b.value, blobs, name)) for b in arg.arguments]
             inputs.append((param, bindings))
-        self.steps.append(Step(operation.type, name, impl, inputs, outputs))
+        self.steps.append(Step(operation.type, name, fn, OPS.info(operation.type).get("variadic", ()), inputs,
+                               outputs))
 
     def _plan_frees(self) -> None:
         last: dict[str, int] = {}
@@ -164,9 +167,9 @@ class MilProgram:
                 kwargs = {}
                 for param, bindings in step.inputs:
                     values = [env[ref] if is_var else ref for is_var, ref in bindings]
-                    kwargs[param] = values if param in step.impl.variadic else values[0]
+                    kwargs[param] = values if param in step.variadic else values[0]
                 try:
-                    result = step.impl.fn(**kwargs)
+                    result = step.fn(**kwargs)
                 except (ValueError, IndexError) as exc:
                     raise BadInputError(f"Core ML evaluator: op {step.op!r} ({step.name!r}) failed: {exc}") from exc
                 results = result if isinstance(result, tuple) else (result,)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from edgesmith.runtimes.coreml.mil.table import op
+from edgesmith.runtimes.coreml.mil.table import OPS
 
 
 def _ints(v) -> list[int]:
@@ -27,7 +27,7 @@ def _axes(v, rank: int | None = None) -> tuple[int, ...] | None:
 
 # ---------------------------------------------------------------- layout
 
-@op("reshape")
+@OPS.op("reshape")
 def reshape(x, shape):
     """Reshape; ``-1`` is inferred and ``0`` copies the input dimension counted from the right."""
     x = np.asarray(x)
@@ -40,19 +40,19 @@ def reshape(x, shape):
     return x.reshape(target)
 
 
-op("transpose")(lambda x, perm: np.transpose(x, _ints(perm)))
-op("expand_dims")(lambda x, axes: np.expand_dims(x, tuple(_ints(axes))))
-op("shape")(lambda x: np.array(np.shape(x), np.int32))
+OPS.op("transpose")(lambda x, perm: np.transpose(x, _ints(perm)))
+OPS.op("expand_dims")(lambda x, axes: np.expand_dims(x, tuple(_ints(axes))))
+OPS.op("shape")(lambda x: np.array(np.shape(x), np.int32))
 
 
-@op("squeeze")
+@OPS.op("squeeze")
 def squeeze(x, axes=None):
     """Drop the size-1 ``axes`` (all of them when none are given)."""
     x = np.asarray(x)
     return np.squeeze(x) if axes is None else np.squeeze(x, _axes(axes, x.ndim))
 
 
-@op("concat", variadic=("values",))
+@OPS.op("concat", variadic=("values",))
 def concat(values, axis, interleave=False):
     """Concatenate along ``axis`` (scalars count as 1-vectors); ``interleave`` alternates the inputs' slices."""
     values = [np.atleast_1d(v) for v in values]
@@ -65,10 +65,10 @@ def concat(values, axis, interleave=False):
     return stacked.reshape(shape)
 
 
-op("stack", variadic=("values",))(lambda values, axis: np.stack([np.asarray(v) for v in values], int(axis)))
+OPS.op("stack", variadic=("values",))(lambda values, axis: np.stack([np.asarray(v) for v in values], int(axis)))
 
 
-@op("split")
+@OPS.op("split")
 def split(x, axis, num_splits=None, split_sizes=None):
     """Split into ``num_splits`` equal parts or parts of ``split_sizes``."""
     x = np.asarray(x)
@@ -77,11 +77,11 @@ def split(x, axis, num_splits=None, split_sizes=None):
     return tuple(np.split(x, int(num_splits), axis=int(axis)))
 
 
-op("tile")(lambda x, reps: np.tile(x, _ints(reps)))
-op("reverse")(lambda x, axes=None: np.flip(x, _axes(axes, np.ndim(x))))
+OPS.op("tile")(lambda x, reps: np.tile(x, _ints(reps)))
+OPS.op("reverse")(lambda x, axes=None: np.flip(x, _axes(axes, np.ndim(x))))
 
 
-@op("slice_by_index")
+@OPS.op("slice_by_index")
 def slice_by_index(x, begin, end, stride=None, begin_mask=None, end_mask=None, squeeze_mask=None):
     """``x[begin:end:stride]`` per axis, with masks to ignore bounds or index one element."""
     x = np.asarray(x)
@@ -100,7 +100,7 @@ def slice_by_index(x, begin, end, stride=None, begin_mask=None, end_mask=None, s
     return np.asarray(x[tuple(slices)])
 
 
-@op("slice_by_size")
+@OPS.op("slice_by_size")
 def slice_by_size(x, begin, size):
     """``size`` elements from ``begin`` per axis (``-1``: to the end)."""
     x = np.asarray(x)
@@ -108,7 +108,7 @@ def slice_by_size(x, begin, size):
     return x[slices]
 
 
-@op("pad")
+@OPS.op("pad")
 def pad(x, pad, mode="constant", constant_val=0.0):
     """Pad the last ``len(pad) / 2`` axes; modes ``constant``, ``reflect``, ``replicate``."""
     x = np.asarray(x)
@@ -119,7 +119,7 @@ def pad(x, pad, mode="constant", constant_val=0.0):
     return np.pad(x, widths, "edge" if mode == "replicate" else str(mode))
 
 
-@op("pixel_shuffle")
+@OPS.op("pixel_shuffle")
 def pixel_shuffle(x, upscale_factor):
     """``[N, C*r*r, H, W] -> [N, C, H*r, W*r]`` (PyTorch's pixel shuffle)."""
     n, c, h, w = np.shape(x)
@@ -128,7 +128,7 @@ def pixel_shuffle(x, upscale_factor):
     return y.reshape(n, c // (r * r), h * r, w * r)
 
 
-@op("pixel_unshuffle")
+@OPS.op("pixel_unshuffle")
 def pixel_unshuffle(x, downscale_factor):
     """``[N, C, H*f, W*f] -> [N, C*f*f, H, W]``, the inverse of ``pixel_shuffle``."""
     n, c, h, w = np.shape(x)
@@ -137,7 +137,7 @@ def pixel_unshuffle(x, downscale_factor):
     return y.reshape(n, c * f * f, h // f, w // f)
 
 
-@op("crop")
+@OPS.op("crop")
 def crop(x, crop_height, crop_width):
     """Remove ``crop_height`` rows (top, bottom) and ``crop_width`` columns (left, right)."""
     x = np.asarray(x)
@@ -156,7 +156,7 @@ def _gather(x, indices, axis):
     return np.take(x, idx, axis=axis)
 
 
-@op("gather")
+@OPS.op("gather")
 def gather(x, indices, axis=0, batch_dims=0, validate_indices=False):
     """Take ``indices`` along ``axis``; the first ``batch_dims`` axes of both index each other."""
     x = np.asarray(x)
@@ -171,7 +171,7 @@ def gather(x, indices, axis=0, batch_dims=0, validate_indices=False):
     return out.reshape(batch + out.shape[1:])
 
 
-@op("gather_nd")
+@OPS.op("gather_nd")
 def gather_nd(x, indices, batch_dims=0, validate_indices=False):
     """``x[tuple(indices[..., :])]`` for each index vector in the last axis of ``indices``."""
     x = np.asarray(x)
@@ -189,7 +189,7 @@ def gather_nd(x, indices, batch_dims=0, validate_indices=False):
     return x[tuple(idx[..., d] for d in range(k))]
 
 
-@op("gather_along_axis")
+@OPS.op("gather_along_axis")
 def gather_along_axis(x, indices, axis=0, validate_indices=False):
     """``np.take_along_axis``."""
     return np.take_along_axis(np.asarray(x), np.asarray(indices).astype(np.int64), int(axis))
@@ -199,7 +199,7 @@ _SCATTER = {"update": None, "add": np.add, "sub": np.subtract, "mul": np.multipl
             "div": np.divide, "max": np.maximum, "min": np.minimum}
 
 
-@op("scatter")
+@OPS.op("scatter")
 def scatter(data, indices, updates, axis=0, mode="add", validate_indices=False):
     """Combine ``updates`` into a copy of ``data`` at the slices ``indices`` (1-D) of ``axis``."""
     out = np.array(data, copy=True)
@@ -210,7 +210,7 @@ def scatter(data, indices, updates, axis=0, mode="add", validate_indices=False):
     return out
 
 
-@op("scatter_along_axis")
+@OPS.op("scatter_along_axis")
 def scatter_along_axis(data, indices, updates, axis=0, mode="add", validate_indices=False):
     """Combine ``updates`` into a copy of ``data`` at ``indices`` along ``axis``."""
     out = np.array(data, copy=True)
@@ -222,7 +222,7 @@ def scatter_along_axis(data, indices, updates, axis=0, mode="add", validate_indi
     return out
 
 
-@op("scatter_nd")
+@OPS.op("scatter_nd")
 def scatter_nd(data, indices, updates, mode="add", validate_indices=False):
     """Combine ``updates`` into a copy of ``data`` at the index vectors in ``indices``."""
     out = np.array(data, copy=True)
@@ -242,12 +242,12 @@ def _scatter_into(out: np.ndarray, where: tuple, updates: np.ndarray, mode: str)
 
 # ---------------------------------------------------------------- making tensors
 
-op("fill")(lambda shape, value=0.0: np.full(_ints(shape), value))
-op("fill_like")(lambda ref_tensor, value=0.0: np.full(np.shape(ref_tensor), value))
-op("range_1d")(lambda end, start, step: np.arange(start, end, step))
+OPS.op("fill")(lambda shape, value=0.0: np.full(_ints(shape), value))
+OPS.op("fill_like")(lambda ref_tensor, value=0.0: np.full(np.shape(ref_tensor), value))
+OPS.op("range_1d")(lambda end, start, step: np.arange(start, end, step))
 
 
-@op("one_hot")
+@OPS.op("one_hot")
 def one_hot(indices, one_hot_vector_size, axis=-1, on_value=1, off_value=0):
     """One-hot vectors of ``one_hot_vector_size`` along a new ``axis``."""
     idx = np.asarray(indices)
@@ -255,7 +255,7 @@ def one_hot(indices, one_hot_vector_size, axis=-1, on_value=1, off_value=0):
     return np.moveaxis(np.where(hot, on_value, off_value), -1, int(axis))
 
 
-@op("band_part")
+@OPS.op("band_part")
 def band_part(x, lower=-1, upper=-1):
     """Keep a band around the diagonal of the last two axes (``-1``: unbounded)."""
     x = np.asarray(x)
@@ -265,7 +265,7 @@ def band_part(x, lower=-1, upper=-1):
     return np.where(keep, x, np.zeros((), x.dtype))
 
 
-@op("cumsum")
+@OPS.op("cumsum")
 def cumsum(x, axis=0, exclusive=False, reverse=False):
     """Cumulative sum along ``axis``, optionally exclusive and/or from the end."""
     x = np.asarray(x)
@@ -277,7 +277,7 @@ def cumsum(x, axis=0, exclusive=False, reverse=False):
     return np.flip(y, axis) if reverse else y
 
 
-@op("topk")
+@OPS.op("topk")
 def topk(x, k=1, axis=-1, ascending=False, sort=True, return_indices=True, output_indices_dtype="int32"):
     """The ``k`` largest (or smallest) values along ``axis``, and their indices (int32 or uint16)."""
     x = np.asarray(x)
@@ -287,7 +287,7 @@ def topk(x, k=1, axis=-1, ascending=False, sort=True, return_indices=True, outpu
     return (values, idx.astype(str(output_indices_dtype))) if return_indices else values
 
 
-@op("argsort")
+@OPS.op("argsort")
 def argsort(x, axis=-1, ascending=False):
     """Indices that sort ``x`` along ``axis`` (descending by default), as int32."""
     x = np.asarray(x)
@@ -304,13 +304,13 @@ def _reduction(fn):
     return reduce
 
 
-op("reduce_sum")(_reduction(np.sum))
-op("reduce_mean")(_reduction(np.mean))
-op("reduce_max")(_reduction(np.max))
-op("reduce_min")(_reduction(np.min))
-op("reduce_prod")(_reduction(np.prod))
-op("reduce_l2_norm")(_reduction(lambda x, **kw: np.sqrt(np.sum(x * x, **kw))))
-op("reduce_log_sum_exp")(_reduction(
+OPS.op("reduce_sum")(_reduction(np.sum))
+OPS.op("reduce_mean")(_reduction(np.mean))
+OPS.op("reduce_max")(_reduction(np.max))
+OPS.op("reduce_min")(_reduction(np.min))
+OPS.op("reduce_prod")(_reduction(np.prod))
+OPS.op("reduce_l2_norm")(_reduction(lambda x, **kw: np.sqrt(np.sum(x * x, **kw))))
+OPS.op("reduce_log_sum_exp")(_reduction(
     lambda x, **kw: np.log(np.sum(np.exp(x - np.max(x, **(kw | {"keepdims": True}))), **kw))
     + np.max(x, **kw)))
 
@@ -323,5 +323,5 @@ def _arg_reduction(fn):
     return reduce
 
 
-op("reduce_argmax")(_arg_reduction(np.argmax))
-op("reduce_argmin")(_arg_reduction(np.argmin))
+OPS.op("reduce_argmax")(_arg_reduction(np.argmax))
+OPS.op("reduce_argmin")(_arg_reduction(np.argmin))
