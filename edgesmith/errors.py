@@ -8,6 +8,7 @@ CLI is a bug and exits with code 1 and a traceback.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 
 
 class EdgesmithError(Exception):
@@ -97,6 +98,42 @@ def missing_extra(package: str, extra: str) -> RuntimeUnavailableError:
     return RuntimeUnavailableError(
         f"{package} is not installed", hint=f"pip install 'edgesmith[{extra}]'"
     )
+
+
+# Top-level import name of each optional library -> the extra that installs it. The build stack
+# (torch, onnx, ...) is the `build` extra: the core install is the device-side runtime only.
+EXTRAS = {
+    "torch": "build", "onnx": "build", "onnxscript": "build", "safetensors": "build",
+    "transformers": "hf", "accelerate": "hf", "gguf": "hf", "coremltools": "coreml", "mlx": "mlx",
+    "hls4ml": "hls", "tensorrt": "tensorrt", "netron": "view", "ray": "ray", "PIL": "images",
+}
+
+
+def missing_library(exc: BaseException) -> RuntimeUnavailableError | None:
+    """The missing-extra error for an import of an optional library that is not installed.
+
+    Code on the build side imports torch and onnx directly (lazily); in a runtime-only install
+    such an import fails with :class:`ModuleNotFoundError`, which is the user's missing extra
+    (exit code 5), not a bug.
+
+    Args:
+        exc: The exception that ended a command.
+
+    Returns:
+        A :class:`RuntimeUnavailableError` naming the ``pip install`` line, or None when ``exc`` is
+        not a failed import of an optional library that is absent (a bug).
+    """
+    if not isinstance(exc, ModuleNotFoundError):
+        return None
+    top = (exc.name or "").split(".")[0]
+    if top not in EXTRAS:
+        return None
+    try:
+        if importlib.util.find_spec(top) is not None:
+            return None  # it is installed: a missing submodule is a bug, not a missing extra
+    except (ImportError, ValueError):
+        pass
+    return missing_extra(top, EXTRAS[top])
 
 
 def require(module: str, extra: str):

@@ -134,8 +134,9 @@ def graph_costs(model_path: str | Path, inputs: dict[str, np.ndarray]) -> GraphC
 
     Raises:
         BadInputError: The model cannot be read or run with these inputs.
+        RuntimeUnavailableError: onnx is not installed (a runtime-only install).
     """
-    onnx = require("onnx", "all")
+    onnx = require("onnx", "build")  # a runtime-only install has no onnx: predictions need the build stack
     from onnx import numpy_helper
 
     from edgesmith.runtimes.onnxruntime import _node_scopes
