@@ -29,8 +29,10 @@ from edgesmith.cli import main  # noqa: E402
 from edgesmith.errors import BadInputError, exit_code_for  # noqa: E402
 from edgesmith.export import get_exporter  # noqa: E402
 from edgesmith.export.mlx import check_feeds, trace_feeds  # noqa: E402
-from edgesmith.export.mlx.graph import MlxGraph, NeedsStatic, decompose, op_name  # noqa: E402
-from edgesmith.export.mlx.ops import OPS  # noqa: E402
+from edgesmith.export.mlx import graph as mlx_graph  # noqa: E402
+from edgesmith.export.mlx.context import NeedsStatic, op_name  # noqa: E402
+from edgesmith.export.mlx.graph import OPS, MlxGraph, decompose  # noqa: E402
+from edgesmith.registry import OpTable  # noqa: E402
 from edgesmith.models.program import export_program  # noqa: E402
 from edgesmith.models.variant import Variant  # noqa: E402
 from edgesmith.runtimes import open_runtime  # noqa: E402
@@ -430,8 +432,12 @@ class _RowSum(torch.nn.Module):
 ], ids=["crash", "wrong-shape"])
 def test_broken_shapeless_function_falls_back_to_fixed_shapes(tmp_path, monkeypatch, bad, expected):
     """The exporter's own check (in a child process) catches shapeless functions MLX gets wrong."""
-    bad.handles_sizes = False
-    monkeypatch.setitem(OPS, "aten.sum.dim_IntList", bad)
+    table = OpTable(OPS.target, OPS.what, hint=OPS.hint)
+    for name in OPS:
+        if name != "aten.sum.dim_IntList":
+            table.op(name, **OPS.info(name))(OPS.get(name))
+    table.op("aten.sum.dim_IntList")(bad)
+    monkeypatch.setattr(mlx_graph, "OPS", table)
     variant = _variant("row-sum", _RowSum(), [f32(3, 5)], [BS])
     bundle, parity = get_exporter("mlx").export(variant, tmp_path)
     assert parity.passed
@@ -453,13 +459,13 @@ def test_shapeless_false_exports_fixed_shapes(tmp_path):
 def _tiny_llama() -> Variant:
     """A random Llama with SmolLM2's structure: GQA, rotary embeddings, RMSNorm, SiLU MLP, tied head."""
     transformers = pytest.importorskip("transformers")
-    from edgesmith.models.hf import _module_class
+    from edgesmith.models.hf import wrap_model
 
     torch.manual_seed(0)
     cfg = transformers.LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                                    num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
                                    tie_word_embeddings=True)
-    module = _module_class()(transformers.LlamaForCausalLM(cfg).eval(), ["input_ids", "attention_mask"], "logits")
+    module = wrap_model(transformers.LlamaForCausalLM(cfg).eval(), ["input_ids", "attention_mask"], "logits")
     ids = i64(128, 1, 12)
     mask = np.ones_like(ids)
     mask[:, 9:] = 0  # right padding, as the zoo's prompts

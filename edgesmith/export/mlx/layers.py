@@ -1,9 +1,10 @@
 """Layer translations for the ``mlx`` exporter: normalisation, matmul, attention, convolution, pooling.
 
-Part of the table in :mod:`edgesmith.export.mlx.ops` (same registration, same
-conventions). Layout: tensors keep torch's NCHW between ops; MLX convolutions
-are channels-last (NHWC input, OHWI weights), so the convolution translation
-transposes input and weight in and the result back. Pooling works on NCHW
+Part of the table :data:`~edgesmith.export.mlx.context.OPS` (same registration,
+same conventions as :mod:`edgesmith.export.mlx.ops`). Layout: tensors keep
+torch's NCHW between ops; MLX convolutions are channels-last (NHWC input, OHWI
+weights), so the convolution translation transposes input and weight in and the
+result back. Pooling works on NCHW
 directly, as strided windows combined elementwise. Attention is computed as
 ``softmax(q k^T * scale + mask) v`` in fp32.
 """
@@ -15,11 +16,11 @@ import math
 import mlx.core as mx
 import numpy as np
 
-from edgesmith.export.mlx.ops import as_list, translates
+from edgesmith.export.mlx.context import OPS, as_list
 
 
 # -- normalisation --------------------------------------------------------------------------------
-@translates("aten.layer_norm.default")
+@OPS.op("aten.layer_norm.default")
 def layer_norm(ctx, x, normalized_shape, weight=None, bias=None, eps=1e-5, cudnn_enable=True):
     """LayerNorm over the trailing ``normalized_shape`` axes (``mx.fast.layer_norm`` for one)."""
     if len(normalized_shape) == 1:
@@ -31,7 +32,7 @@ def layer_norm(ctx, x, normalized_shape, weight=None, bias=None, eps=1e-5, cudnn
     return y if bias is None else y + bias
 
 
-@translates("aten.rms_norm.default")
+@OPS.op("aten.rms_norm.default")
 def rms_norm(ctx, x, normalized_shape, weight=None, eps=None):
     """RMSNorm over the trailing axes (``mx.fast.rms_norm`` for one)."""
     eps = float(np.finfo(np.float32).eps) if eps is None else eps
@@ -42,7 +43,7 @@ def rms_norm(ctx, x, normalized_shape, weight=None, eps=None):
     return y if weight is None else y * weight
 
 
-@translates("aten._native_batch_norm_legit_no_training.default")
+@OPS.op("aten._native_batch_norm_legit_no_training.default")
 def batch_norm(ctx, x, weight, bias, mean, var, momentum, eps):
     """Inference BatchNorm over axis 1, with running statistics."""
     shape = [1, -1] + [1] * (x.ndim - 2)
@@ -54,20 +55,20 @@ def batch_norm(ctx, x, weight, bias, mean, var, momentum, eps):
 
 
 # -- linear algebra -------------------------------------------------------------------------------
-@translates("aten.linear.default")
+@OPS.op("aten.linear.default")
 def linear(ctx, x, weight, bias=None):
     """``x @ weight.T + bias``."""
     y = mx.matmul(x, weight.T)
     return y if bias is None else y + bias
 
 
-@translates("aten.mm.default", "aten.bmm.default", "aten.matmul.default")
+@OPS.op("aten.mm.default", "aten.bmm.default", "aten.matmul.default")
 def matmul(ctx, a, b):
     """``a @ b`` (with broadcasting)."""
     return mx.matmul(a, b)
 
 
-@translates("aten.addmm.default")
+@OPS.op("aten.addmm.default")
 def addmm(ctx, bias, a, b, beta=1, alpha=1):
     """``beta * bias + alpha * (a @ b)``."""
     # not mx.addmm: a shapeless function keeps its traced output shape
@@ -82,7 +83,7 @@ def _repeat_heads(x, rep: int):
     return mx.flatten(x, -4, -3)
 
 
-@translates("aten.scaled_dot_product_attention.default")
+@OPS.op("aten.scaled_dot_product_attention.default")
 def sdpa(ctx, q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
     """softmax(q k^T * scale + mask) v, computed in fp32 like torch's math reference.
 
@@ -122,7 +123,7 @@ def _conv(ctx, x, weight, bias, stride, padding, dilation, groups):
     return y[0] if unbatched else y
 
 
-@translates("aten.convolution.default")
+@OPS.op("aten.convolution.default")
 def convolution(ctx, x, weight, bias, stride, padding, dilation, transposed, output_padding, groups):
     """The core convolution op (not transposed)."""
     if transposed:
@@ -130,13 +131,13 @@ def convolution(ctx, x, weight, bias, stride, padding, dilation, transposed, out
     return _conv(ctx, x, weight, bias, stride, as_list(padding, weight.ndim - 2), dilation, groups)
 
 
-@translates("aten.conv1d.default", "aten.conv2d.default")
+@OPS.op("aten.conv1d.default", "aten.conv2d.default")
 def conv(ctx, x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     """``conv1d``/``conv2d`` with integer padding."""
     return _conv(ctx, x, weight, bias, stride, as_list(padding, weight.ndim - 2), dilation, groups)
 
 
-@translates("aten.conv1d.padding", "aten.conv2d.padding")
+@OPS.op("aten.conv1d.padding", "aten.conv2d.padding")
 def conv_padding_mode(ctx, x, weight, bias=None, stride=1, padding="valid", dilation=1, groups=1):
     """``conv1d``/``conv2d`` with ``padding='same'`` or ``'valid'``."""
     n = weight.ndim - 2
@@ -183,7 +184,7 @@ def _pool(ctx, x, kernel, stride, padding, dilation, ceil_mode, kind: str):
     return result, kernel[0] * kernel[1]
 
 
-@translates("aten.max_pool2d_with_indices.default")
+@OPS.op("aten.max_pool2d_with_indices.default")
 def max_pool2d(ctx, x, kernel_size, stride=(), padding=0, dilation=1, ceil_mode=False):
     """Max pooling; the indices output is not supported."""
     if any(u.args[1] != 0 for u in ctx.node.users):
@@ -192,7 +193,7 @@ def max_pool2d(ctx, x, kernel_size, stride=(), padding=0, dilation=1, ceil_mode=
     return y, None
 
 
-@translates("aten.avg_pool2d.default")
+@OPS.op("aten.avg_pool2d.default")
 def avg_pool2d(ctx, x, kernel_size, stride=(), padding=0, ceil_mode=False, count_include_pad=True,
                divisor_override=None):
     """Average pooling, with torch's divisor rules."""
@@ -212,7 +213,7 @@ def avg_pool2d(ctx, x, kernel_size, stride=(), padding=0, ceil_mode=False, count
     return total / mx.array(np.outer(*counts).astype(np.float32))
 
 
-@translates("aten._adaptive_avg_pool2d.default")
+@OPS.op("aten._adaptive_avg_pool2d.default")
 def adaptive_avg_pool2d(ctx, x, output_size):
     """Adaptive average pooling where the output size divides the input size."""
     out = as_list(output_size, 2)
@@ -243,7 +244,7 @@ def _resize(x, matrices):
     return mx.matmul(m_h, mx.matmul(x, m_w.T))
 
 
-@translates("aten.upsample_bilinear2d.vec")
+@OPS.op("aten.upsample_bilinear2d.vec")
 def upsample_bilinear2d(ctx, x, output_size, align_corners, scale_factors=None):
     """Bilinear resize of the last two axes (torch's source-coordinate rules)."""
     out, ratios = _out_sizes(x, output_size, scale_factors)
@@ -263,7 +264,7 @@ def upsample_bilinear2d(ctx, x, output_size, align_corners, scale_factors=None):
     return _resize(x, matrices)
 
 
-@translates("aten.upsample_nearest2d.vec")
+@OPS.op("aten.upsample_nearest2d.vec")
 def upsample_nearest2d(ctx, x, output_size, scale_factors=None):
     """Nearest-neighbour resize of the last two axes (torch's ``nearest``: floor of o * in / out)."""
     out, ratios = _out_sizes(x, output_size, scale_factors)
