@@ -208,89 +208,15 @@ def profile(bundles: Iterable[str | Path], *, device: str | Sequence[str] = "hos
         UsageError: An unknown device (with the closest names); a prediction that cannot be made
             when it is the only thing asked for, or when nothing at all could be profiled.
     """
-    import tempfile
+    from edgesmith.export import EXPORTERS
+    from edgesmith.profiles.plan import profile_bundles
 
-    from edgesmith.devices.catalog import get_device
-    from edgesmith.devices.host import fingerprint
-    from edgesmith.errors import RuntimeUnavailableError, UsageError
-    from edgesmith.profiles.calibrate import host_calibration
-    from edgesmith.profiles.measure import measurable_here, profile_bundle
-    from edgesmith.profiles.predict import predict_bundle, predicted_profile
-    from edgesmith.profiles.profile import profile_document
+    def package(onnx_file: str, out: str) -> Path:
+        return export(load(onnx_file), out, target="onnx")[0].path
 
-    names = [device] if isinstance(device, str) else list(device)
-    here = measurable_here(device_files) if any(n != "host" for n in names) else {"host": "cpu"}
-    # an unknown name fails here, before any work; cuda:0 is the GPU here when no catalog device matches it
-    if "cuda:0" in names and "cuda:0" not in here:
-        raise RuntimeUnavailableError("there is no NVIDIA GPU with a CUDA driver here to measure on (cuda:0)",
-                                      hint="profile on the machine with the GPU, or predict: -d nvidia-h100 ...")
-    targets = [n if n == "cuda:0" else get_device(n, device_files) for n in names]
-    calibration = None
-
-    def host_calibration_once():
-        nonlocal calibration
-        if calibration is None:
-            calibration = host_calibration(threads, refresh=recalibrate)
-        return calibration
-
-    entries: list = []
-    skipped: list[dict[str, str]] = []  # (bundle, device) pairs that could not be predicted, and why
-    unmeasured: list[dict[str, str]] = []  # ... measured (the bundle's runtime cannot run here), and why
-    bundles = list(bundles)
-    with tempfile.TemporaryDirectory(prefix="edgesmith-profile-") as tmp:
-        for b in bundles:
-            path = b
-            if Path(b).suffix == ".onnx" and not Path(b).is_dir():
-                path = export(load(str(b)), tmp, target="onnx")[0].path
-            for target_device in targets:
-                name = getattr(target_device, "name", target_device)
-                if name in here:
-                    cb = (lambda n, _b=str(b): progress(_b, n)) if progress else None
-                    try:
-                        entry = profile_bundle(path, device=name, warmup=warmup, runs=runs, threads=threads,
-                                               layers=layers, progress=cb, compiled=compiled,
-                                               device_files=device_files)
-                    except RuntimeUnavailableError as exc:  # a tensorrt bundle with no GPU, or on the host's CPU
-                        if len(targets) * len(bundles) == 1:
-                            raise
-                        unmeasured.append({"bundle": str(b), "device": name,
-                                           "reason": exc.message + (f" ({exc.hint})" if exc.hint else "")})
-                        continue
-                    prediction = None
-                    # the host calibration is ONNX Runtime's; a catalog GPU is predicted for any runtime
-                    if (name == "host" and entry.runtime == "onnxruntime") or (name != "host" and name != "cuda:0"):
-                        try:
-                            prediction, _ = predict_bundle(path, target_device, host_calibration_once())
-                        except UsageError:
-                            prediction = None  # no ONNX graph: measured only
-                    if prediction is not None:
-                        entry.prediction = prediction.to_dict()
-                        p50 = entry.latency_ms.p50
-                        entry.prediction["error"] = (prediction.latency_ms - p50) / p50 if p50 else None
-                else:
-                    try:
-                        entry = predicted_profile(path, target_device, host_calibration_once())
-                    except UsageError as exc:
-                        if len(targets) * len(bundles) == 1:
-                            raise  # the only thing asked for: say why, as an error
-                        skipped.append({"bundle": str(b), "device": target_device.name,
-                                        "reason": exc.message + (f" ({exc.hint})" if exc.hint else "")})
-                        continue
-                    finally:
-                        if progress:
-                            progress(str(b), runs)
-                entry.bundle = str(b)
-                entries.append(entry)
-    if not entries and (skipped or unmeasured):
-        raise UsageError(f"nothing could be profiled: {(skipped or unmeasured)[0]['reason']}")
-    doc = profile_document(entries, fingerprint(threads))
-    if calibration is not None:
-        doc["calibration"] = {k: v for k, v in calibration.to_dict().items() if k != "suite"}
-    if skipped:
-        doc["not_predicted"] = skipped
-    if unmeasured:
-        doc["not_measured"] = unmeasured
-    return doc
+    return profile_bundles(bundles, device=device, warmup=warmup, runs=runs, threads=threads, layers=layers,
+                           progress=progress, device_files=device_files, recalibrate=recalibrate,
+                           compiled=compiled, package=package, target_names=EXPORTERS.names())
 
 
 def build_engine(bundle: str | Path, *, force: bool = False, timing_cache: str | Path | None = None,
@@ -359,16 +285,30 @@ def models(patterns: Iterable[str] = (), details: bool = False,
 
 
 def devices(device_files: Iterable[str | Path] = ()) -> list:
-    """The host, the catalog's devices and the user's device files, as :class:`~edgesmith.devices.catalog.Device`."""
-    from edgesmith.devices.catalog import list_devices
+    """The host, the catalog's devices and the user's device files, as :class:`~edgesmith.devices.catalog.Device`.
 
-    return list_devices(list(device_files))
+    Raises:
+        BadInputError: An invalid device file, or one listing a target or runtime edgesmith does not have.
+    """
+    from edgesmith.devices.catalog import check_names, list_devices
+    from edgesmith.export import EXPORTERS
+    from edgesmith.runtimes import RUNTIMES
+
+    found = list_devices(list(device_files))
+    check_names(found, {"targets": EXPORTERS.names(), "runtimes": RUNTIMES.names()})
+    return found
 
 
 def device(name: str, device_files: Iterable[str | Path] = ()):
-    """One device by name (``host``, a catalog name, or one defined in ``device_files``)."""
+    """One device by name (``host``, a catalog name, or one defined in ``device_files``).
+
+    Raises:
+        UsageError: An unknown name, with the closest known ones.
+        BadInputError: An invalid device file (see :func:`devices`).
+    """
     from edgesmith.devices.catalog import get_device
 
+    devices(device_files)  # every file is checked, as when listing them
     return get_device(name, list(device_files))
 
 

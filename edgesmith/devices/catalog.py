@@ -5,6 +5,11 @@ fast it moves memory, how much it holds, its power, the targets and runtimes it
 supports, and where each figure comes from. Users add their own devices with
 ``--device-file FILE.yaml`` in the same format (``edgesmith devices show NAME``
 prints one). ``host`` is the machine edgesmith runs on, detected at run time.
+
+The targets and runtimes a file lists are names of the exporter and runtime registries,
+which live in higher layers (a plugin adds its own): reading a file checks only that they
+are names, and :func:`check_names` checks them against the registries' names, which the
+caller that uses the device hands in.
 """
 
 from __future__ import annotations
@@ -14,14 +19,12 @@ import difflib
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable, Mapping
 
 from edgesmith.errors import BadInputError, UsageError
 
 CATALOG_DIR = Path(__file__).parent / "catalog"
 KINDS = ("cpu", "gpu", "npu", "fpga")
-TARGETS = ("onnx", "torch", "coreml", "tensorrt", "mlx", "hls")
-RUNTIMES = ("onnxruntime", "torch", "coreml", "tensorrt", "mlx", "hls")
 PRECISIONS = ("fp32", "fp16", "bf16", "int8", "int4")
 _NAME = re.compile(r"^[a-z0-9][a-z0-9-]*$")
 
@@ -107,13 +110,14 @@ class Device:
         for key in ("memory_bandwidth_gbs", "memory_gb", "power_w"):
             if data[key] is not None:
                 _positive(data[key], key, origin)
-        for key, known in (("targets", TARGETS), ("runtimes", RUNTIMES)):
+        for key in ("targets", "runtimes"):
             values = data[key] or []
             if not isinstance(values, list):
                 raise BadInputError(f"{origin}: {key} must be a list")
-            bad = [v for v in values if v not in known]
+            bad = [v for v in values if not isinstance(v, str) or not v]
             if bad:
-                raise BadInputError(f"{origin}: {key} has unknown {bad[0]!r}", hint=f"use {', '.join(known)}")
+                raise BadInputError(f"{origin}: {key} has unknown {bad[0]!r}",
+                                    hint="names as listed by edgesmith targets list (targets and their runtimes)")
         part = data.get("part") or ""
         if not isinstance(part, str) or (part and data["kind"] != "fpga"):
             raise BadInputError(f"{origin}: part must be an FPGA part number (a string) on an fpga device",
@@ -140,6 +144,26 @@ def _positive(value: Any, key: str, origin: str) -> None:
 
 def _num(value: Any) -> float | None:
     return None if value is None else float(value)
+
+
+def check_names(devices: Iterable[Device], known: Mapping[str, Iterable[str]]) -> None:
+    """Refuse a device whose targets or runtimes are not names the registries know.
+
+    Args:
+        devices: The devices to check (the built-in host is checked like a file).
+        known: ``{"targets": export target names, "runtimes": runtime names}``, from the
+            registries (plugins included), handed in by the layer that has them.
+
+    Raises:
+        BadInputError: Naming the device's file, the key and the first unknown name.
+    """
+    for device in devices:
+        for key, names in known.items():
+            names = list(names)
+            bad = [v for v in getattr(device, key) if v not in names]
+            if bad:
+                raise BadInputError(f"{device.origin or device.name}: {key} has unknown {bad[0]!r}",
+                                    hint=f"use {', '.join(names)}")
 
 
 def load_device_file(path: str | Path) -> Device:

@@ -59,14 +59,27 @@ def test_user_device_file(tmp_path, capsys):
     ({"peak_tflops": {"fp64": 1.0}}, "precision 'fp64'"),
     ({"peak_tflops": {"fp32": -1}}, "peak_tflops.fp32"),
     ({"memory_gb": "lots"}, "memory_gb"),
-    ({"targets": ["onnx", "tflite"]}, "tflite"),
+    ({"targets": ["onnx", "tflite"]}, "targets has unknown 'tflite'"),
+    ({"runtimes": ["onnxruntime", "tflite"]}, "runtimes has unknown 'tflite'"),
+    ({"targets": ["onnx", 3]}, "targets has unknown 3"),
     ({"name": "My Board"}, "My Board"),
 ])
 def test_malformed_device_file_names_the_problem(tmp_path, change, match):
     path = _write(tmp_path, {**VALID, **change})
     with pytest.raises(BadInputError, match=match) as info:
-        load_device_file(path)
+        es.devices([path])  # targets and runtimes are checked against the registries where a device is used
     assert str(path) in str(info.value)
+
+
+def test_a_device_file_may_name_a_plugins_target_and_runtime(tmp_path, monkeypatch):
+    from edgesmith.export import EXPORTERS
+    from edgesmith.runtimes import RUNTIMES
+
+    monkeypatch.setitem(EXPORTERS._items, "tflite", object)  # as a plugin's entry point would register it
+    monkeypatch.setitem(RUNTIMES._items, "tflite-runtime", object)
+    path = _write(tmp_path, {**VALID, "targets": ["tflite"], "runtimes": ["tflite-runtime"]})
+    assert es.device("my-board", [path]).targets == ("tflite",)
+    assert load_device_file(path).runtimes == ("tflite-runtime",)  # reading a file knows no registry
 
 
 def test_missing_key_and_bad_yaml(tmp_path):
