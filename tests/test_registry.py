@@ -32,6 +32,20 @@ def test_duplicate_name_raises():
     assert reg.get("a") == 1
 
 
+def test_a_class_registers_under_its_own_name():
+    reg: Registry[type] = Registry("widget")
+
+    @reg.register
+    class Gadget:
+        name = "gadget"
+
+    assert reg.get("gadget") is Gadget  # the key is written once, in the class
+    with pytest.raises(ValueError, match="'gadget'"):
+        reg.register(type("Again", (), {"name": "gadget"}))
+    with pytest.raises(ValueError, match="no name"):
+        reg.register(type("Nameless", (), {}))
+
+
 def test_unknown_name_lists_known_ones():
     reg: Registry[int] = Registry("widget")
     reg.register("alpha")(1)

@@ -89,7 +89,7 @@ class _Failed(Exception):
         self.names_op = reason.startswith("op ")
 
 
-@EXPORTERS.register("coreml")
+@EXPORTERS.register
 class CoremlExporter(Exporter):
     """Variant -> ``model.mlpackage`` (ML Program), checked on Core ML or its numpy evaluator."""
 

@@ -36,7 +36,7 @@ class OnnxOptions:
     external_data: bool | None = None
 
 
-@EXPORTERS.register("onnx")
+@EXPORTERS.register
 class OnnxExporter(Exporter):
     """Variant -> ``model.onnx``, verified on ONNX Runtime."""
 

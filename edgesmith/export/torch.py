@@ -17,7 +17,7 @@ class TorchOptions:
     """Options of the ``torch`` target (none)."""
 
 
-@EXPORTERS.register("torch")
+@EXPORTERS.register
 class TorchExporter(Exporter):
     """Variant -> ``model.pt2``, verified on PyTorch."""
 

@@ -112,7 +112,7 @@ def _cache_dir() -> Path:
     return cache_dir("hls")
 
 
-@RUNTIMES.register("hls")
+@RUNTIMES.register
 class HlsRuntime(Runtime):
     """Runs an ``hls`` bundle's C simulation (tier ``emulated``)."""
 

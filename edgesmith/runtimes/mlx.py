@@ -26,7 +26,7 @@ from edgesmith.runtimes.base import RUNTIMES, Runtime
 
 
 
-@RUNTIMES.register("mlx")
+@RUNTIMES.register
 class MlxRuntime(Runtime):
     """Runs ``model.mlxfn`` with MLX (tier ``verified``)."""
 

@@ -30,7 +30,7 @@ def _options(threads: int, profile_prefix: str | None = None):
     return so
 
 
-@RUNTIMES.register("onnxruntime")
+@RUNTIMES.register
 class OnnxRuntime(Runtime):
     """Runs ``model.onnx`` with ONNX Runtime (tier ``verified``)."""
 

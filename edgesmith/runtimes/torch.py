@@ -16,7 +16,7 @@ from edgesmith.errors import RuntimeUnavailableError, require
 from edgesmith.runtimes.base import RUNTIMES, Runtime
 
 
-@RUNTIMES.register("torch")
+@RUNTIMES.register
 class TorchRuntime(Runtime):
     """Runs a ``torch.export`` program with PyTorch (tier ``verified``)."""
 

@@ -109,7 +109,7 @@ class HlsOptions:
             raise UsageError(f"target 'hls': project={self.project!r} is not a C identifier")
 
 
-@EXPORTERS.register("hls")
+@EXPORTERS.register
 class HlsExporter(Exporter):
     """Variant -> hls4ml project (``hls/``) with its C simulation, checked on the calibration set."""
 

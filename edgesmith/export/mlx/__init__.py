@@ -58,7 +58,7 @@ class MlxOptions:
 
 
 
-@EXPORTERS.register("mlx")
+@EXPORTERS.register
 class MlxExporter(Exporter):
     """Variant -> ``model.mlxfn``, verified on MLX."""
 

@@ -85,7 +85,7 @@ def parse_shapes(text: str, key: str) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-@EXPORTERS.register("tensorrt")
+@EXPORTERS.register
 class TensorrtExporter(Exporter):
     """Variant -> TensorRT-ready ``model.onnx`` (+ ``model.engine`` where TensorRT and a GPU are here)."""
 

@@ -41,7 +41,7 @@ def native_coreml():
     return coremltools
 
 
-@RUNTIMES.register("coreml")
+@RUNTIMES.register
 class CoremlRuntime(Runtime):
     """Runs ``model.mlpackage`` on Core ML (macOS, ``verified``) or the numpy ML-program evaluator (``emulated``)."""
 

@@ -37,7 +37,7 @@ def tensorrt_unavailable() -> str | None:
     return None
 
 
-@RUNTIMES.register("tensorrt")
+@RUNTIMES.register
 class TensorrtRuntime(Runtime):
     """Runs ``model.engine`` with TensorRT on the first CUDA GPU (tier ``verified``)."""
 
