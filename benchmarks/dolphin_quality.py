@@ -30,7 +30,7 @@ import torch  # noqa: E402
 
 from edgesmith.devices.host import fingerprint  # noqa: E402
 from edgesmith.data.datasets import eval_text  # noqa: E402
-from edgesmith.dolphin.model import DolphinOptions  # noqa: E402
+from edgesmith.dolphin.options import DolphinOptions  # noqa: E402
 from edgesmith.dolphin.folder import WEIGHTS, build, load_folder, train_folder  # noqa: E402
 from edgesmith.dolphin.train import continuation_perplexity, training_windows  # noqa: E402
 

@@ -30,7 +30,8 @@ import torch  # noqa: E402
 
 from edgesmith.devices.host import fingerprint  # noqa: E402
 from edgesmith.data.datasets import eval_text  # noqa: E402
-from edgesmith.dolphin.model import DolphinOptions, separator  # noqa: E402
+from edgesmith.dolphin.options import DolphinOptions  # noqa: E402
+from edgesmith.dolphin.tokens import separator  # noqa: E402
 from edgesmith.dolphin.folder import build, load_folder  # noqa: E402
 
 QUESTION = "What does the dictionary say about this word, and why is it funny?"

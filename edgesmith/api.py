@@ -336,17 +336,11 @@ def dolphin_train(model: str, out: str | Path, *, encoder: str | None = None, re
     Returns:
         The record written to ``OUT/dolphin.json``.
     """
-    import dataclasses
-
-    from edgesmith.errors import UsageError
     from edgesmith.dolphin.folder import train_folder
     from edgesmith.dolphin.options import DolphinOptions
 
-    known = [f.name for f in dataclasses.fields(DolphinOptions)]
-    unknown = sorted(set(options) - set(known))
-    if unknown:
-        raise UsageError(f"dolphin: unknown option {unknown[0]!r}", hint=f"known: {', '.join(known)}")
-    return train_folder(model, out, DolphinOptions(**options), encoder, resume=resume, force=force, progress=progress)
+    options = DolphinOptions.from_fields(options)
+    return train_folder(model, out, options, encoder, resume=resume, force=force, progress=progress)
 
 
 def dolphin(folder: str | Path):

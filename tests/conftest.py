@@ -51,14 +51,14 @@ def tiny_llama():
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from edgesmith.models.hf import _module_class
+    from edgesmith.models.hf import wrap_model
     from edgesmith.models.variant import Variant
     from edgesmith.specs import TensorSpec
 
     torch.manual_seed(0)
     config = LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
                          num_key_value_heads=2, vocab_size=97, max_position_embeddings=64)
-    module = _module_class()(LlamaForCausalLM(config).eval(), ["input_ids"], "logits").eval()
+    module = wrap_model(LlamaForCausalLM(config).eval(), ["input_ids"], "logits").eval()
     ids = np.random.default_rng(0).integers(0, 97, (2, 12)).astype(np.int64)
     return Variant(name="tiny-llama", module=module, inputs=[TensorSpec("input_ids", (2, 12), "int64")],
                    outputs=[TensorSpec("logits", (2, 12, 97), "float32")], example={"input_ids": ids},

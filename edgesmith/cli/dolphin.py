@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import re
-import time
 from pathlib import Path
 
 import click
 
 from edgesmith.cli.common import console, emit_json
 from edgesmith.cli.progressbar import progress
-from edgesmith.dolphin.model import DolphinOptions
+from edgesmith.dolphin.options import DolphinOptions  # plain data, no torch: the train flags derive from it
 
 
 def _option_help() -> dict[str, str]:
@@ -71,13 +70,12 @@ def train(model, encoder, out, resume, force, as_json, **fields):
       edgesmith dolphin train zoo:smollm2-135m -o out/dolphin
       edgesmith dolphin train zoo:smollm2-135m -o out/dolphin --lora 8 --steps 300 --resume
     """
-    from edgesmith.dolphin.folder import train_folder
+    from edgesmith import api as es
 
-    options = DolphinOptions(**fields)
-    options.check()
+    DolphinOptions(**fields).check()  # a bad option is refused before any progress line
     with progress("loading models") as bar:
-        record = train_folder(model, out, options, encoder, resume=resume, force=force,
-                              progress=lambda d, n, total: bar.update(d, completed=n, total=total))
+        record = es.dolphin_train(model, out, encoder=encoder, resume=resume, force=force,
+                                  progress=lambda d, n, total: bar.update(d, completed=n, total=total), **fields)
     if as_json:
         emit_json(record)
         return
@@ -118,14 +116,12 @@ def ask(folder, context, question, max_new_tokens, full, as_json):
     Example:
       edgesmith dolphin ask -m out/dolphin --context notes.txt --question "In short:"
     """
-    from edgesmith.dolphin.folder import load_folder
+    from edgesmith import api as es
 
     text = _read_context(context)
     with progress(f"loading {folder}"):
-        pair = load_folder(folder)
-    began = time.perf_counter()
-    record = pair.answer(text, question, max_new_tokens, full=full)
-    record["seconds"] = round(time.perf_counter() - began, 3)
+        pair = es.dolphin(folder)
+    record = es.dolphin_ask(pair, text, question, max_new_tokens=max_new_tokens, full=full)
     if as_json:
         emit_json(record)
     else:
@@ -149,17 +145,12 @@ def evaluate(folder, windows, as_json):
     Example:
       edgesmith dolphin eval -m out/dolphin --windows 8 --json
     """
-    from edgesmith.data.datasets import eval_text
-    from edgesmith.dolphin.folder import load_folder
-    from edgesmith.dolphin.train import continuation_perplexity, training_windows
+    from edgesmith import api as es
 
     with progress(f"loading {folder}"):
-        pair = load_folder(folder)
-    o = pair.options
-    rows = training_windows(pair, eval_text("test"), o.context + o.continuation)
-    rows = rows[:windows] if windows > 0 else rows
-    with progress("scoring windows", total=len(rows)) as bar:
-        result = continuation_perplexity(pair, rows, o.context, progress=lambda n, total: bar.update(completed=n))
+        pair = es.dolphin(folder)
+    with progress("scoring windows") as bar:
+        result = es.dolphin_eval(pair, windows=windows, progress=lambda n, total: bar.update(completed=n, total=total))
     if as_json:
         emit_json(result)
         return
@@ -185,10 +176,10 @@ def export(folder, out, target, name, force, as_json):
       edgesmith dolphin export -m out/dolphin -o out/bundles
       edgesmith verify out/bundles/smollm2-135m-dolphin-encoder.onnx
     """
-    from edgesmith.dolphin.folder import export_folder
+    from edgesmith import api as es
 
     with progress(f"exporting {folder} to {target}"):
-        results = export_folder(folder, out, target=target, name=name, force=force)
+        results = es.dolphin_export(folder, out, target=target, name=name, force=force)
     if as_json:
         emit_json([{"bundle": str(b.path), "parity": p.to_dict()} for b, p in results])
         return

@@ -32,514 +32,285 @@ targets through the decoder's, so a pair with different vocabularies works (trai
 are cut in decoder tokens and re-tokenized as text for the encoder). Token-id inputs are checked
 against the vocabulary of the side that takes them.
 
-Training (:mod:`edgesmith.dolphin.train`) and export (:mod:`edgesmith.optimize.dolphin_export`)
-build on this module.
+The options are :class:`~edgesmith.dolphin.options.DolphinOptions`; training (:mod:`edgesmith.dolphin.train`),
+the folder on disk (:mod:`edgesmith.dolphin.folder`) and export (:mod:`edgesmith.dolphin.export`) build on
+this module.
 """
 
 from __future__ import annotations
 
-import copy
 import dataclasses
-import functools
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from edgesmith.errors import BadInputError, UsageError
+from edgesmith.dolphin.backbone import base_model, causal_lm, describe_pair, fingerprint, truncated_body
+from edgesmith.dolphin.lora import add_lora
+from edgesmith.dolphin.options import DolphinOptions
+from edgesmith.dolphin.projector import Projector
+from edgesmith.dolphin.tokens import PLACEHOLDER, check_ids, left_pad, separator
 
 FORMAT = "edgesmith-dolphin/1"
-PLACEHOLDER = -1  # a prompt position that takes the next memory vector
-_PROJECTORS = ("linear", "mlp")
-_READOUTS = ("memory", "tail")
-_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
-@dataclasses.dataclass
-class DolphinOptions:
-    """How a Dolphin pair is built and trained.
+class Dolphin(torch.nn.Module):
+    """An encoder LM, K memory embeddings, a projector and a decoder LM (see the module docstring).
 
-    Attributes:
-        memory: K, the memory tokens (and decoder positions) a context is compressed into (at least 1).
-        encoder_layers: With no separate encoder, the encoder is the decoder's first this many blocks
-            (a truncated copy sharing the token embeddings); with one, its first this many (0: all).
-        projector: ``linear`` (one Linear, the paper's) or ``mlp`` (that Linear plus a GELU MLP beside it,
-            starting at zero). Before training, the Linear is fitted by least squares to map the encoder's
-            hidden state at a context position to the decoder's embedding of that token (a "lens"), so
-            the decoder reads token-like vectors from the first step.
-        readout: What each of the K slots reads from the encoder: ``memory`` (the last hidden state at its memory
-            token, the paper's) or ``tail`` (that state beside the hidden state of the i-th of the context's
-            last K positions; the projector reads both). With frozen LMs and minutes of training the memory
-            tokens' states barely depend on the context (they attend mostly to the first token), so
-            ``tail`` gives each slot the encoder's view of a recent token from the start.
-        lora: Rank of LoRA adapters on the encoder's projections (0: the encoder stays frozen).
-        context: Context tokens of a training window (decoder tokens).
-        continuation: Tokens the decoder continues from the context's memory in the second stage.
-        reconstruct: Context tokens the decoder restores from their memory in the first stage.
-        reconstruct_steps: Steps of the first stage (restore the context from its memory).
-        steps: Steps of the second stage (continue a document from the memory of its prefix).
-        batch: Windows per step.
-        lr: Peak AdamW learning rate (warm-up over a tenth of all steps, cosine down to a tenth).
-        seed: Seeds the initialisation and the batches.
-        save_every: Steps between checkpoints.
-        text: Training text: ``devils-dictionary`` (the evaluation text's train split) or a UTF-8 file.
+    Args:
+        decoder: The main causal LM variant (its module holds the transformers model).
+        options: :class:`DolphinOptions` (None: the defaults).
+        encoder: The encoder causal LM variant; None: a truncated copy of the decoder.
+        decoder_tokenizer / encoder_tokenizer: Their tokenizers (None where only token ids are used).
     """
 
-    memory: int = 32
-    encoder_layers: int = 4
-    projector: str = "mlp"
-    readout: str = "tail"
-    lora: int = 0
-    context: int = 256
-    continuation: int = 64
-    reconstruct: int = 128
-    reconstruct_steps: int = 40
-    steps: int = 160
-    batch: int = 4
-    lr: float = 2e-3
-    seed: int = 0
-    save_every: int = 20
-    text: str = "devils-dictionary"
+    def __init__(self, decoder, options: DolphinOptions | None = None, encoder=None, decoder_tokenizer=None,
+                 encoder_tokenizer=None):
+        super().__init__()
+        options = options or DolphinOptions()
+        options.check()
+        self.options = options
+        dec_lm = causal_lm(decoder, "decoder")
+        enc_variant = encoder if encoder is not None else decoder
+        enc_lm = causal_lm(enc_variant, "encoder")
+        enc_body = base_model(enc_lm, "encoder")
+        layers = options.encoder_layers or len(enc_body.layers)
+        self.decoder = dec_lm
+        self.encoder = truncated_body(enc_body, layers, copy_blocks=options.lora > 0)
+        self.pair = {"encoder": fingerprint(enc_variant, enc_lm, layers),
+                     "decoder": fingerprint(decoder, dec_lm)}
+        self.decoder_tokenizer = decoder_tokenizer
+        self.encoder_tokenizer = encoder_tokenizer if encoder is not None else decoder_tokenizer
+        generator = torch.Generator().manual_seed(options.seed)
+        enc_dim, dec_dim = enc_lm.config.hidden_size, dec_lm.config.hidden_size
+        table = enc_body.embed_tokens.weight.detach()
+        pick = torch.randint(0, table.shape[0], (options.memory,), generator=generator)
+        self.memory = torch.nn.Parameter(table[pick].clone())  # start as real token embeddings
+        reads = 2 * enc_dim if options.readout == "tail" else enc_dim
+        self.projector = Projector(reads, dec_dim, options.projector, generator)
+        dec_rms = float(dec_lm.get_input_embeddings().weight.detach().float().pow(2).mean().sqrt())
+        with torch.no_grad():  # outputs start at the decoder embeddings' scale (until fit_lens)
+            self.projector.lens.weight.mul_(dec_rms)
+        self.lora_layers = add_lora(self.encoder, options.lora, generator) if options.lora else 0
+        for p in list(self.decoder.parameters()) + list(self.encoder.parameters()):
+            p.requires_grad_(False)
+        for name, p in self.trainable():
+            p.requires_grad_(True)
 
-    def check(self) -> None:
-        """Raise :class:`UsageError` naming the first option out of range."""
-        if self.memory < 1:
-            raise UsageError(f"dolphin: memory={self.memory}: K must be at least 1 memory token",
-                             hint="the paper uses 32")
-        if self.encoder_layers < 0:
-            raise UsageError(f"dolphin: encoder_layers={self.encoder_layers} is negative", hint="0 keeps every block")
-        if self.projector not in _PROJECTORS:
-            raise UsageError(f"dolphin: unknown projector {self.projector!r}", hint=f"use {' or '.join(_PROJECTORS)}")
-        if self.readout not in _READOUTS:
-            raise UsageError(f"dolphin: unknown readout {self.readout!r}", hint=f"use {' or '.join(_READOUTS)}")
-        if self.lora < 0:
-            raise UsageError(f"dolphin: lora={self.lora} is negative", hint="0 trains no adapters")
-        for name in ("context", "continuation", "reconstruct", "batch", "save_every"):
-            if getattr(self, name) < 1:
-                raise UsageError(f"dolphin: {name}={getattr(self, name)} must be at least 1")
-        if self.reconstruct > self.context:
-            raise UsageError(f"dolphin: reconstruct={self.reconstruct} is longer than context={self.context}")
-        if self.steps < 0 or self.reconstruct_steps < 0 or self.steps + self.reconstruct_steps < 1:
-            raise UsageError("dolphin: give steps >= 0 and reconstruct_steps >= 0, at least one step in all")
-        if self.lr <= 0:
-            raise UsageError(f"dolphin: lr={self.lr} must be positive")
+    @property
+    def window(self) -> int:
+        """The most context tokens the encoder reads (its position limit less the K memory tokens)."""
+        return int(self.encoder.config.max_position_embeddings) - self.options.memory
 
+    def trainable(self) -> list:
+        """``[(name, parameter)]`` that training changes: memory, projector and any LoRA adapters."""
+        return [(n, p) for n, p in self.named_parameters()
+                if n == "memory" or n.startswith("projector.") or ".lora_" in n]
 
-def base_model(lm, side: str):
-    """The transformer body of a Llama/Qwen-family causal LM (``embed_tokens``, ``layers``, ``norm``).
+    def trained_state(self) -> dict:
+        """The trained tensors (what a Dolphin file stores)."""
+        return {n: p.detach().clone() for n, p in self.trainable()}
 
-    Raises:
-        BadInputError: Anything else (names what it is).
-    """
-    body = getattr(lm, "model", None)
-    if body is None or not all(hasattr(body, a) for a in ("embed_tokens", "layers", "norm")) \
-            or not hasattr(lm, "lm_head"):
-        raise BadInputError(f"dolphin: the {side} ({type(lm).__name__}) is not a Llama/Qwen-family causal LM",
-                            hint="give a Hugging Face causal LM with model.embed_tokens/layers/norm and lm_head, "
-                                 "e.g. zoo:smollm2-135m")
-    return body
-
-
-def causal_lm(variant, side: str):
-    """The transformers causal LM inside a variant (edgesmith's HF wrapper holds it as ``.model``)."""
-    if variant.task != "lm":
-        raise BadInputError(f"dolphin: the {side} {variant.name} is not a language model (task {variant.task!r})",
-                            hint="give a causal LM, e.g. zoo:smollm2-135m")
-    lm = variant.module
-    if not hasattr(lm, "lm_head"):  # edgesmith's HF wrapper holds the transformers model as .model
-        lm = getattr(lm, "model", lm)
-    base_model(lm, side)
-    return lm
-
-
-def truncated_body(body, layers: int, copy_blocks: bool):
-    """``body`` cut to its first ``layers`` blocks, sharing the token embeddings; the blocks and final norm are
-    shared too unless ``copy_blocks`` (adapters will be added to them, which must not touch the decoder)."""
-    import torch
-
-    total = len(body.layers)
-    if layers > total:
-        raise BadInputError(f"dolphin: encoder_layers={layers}, but the encoder has {total} blocks",
-                            hint=f"give at most {total} (0 keeps all)")
-    config = copy.deepcopy(body.config)
-    config.num_hidden_layers = layers
-    if getattr(config, "layer_types", None):
-        config.layer_types = list(config.layer_types)[:layers]
-    own = copy.deepcopy if copy_blocks else (lambda module: module)
-    shell = copy.copy(body)  # shares embed_tokens and rotary_emb
-    shell._modules = dict(body._modules)
-    shell.layers = torch.nn.ModuleList(own(block) for block in body.layers[:layers])
-    shell.norm = own(body.norm)
-    shell.config = config
-    return shell
-
-
-@functools.cache
-def _lora_class():
-    import torch
-
-    class LoRALinear(torch.nn.Module):
-        """``base(x) + (x A^T) B^T * alpha / rank``: ``B`` starts at zero, so training starts from the base layer."""
-
-        def __init__(self, base, rank: int, generator):
-            super().__init__()
-            self.base, self.rank, self.scale = base, rank, 2.0  # alpha = 2 * rank
-            self.lora_a = torch.nn.Parameter(torch.randn(rank, base.in_features, generator=generator)
-                                             / base.in_features ** 0.5)
-            self.lora_b = torch.nn.Parameter(torch.zeros(base.out_features, rank))
-
-        def forward(self, x):
-            return self.base(x) + (x @ self.lora_a.T) @ self.lora_b.T * self.scale
-
-        def merged(self):
-            """The plain Linear with the adapter folded in (for export)."""
-            out = copy.deepcopy(self.base)
-            with torch.no_grad():
-                out.weight += (self.lora_b @ self.lora_a) * self.scale
-            return out
-
-    return LoRALinear
-
-
-def add_lora(body, rank: int, generator) -> int:
-    """Wrap the projections of every block of ``body`` in LoRA adapters; returns how many were wrapped."""
-    cls = _lora_class()
-    count = 0
-    for block in body.layers:
-        for parent in list(block.modules()):
-            for name, child in list(parent.named_children()):
-                if name in _LORA_TARGETS and type(child).__name__ == "Linear":
-                    setattr(parent, name, cls(child, rank, generator))
-                    count += 1
-    if not count:
-        raise BadInputError("dolphin: lora found no q/k/v/o/gate/up/down projections in the encoder",
-                            hint="use lora=0 for this encoder")
-    return count
-
-
-def merge_lora(module) -> None:
-    """Fold every LoRA adapter under ``module`` into its Linear, in place."""
-    for parent in list(module.modules()):
-        for name, child in list(parent.named_children()):
-            if type(child).__name__ == "LoRALinear":
-                setattr(parent, name, child.merged())
-
-
-def _fingerprint(variant, lm, layers: int | None = None) -> dict[str, Any]:
-    config = lm.config
-    return {"reference": str(variant.source.get("reference", variant.name)),
-            "sha256": str(variant.source.get("sha256", "")),
-            "hidden": int(config.hidden_size), "vocab": int(config.vocab_size),
-            **({"layers": layers} if layers is not None else {})}
-
-
-@functools.cache
-def _projector_class():
-    import torch
-
-    class Projector(torch.nn.Module):
-        """``lens(h)`` (one Linear), plus ``up(gelu(down(h)))`` for ``mlp`` (its last layer zero at the start)."""
-
-        def __init__(self, enc_dim: int, dec_dim: int, kind: str, generator):
-            super().__init__()
-            self.lens = torch.nn.Linear(enc_dim, dec_dim)
-            with torch.no_grad():
-                self.lens.weight.normal_(0.0, 1.0 / enc_dim ** 0.5, generator=generator)
-                self.lens.bias.zero_()
-            self.mlp = None
-            if kind == "mlp":
-                self.mlp = torch.nn.Sequential(torch.nn.Linear(enc_dim, dec_dim), torch.nn.GELU(),
-                                               torch.nn.Linear(dec_dim, dec_dim))
-                with torch.no_grad():
-                    self.mlp[0].weight.normal_(0.0, 1.0 / enc_dim ** 0.5, generator=generator)
-                    self.mlp[0].bias.zero_()
-                    self.mlp[2].weight.zero_()
-                    self.mlp[2].bias.zero_()
-
-        def forward(self, hidden):
-            out = self.lens(hidden)
-            return out if self.mlp is None else out + self.mlp(hidden)
-
-    return Projector
-
-
-@functools.cache
-def _dolphin_class():
-    import torch
-
-    class Dolphin(torch.nn.Module):
-        """An encoder LM, K memory embeddings, a projector and a decoder LM (see the module docstring).
+    @torch.no_grad()
+    def fit_lens(self, contexts, ridge: float = 1e-3) -> float:
+        """Fit the projector's Linear so it maps the encoder's hidden state at each context position to the
+        decoder's embedding of that token (ridge least squares); returns the fit's relative residual.
 
         Args:
-            decoder: The main causal LM variant (its module holds the transformers model).
-            options: :class:`DolphinOptions`.
-            encoder: The encoder causal LM variant; None: a truncated copy of the decoder.
-            decoder_tokenizer / encoder_tokenizer: Their tokenizers (None where only token ids are used).
+            contexts: int64 ``(B, N)`` contexts in encoder ids that are also decoder ids (shared vocabulary).
         """
+        dim = self.encoder.config.hidden_size
+        hidden = self.encoder(input_ids=contexts, use_cache=False).last_hidden_state.reshape(-1, dim)
+        target = self.decoder.get_input_embeddings()(contexts).reshape(len(hidden), -1)
+        return self.projector.fit_lens(hidden, target, ridge)
 
-        def __init__(self, decoder, options: DolphinOptions, encoder=None, decoder_tokenizer=None,
-                     encoder_tokenizer=None):
-            super().__init__()
-            options.check()
-            self.options = options
-            dec_lm = causal_lm(decoder, "decoder")
-            enc_variant = encoder if encoder is not None else decoder
-            enc_lm = causal_lm(enc_variant, "encoder")
-            enc_body = base_model(enc_lm, "encoder")
-            layers = options.encoder_layers or len(enc_body.layers)
-            self.decoder = dec_lm
-            self.encoder = truncated_body(enc_body, layers, copy_blocks=options.lora > 0)
-            self.pair = {"encoder": _fingerprint(enc_variant, enc_lm, layers),
-                         "decoder": _fingerprint(decoder, dec_lm)}
-            self.decoder_tokenizer = decoder_tokenizer
-            self.encoder_tokenizer = encoder_tokenizer if encoder is not None else decoder_tokenizer
-            generator = torch.Generator().manual_seed(options.seed)
-            enc_dim, dec_dim = enc_lm.config.hidden_size, dec_lm.config.hidden_size
-            table = enc_body.embed_tokens.weight.detach()
-            pick = torch.randint(0, table.shape[0], (options.memory,), generator=generator)
-            self.memory = torch.nn.Parameter(table[pick].clone())  # start as real token embeddings
-            reads = 2 * enc_dim if options.readout == "tail" else enc_dim
-            self.projector = _projector_class()(reads, dec_dim, options.projector, generator)
-            dec_rms = float(dec_lm.get_input_embeddings().weight.detach().float().pow(2).mean().sqrt())
-            with torch.no_grad():  # outputs start at the decoder embeddings' scale (until fit_lens)
-                self.projector.lens.weight.mul_(dec_rms)
-            self.lora_layers = add_lora(self.encoder, options.lora, generator) if options.lora else 0
-            for p in list(self.decoder.parameters()) + list(self.encoder.parameters()):
-                p.requires_grad_(False)
-            for name, p in self.trainable():
-                p.requires_grad_(True)
+    # ------------------------------------------------------------------ encoder side
+    def compress(self, ids, mask=None):
+        """Memories of contexts: ``(B, K, decoder hidden)``.
 
-        @property
-        def window(self) -> int:
-            """The most context tokens the encoder reads (its position limit less the K memory tokens)."""
-            return int(self.encoder.config.max_position_embeddings) - self.options.memory
+        Args:
+            ids: int64 ``(B, N)`` encoder token ids, left-padded where rows differ in length.
+            mask: ``(B, N)`` 1 for real tokens (None: all real).
 
-        def trainable(self) -> list:
-            """``[(name, parameter)]`` that training changes: memory, projector and any LoRA adapters."""
-            return [(n, p) for n, p in self.named_parameters()
-                    if n == "memory" or n.startswith("projector.") or ".lora_" in n]
+        Raises:
+            BadInputError: A context longer than the encoder's window, or an id outside its vocabulary.
+        """
+        length = ids.shape[1]
+        if length > self.window:
+            raise BadInputError(f"dolphin: a context of {length} tokens is longer than the encoder's window of "
+                                f"{self.window} (position limit {self.encoder.config.max_position_embeddings} "
+                                f"less {self.options.memory} memory tokens)",
+                                hint=f"give at most {self.window} context tokens, or split the document")
+        check_ids(ids, self.encoder.config.vocab_size, "context", "encoder")
+        return self.encode(ids, torch.ones_like(ids) if mask is None else mask.to(ids.dtype))
 
-        def trained_state(self) -> dict:
-            """The trained tensors (what a Dolphin file stores)."""
-            return {n: p.detach().clone() for n, p in self.trainable()}
+    def encode(self, ids, mask):
+        """:meth:`compress` without the checks (what an export traces): ``ids`` and ``mask`` ``(B, N)``."""
+        batch = ids.shape[0]
+        k = self.options.memory
+        embeds = torch.cat([self.encoder.embed_tokens(ids),
+                            self.memory[None].expand(batch, -1, -1).to(self.encoder.embed_tokens.weight.dtype)], 1)
+        full = torch.cat([mask, torch.ones(batch, k, dtype=mask.dtype)], 1)
+        positions = (full.cumsum(-1) - 1).clamp(min=0)
+        hidden = self.encoder(inputs_embeds=embeds, attention_mask=full, position_ids=positions,
+                              use_cache=False).last_hidden_state
+        states = hidden[:, -k:]
+        if self.options.readout == "tail":  # beside memory slot i: the i-th of the last K context positions
+            context = torch.nn.functional.pad(hidden[:, :-k] * mask[..., None].to(hidden.dtype), (0, 0, k, 0))
+            states = torch.cat([states, context[:, -k:]], -1)
+        return self.projector(states)
 
-        @torch.no_grad()
-        def fit_lens(self, contexts, ridge: float = 1e-3) -> float:
-            """Fit the projector's Linear so it maps the encoder's hidden state at each context position to the
-            decoder's embedding of that token (ridge least squares); returns the fit's relative residual.
+    # ------------------------------------------------------------------ decoder side
+    def splice(self, embeds, placeholders, memories):
+        """Put memory vectors at the placeholder positions of prompt embeddings.
 
-            Args:
-                contexts: int64 ``(B, N)`` contexts in encoder ids that are also decoder ids (shared vocabulary).
-            """
-            dim = self.encoder.config.hidden_size
-            hidden = self.encoder(input_ids=contexts, use_cache=False).last_hidden_state.reshape(-1, dim)
-            target = self.decoder.get_input_embeddings()(contexts).reshape(len(hidden), -1)
-            x = torch.cat([hidden, torch.ones(len(hidden), 1)], 1).double()
-            gram = x.T @ x
-            gram += ridge * gram.diagonal().mean() * torch.eye(len(gram), dtype=gram.dtype)
-            solution = torch.linalg.solve(gram, x.T @ target.double())
-            lens = self.projector.lens
-            lens.weight.zero_()  # readout=tail: the memory-token half starts at zero, each slot holds its tail token
-            lens.weight[:, -dim:] = solution[:-1].T.float()
-            lens.bias.copy_(solution[-1].float())
-            residual = x @ solution - target.double()
-            return float(residual.norm() / target.double().norm())
+        Args:
+            embeds: ``(B, T, D)`` prompt embeddings.
+            placeholders: ``(B, T)`` bool, exactly K True per row (in order: the first takes memory 1).
+            memories: ``(B, K, D)``.
 
-        # ------------------------------------------------------------------ encoder side
-        def compress(self, ids, mask=None):
-            """Memories of contexts: ``(B, K, decoder hidden)``.
+        Returns:
+            A new ``(B, T, D)`` tensor: ``memories[b, i]`` at row b's i-th placeholder, ``embeds`` elsewhere.
 
-            Args:
-                ids: int64 ``(B, N)`` encoder token ids, left-padded where rows differ in length.
-                mask: ``(B, N)`` 1 for real tokens (None: all real).
+        Raises:
+            BadInputError: A row whose placeholder count is not K, or mismatched shapes.
+        """
+        k = memories.shape[1]
+        counts = placeholders.sum(-1)
+        if memories.shape[0] != embeds.shape[0] or memories.shape[-1] != embeds.shape[-1] or \
+                bool((counts != k).any()):
+            raise BadInputError(f"dolphin: splice needs {k} placeholder positions per row and memories of shape "
+                                f"(B, K, {embeds.shape[-1]}); got counts {counts.tolist()} and "
+                                f"{tuple(memories.shape)}")
+        where = placeholders[..., None].expand_as(embeds)
+        return embeds.masked_scatter(where, memories.to(embeds.dtype))
 
-            Raises:
-                BadInputError: A context longer than the encoder's window, or an id outside its vocabulary.
-            """
-            length = ids.shape[1]
-            if length > self.window:
-                raise BadInputError(f"dolphin: a context of {length} tokens is longer than the encoder's window of "
-                                    f"{self.window} (position limit {self.encoder.config.max_position_embeddings} "
-                                    f"less {self.options.memory} memory tokens)",
-                                    hint=f"give at most {self.window} context tokens, or split the document")
-            _check_ids(ids, self.encoder.config.vocab_size, "context", "encoder")
-            return self.encode(ids, torch.ones_like(ids) if mask is None else mask.to(ids.dtype))
+    def prompt(self, memories, prompts: list[list[int]]):
+        """Left-padded decoder prompts ``[P_1..P_K] + prompt tokens`` with the memories spliced in.
 
-        def encode(self, ids, mask):
-            """:meth:`compress` without the checks (what an export traces): ``ids`` and ``mask`` ``(B, N)``."""
-            batch = ids.shape[0]
-            k = self.options.memory
-            embeds = torch.cat([self.encoder.embed_tokens(ids),
-                                self.memory[None].expand(batch, -1, -1).to(self.encoder.embed_tokens.weight.dtype)], 1)
-            full = torch.cat([mask, torch.ones(batch, k, dtype=mask.dtype)], 1)
-            positions = (full.cumsum(-1) - 1).clamp(min=0)
-            hidden = self.encoder(inputs_embeds=embeds, attention_mask=full, position_ids=positions,
-                                  use_cache=False).last_hidden_state
-            states = hidden[:, -k:]
-            if self.options.readout == "tail":  # beside memory slot i: the i-th of the last K context positions
-                context = torch.nn.functional.pad(hidden[:, :-k] * mask[..., None].to(hidden.dtype), (0, 0, k, 0))
-                states = torch.cat([states, context[:, -k:]], -1)
-            return self.projector(states)
+        Returns:
+            ``(inputs_embeds (B, T, D), attention_mask (B, T))``.
+        """
+        k = memories.shape[1]
+        rows = [[PLACEHOLDER] * k + list(p) for p in prompts]
+        ids, mask = left_pad(rows)
+        return self.embed_prompt(ids, memories), mask
 
-        # ------------------------------------------------------------------ decoder side
-        def splice(self, embeds, placeholders, memories):
-            """Put memory vectors at the placeholder positions of prompt embeddings.
+    def embed_prompt(self, ids, memories):
+        """Decoder embeddings of ``ids`` where :data:`PLACEHOLDER` marks the memory positions."""
+        placeholders = ids == PLACEHOLDER
+        tokens = ids.masked_fill(placeholders, 0)
+        check_ids(tokens, self.decoder.config.vocab_size, "prompt", "decoder")
+        return self.splice(self.decoder.get_input_embeddings()(tokens), placeholders, memories)
 
-            Args:
-                embeds: ``(B, T, D)`` prompt embeddings.
-                placeholders: ``(B, T)`` bool, exactly K True per row (in order: the first takes memory 1).
-                memories: ``(B, K, D)``.
+    def decoder_logits(self, embeds, mask=None, keep: int = 0):
+        """Decoder logits for prompt embeddings (``keep``: only the last this many positions; 0: all)."""
+        mask = torch.ones(embeds.shape[:2], dtype=torch.long) if mask is None else mask
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        return self.decoder(inputs_embeds=embeds, attention_mask=mask, position_ids=positions,
+                            use_cache=False, logits_to_keep=keep).logits
 
-            Returns:
-                A new ``(B, T, D)`` tensor: ``memories[b, i]`` at row b's i-th placeholder, ``embeds`` elsewhere.
+    def continuation_logits(self, memories, targets):
+        """Logits predicting each of ``targets`` (``(B, M)`` decoder ids) from ``memories`` and the targets
+        before it: ``(B, M, vocab)``."""
+        check_ids(targets, self.decoder.config.vocab_size, "target", "decoder")
+        embeds = torch.cat([memories, self.decoder.get_input_embeddings()(targets)], 1)
+        logits = self.decoder_logits(embeds)
+        k = memories.shape[1]
+        return logits[:, k - 1:k - 1 + targets.shape[1]]
 
-            Raises:
-                BadInputError: A row whose placeholder count is not K, or mismatched shapes.
-            """
-            k = memories.shape[1]
-            counts = placeholders.sum(-1)
-            if memories.shape[0] != embeds.shape[0] or memories.shape[-1] != embeds.shape[-1] or \
-                    bool((counts != k).any()):
-                raise BadInputError(f"dolphin: splice needs {k} placeholder positions per row and memories of shape "
-                                    f"(B, K, {embeds.shape[-1]}); got counts {counts.tolist()} and "
-                                    f"{tuple(memories.shape)}")
-            where = placeholders[..., None].expand_as(embeds)
-            return embeds.masked_scatter(where, memories.to(embeds.dtype))
+    @torch.no_grad()
+    def generate(self, memories, prompts: list[list[int]], max_new_tokens: int = 48) -> list[list[int]]:
+        """Greedy continuations of ``[memories] + prompt`` per row (the decoder's KV cache, one step per token)."""
+        embeds, mask = self.prompt(memories, prompts)
+        tok = self.decoder_tokenizer
+        stop = getattr(tok, "eos_token_id", None) if tok is not None else None
+        pad = stop if stop is not None else 0
+        out = self.decoder.generate(inputs_embeds=embeds, attention_mask=mask, max_new_tokens=max_new_tokens,
+                                    do_sample=False, pad_token_id=pad, eos_token_id=stop)
+        rows = []
+        for row in out.tolist():
+            if stop is not None and stop in row:
+                row = row[:row.index(stop)]
+            rows.append(row)
+        return rows
 
-        def prompt(self, memories, prompts: list[list[int]]):
-            """Left-padded decoder prompts ``[P_1..P_K] + prompt tokens`` with the memories spliced in.
+    @torch.no_grad()
+    def answer(self, context: str, question: str, max_new_tokens: int = 48, full: bool = False) -> dict[str, Any]:
+        """Answer ``question`` about ``context`` (text in, text out), greedily, with the decoder's KV cache.
 
-            Returns:
-                ``(inputs_embeds (B, T, D), attention_mask (B, T))``.
-            """
-            k = memories.shape[1]
-            rows = [[PLACEHOLDER] * k + list(p) for p in prompts]
-            ids, mask = left_pad(rows)
-            return self.embed_prompt(ids, memories), mask
+        Args:
+            full: Put the whole context in the decoder's prompt instead of its memories (to compare).
 
-        def embed_prompt(self, ids, memories):
-            """Decoder embeddings of ``ids`` where :data:`PLACEHOLDER` marks the memory positions."""
-            placeholders = ids == PLACEHOLDER
-            tokens = ids.masked_fill(placeholders, 0)
-            _check_ids(tokens, self.decoder.config.vocab_size, "prompt", "decoder")
-            return self.splice(self.decoder.get_input_embeddings()(tokens), placeholders, memories)
+        Returns:
+            ``{"answer", "mode", "context_tokens", "prompt_tokens", "new_tokens"}``.
 
-        def decoder_logits(self, embeds, mask=None, keep: int = 0):
-            """Decoder logits for prompt embeddings (``keep``: only the last this many positions; 0: all)."""
-            mask = torch.ones(embeds.shape[:2], dtype=torch.long) if mask is None else mask
-            positions = (mask.cumsum(-1) - 1).clamp(min=0)
-            return self.decoder(inputs_embeds=embeds, attention_mask=mask, position_ids=positions,
-                                use_cache=False, logits_to_keep=keep).logits
+        Raises:
+            UsageError: The pair has no tokenizers.
+            BadInputError: A context longer than the encoder's window (compressed mode).
+        """
+        tok = self.decoder_tokenizer
+        if tok is None or self.encoder_tokenizer is None:
+            raise UsageError("dolphin: this pair was built without tokenizers; give token ids")
+        prompt = tok(question, add_special_tokens=False)["input_ids"]
+        if full:
+            context_ids = tok(context, add_special_tokens=False)["input_ids"]
+            ids = [separator(self)] + context_ids + prompt
+            out = self.decoder.generate(input_ids=torch.tensor([ids]), max_new_tokens=max_new_tokens,
+                                        do_sample=False, pad_token_id=tok.eos_token_id,
+                                        eos_token_id=tok.eos_token_id)[0, len(ids):].tolist()
+            if tok.eos_token_id in out:
+                out = out[:out.index(tok.eos_token_id)]
+            prompt_tokens = len(ids)
+        else:
+            context_ids = self.encoder_tokenizer(context, add_special_tokens=False)["input_ids"]
+            out = self.generate(self.compress(torch.tensor([context_ids])), [prompt], max_new_tokens)[0]
+            prompt_tokens = self.options.memory + len(prompt)
+        return {"answer": tok.decode(out, skip_special_tokens=True), "mode": "full" if full else "compressed",
+                "context_tokens": len(context_ids), "prompt_tokens": prompt_tokens, "new_tokens": len(out)}
 
-        def continuation_logits(self, memories, targets):
-            """Logits predicting each of ``targets`` (``(B, M)`` decoder ids) from ``memories`` and the targets
-            before it: ``(B, M, vocab)``."""
-            _check_ids(targets, self.decoder.config.vocab_size, "target", "decoder")
-            embeds = torch.cat([memories, self.decoder.get_input_embeddings()(targets)], 1)
-            logits = self.decoder_logits(embeds)
-            k = memories.shape[1]
-            return logits[:, k - 1:k - 1 + targets.shape[1]]
+    def ask(self, context: str, question: str, max_new_tokens: int = 48) -> str:
+        """Answer ``question`` about ``context`` through its memories (text in, text out)."""
+        return self.answer(context, question, max_new_tokens)["answer"]
 
-        @torch.no_grad()
-        def generate(self, memories, prompts: list[list[int]], max_new_tokens: int = 48) -> list[list[int]]:
-            """Greedy continuations of ``[memories] + prompt`` per row (the decoder's KV cache, one step per token)."""
-            embeds, mask = self.prompt(memories, prompts)
-            tok = self.decoder_tokenizer
-            stop = getattr(tok, "eos_token_id", None) if tok is not None else None
-            pad = stop if stop is not None else 0
-            out = self.decoder.generate(inputs_embeds=embeds, attention_mask=mask, max_new_tokens=max_new_tokens,
-                                        do_sample=False, pad_token_id=pad, eos_token_id=stop)
-            rows = []
-            for row in out.tolist():
-                if stop is not None and stop in row:
-                    row = row[:row.index(stop)]
-                rows.append(row)
-            return rows
+    # ------------------------------------------------------------------ files
+    def save(self, path: str | Path, report: dict[str, Any] | None = None) -> Path:
+        """Write the trained tensors, options and pair to ``path`` (atomically)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        torch.save({"format": FORMAT, "pair": self.pair, "options": dataclasses.asdict(self.options),
+                    "weights": self.trained_state(), "report": json.loads(json.dumps(report or {}))}, tmp)
+        tmp.replace(path)
+        return path
 
-        @torch.no_grad()
-        def answer(self, context: str, question: str, max_new_tokens: int = 48, full: bool = False) -> dict[str, Any]:
-            """Answer ``question`` about ``context`` (text in, text out), greedily, with the decoder's KV cache.
+    def load_trained(self, path: str | Path) -> dict[str, Any]:
+        """Load a Dolphin file made for this pair; returns its record (options, report).
 
-            Args:
-                full: Put the whole context in the decoder's prompt instead of its memories (to compare).
-
-            Returns:
-                ``{"answer", "mode", "context_tokens", "prompt_tokens", "new_tokens"}``.
-
-            Raises:
-                UsageError: The pair has no tokenizers.
-                BadInputError: A context longer than the encoder's window (compressed mode).
-            """
-            tok = self.decoder_tokenizer
-            if tok is None or self.encoder_tokenizer is None:
-                raise UsageError("dolphin: this pair was built without tokenizers; give token ids")
-            prompt = tok(question, add_special_tokens=False)["input_ids"]
-            if full:
-                context_ids = tok(context, add_special_tokens=False)["input_ids"]
-                ids = [separator(self)] + context_ids + prompt
-                out = self.decoder.generate(input_ids=torch.tensor([ids]), max_new_tokens=max_new_tokens,
-                                            do_sample=False, pad_token_id=tok.eos_token_id,
-                                            eos_token_id=tok.eos_token_id)[0, len(ids):].tolist()
-                if tok.eos_token_id in out:
-                    out = out[:out.index(tok.eos_token_id)]
-                prompt_tokens = len(ids)
-            else:
-                context_ids = self.encoder_tokenizer(context, add_special_tokens=False)["input_ids"]
-                out = self.generate(self.compress(torch.tensor([context_ids])), [prompt], max_new_tokens)[0]
-                prompt_tokens = self.options.memory + len(prompt)
-            return {"answer": tok.decode(out, skip_special_tokens=True), "mode": "full" if full else "compressed",
-                    "context_tokens": len(context_ids), "prompt_tokens": prompt_tokens, "new_tokens": len(out)}
-
-        def ask(self, context: str, question: str, max_new_tokens: int = 48) -> str:
-            """Answer ``question`` about ``context`` through its memories (text in, text out)."""
-            return self.answer(context, question, max_new_tokens)["answer"]
-
-        # ------------------------------------------------------------------ files
-        def save(self, path: str | Path, report: dict[str, Any] | None = None) -> Path:
-            """Write the trained tensors, options and pair to ``path`` (atomically)."""
-            path = Path(path)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp")
-            torch.save({"format": FORMAT, "pair": self.pair, "options": dataclasses.asdict(self.options),
-                        "weights": self.trained_state(), "report": json.loads(json.dumps(report or {}))}, tmp)
-            tmp.replace(path)
-            return path
-
-        def load_trained(self, path: str | Path) -> dict[str, Any]:
-            """Load a Dolphin file made for this pair; returns its record (options, report).
-
-            Raises:
-                BadInputError: Not a Dolphin file, or one trained for another encoder/decoder pair (names both).
-            """
-            state = read_file(path)
-            if state["pair"] != self.pair:
-                raise BadInputError(f"dolphin: {path} was trained for another encoder/decoder pair: "
-                                    f"{describe_pair(state['pair'])}; this one is {describe_pair(self.pair)}",
-                                    hint="load the models it was trained with, or train this pair")
-            mine = dict(self.trainable())
-            weights = state["weights"]
-            if set(weights) != set(mine) or any(weights[n].shape != mine[n].shape for n in mine):
-                raise BadInputError(f"dolphin: {path} holds other tensors than this pair's "
-                                    f"(memory/projector/lora options differ: {state['options']})",
-                                    hint="build the pair with the options the file records")
-            with torch.no_grad():
-                for name, p in mine.items():
-                    p.copy_(weights[name])
-            return state
-
-    return Dolphin
-
-
-def Dolphin(decoder, options: DolphinOptions | None = None, encoder=None, decoder_tokenizer=None,
-            encoder_tokenizer=None):
-    """Build a :class:`Dolphin` module (see the class in :func:`_dolphin_class`)."""
-    return _dolphin_class()(decoder, options or DolphinOptions(), encoder, decoder_tokenizer, encoder_tokenizer)
+        Raises:
+            BadInputError: Not a Dolphin file, or one trained for another encoder/decoder pair (names both).
+        """
+        state = read_file(path)
+        if state["pair"] != self.pair:
+            raise BadInputError(f"dolphin: {path} was trained for another encoder/decoder pair: "
+                                f"{describe_pair(state['pair'])}; this one is {describe_pair(self.pair)}",
+                                hint="load the models it was trained with, or train this pair")
+        mine = dict(self.trainable())
+        weights = state["weights"]
+        if set(weights) != set(mine) or any(weights[n].shape != mine[n].shape for n in mine):
+            raise BadInputError(f"dolphin: {path} holds other tensors than this pair's "
+                                f"(memory/projector/lora options differ: {state['options']})",
+                                hint="build the pair with the options the file records")
+        with torch.no_grad():
+            for name, p in mine.items():
+                p.copy_(weights[name])
+        return state
 
 
 def read_file(path: str | Path) -> dict[str, Any]:
     """The content of a Dolphin file (``weights_only``); raises :class:`BadInputError` for anything else."""
-    import torch
-
     try:
         state = torch.load(Path(path), map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unreadable file is bad input
@@ -547,54 +318,3 @@ def read_file(path: str | Path) -> dict[str, Any]:
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise BadInputError(f"{path} is not a Dolphin file", hint="train one with edgesmith dolphin train")
     return state
-
-
-def separator(dolphin) -> int:
-    """The token a prompt with no context starts with (the decoder's BOS, else EOS, else 0)."""
-    config = dolphin.decoder.config
-    for value in (getattr(config, "bos_token_id", None), getattr(config, "eos_token_id", None)):
-        if isinstance(value, list):
-            value = value[0] if value else None
-        if value is not None:
-            return int(value)
-    return 0
-
-
-def describe_pair(pair: dict[str, Any]) -> str:
-    """``encoder REF (N blocks, sha ...) -> decoder REF (sha ...)``."""
-    def one(side):
-        info = pair.get(side, {})
-        layers = f"{info['layers']} blocks, " if "layers" in info else ""
-        return f"{side} {info.get('reference')} ({layers}sha256 {str(info.get('sha256'))[:12]})"
-    return f"{one('encoder')} -> {one('decoder')}"
-
-
-def pair_digest(pair: dict[str, Any]) -> str:
-    """A short stable digest of a pair record (checkpoint run records)."""
-    return hashlib.sha256(json.dumps(pair, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def left_pad(rows: list[list[int]], pad: int = 0):
-    """``(ids, mask)`` int64 tensors of rows left-padded to the longest (mask 0 on padding).
-
-    Raises:
-        BadInputError: An empty row.
-    """
-    import torch
-
-    if not rows or any(len(r) == 0 for r in rows):
-        raise BadInputError("dolphin: an empty context or prompt", hint="give at least one token per row")
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, r in enumerate(rows):
-        ids[i, width - len(r):] = torch.as_tensor(r, dtype=torch.long)
-        mask[i, width - len(r):] = 1
-    return ids, mask
-
-
-def _check_ids(ids, vocab: int, what: str, side: str) -> None:
-    if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= vocab):
-        raise BadInputError(f"dolphin: {what} token id {int(ids.max()) if int(ids.max()) >= vocab else int(ids.min())} "
-                            f"is outside the {side}'s vocabulary of {vocab}",
-                            hint=f"tokenize the {what} with the {side}'s tokenizer (the sides may differ)")

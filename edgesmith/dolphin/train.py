@@ -27,7 +27,8 @@ import numpy as np
 
 from edgesmith.errors import BadInputError
 from edgesmith.training.checkpoint import Checkpoint
-from edgesmith.dolphin.model import left_pad, pair_digest, separator
+from edgesmith.dolphin.backbone import pair_digest
+from edgesmith.dolphin.tokens import left_pad, separator
 
 
 def shared_vocabulary(dolphin) -> bool:
@@ -194,3 +195,23 @@ def continuation_perplexity(dolphin, windows: np.ndarray, context: int, batch: i
             "nll": {k: round(v, 5) for k, v in nll.items()},
             "gap_closed": round((nll["none"] - nll["compressed"]) / gap, 4) if gap > 0 else None,
             "windows": n, "tokens": count}
+
+
+def held_out_perplexity(dolphin, windows: int = 0,
+                        progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+    """:func:`continuation_perplexity` on the evaluation text's test split, in windows of the pair's training
+    context then continuation lengths.
+
+    Args:
+        dolphin: The (trained) pair.
+        windows: Windows to score (0: all of the test split).
+        progress: ``progress(windows scored, windows)``; called with 0 first, so the total is known at once.
+    """
+    from edgesmith.data.datasets import eval_text
+
+    o = dolphin.options
+    rows = training_windows(dolphin, eval_text("test"), o.context + o.continuation)
+    rows = rows[:windows] if windows > 0 else rows
+    if progress:
+        progress(0, len(rows))
+    return continuation_perplexity(dolphin, rows, o.context, progress=progress)

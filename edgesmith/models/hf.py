@@ -46,6 +46,23 @@ def _module_class():
     return HFWrapper
 
 
+def wrap_model(model, input_names: list[str], output: str):
+    """A transformers model as the module of a variant: positional inputs in, one output tensor out.
+
+    This is the module :func:`load_hf` puts in a variant, for a model built in code (a small
+    random ``LlamaForCausalLM`` in a test, say) instead of read from a checkpoint.
+
+    Args:
+        model: A transformers model (a causal LM keeps it as ``.model``, where Dolphin looks for it).
+        input_names: The model's keyword inputs, in the order the wrapper takes them positionally.
+        output: The output field to return (``logits`` also turns the KV cache off).
+
+    Returns:
+        The wrapper module (in the model's train/eval mode; call ``.eval()`` as needed).
+    """
+    return _module_class()(model, input_names, output)
+
+
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 _REFUSE_HINT = ("use a checkpoint of an architecture transformers has built in, or load the model in your own "
                 "code and give it to edgesmith as py:module:factory")
@@ -162,7 +179,7 @@ def load_hf(path: Path, gguf: str | None = None, seq_len: int | None = None):
     names = [n for n in tok.model_input_names if n in enc]
     example = {n: np.ascontiguousarray(enc[n].astype(np.int64)) for n in names}
     inputs = [TensorSpec(n, example[n].shape, "int64", {0: "batch", 1: "sequence"}) for n in names]
-    module = _module_class()(model, names, output).eval()
+    module = wrap_model(model, names, output).eval()
     with torch.no_grad():
         out = module(*[torch.from_numpy(example[n]) for n in names])
     dyn = {0: "batch", 1: "sequence"}

@@ -7,7 +7,10 @@ import pytest
 import torch
 
 from edgesmith.errors import BadInputError, UsageError
-from edgesmith.dolphin.model import PLACEHOLDER, Dolphin, DolphinOptions, left_pad
+from edgesmith.dolphin.lora import LoRALinear
+from edgesmith.dolphin.model import Dolphin
+from edgesmith.dolphin.options import DolphinOptions
+from edgesmith.dolphin.tokens import PLACEHOLDER, left_pad
 from edgesmith.dolphin.train import continuation_perplexity, encoder_inputs, train
 
 ALPHABET = "abcdefghijklmnopqrstuvwxyz .,\n"
@@ -32,7 +35,7 @@ class CharTokenizer:
 def tiny_lm(name: str, hidden: int = 32, vocab: int = 97, layers: int = 3, seed: int = 0, positions: int = 96):
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from edgesmith.models.hf import _module_class
+    from edgesmith.models.hf import wrap_model
     from edgesmith.models.variant import Variant
     from edgesmith.specs import TensorSpec
 
@@ -40,7 +43,7 @@ def tiny_lm(name: str, hidden: int = 32, vocab: int = 97, layers: int = 3, seed:
     config = LlamaConfig(hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
                          num_attention_heads=4, num_key_value_heads=2, vocab_size=vocab,
                          max_position_embeddings=positions)
-    module = _module_class()(LlamaForCausalLM(config).eval(), ["input_ids"], "logits").eval()
+    module = wrap_model(LlamaForCausalLM(config).eval(), ["input_ids"], "logits").eval()
     return Variant(name=name, module=module, inputs=[TensorSpec("input_ids", (1, 8), "int64")],
                    outputs=[TensorSpec("logits", (1, 8, vocab), "float32")],
                    example={"input_ids": np.zeros((1, 8), np.int64)},
@@ -167,7 +170,7 @@ def test_a_longer_run_lowers_the_loss_and_the_compressed_perplexity(decoder):
 
 
 def test_export_writes_two_bundles_with_parity_and_leaves_the_pair_unchanged(decoder, tmp_path):
-    from edgesmith.dolphin.folder import export_pair
+    from edgesmith.dolphin.export import export_pair
 
     pair = Dolphin(decoder, small(lora=2)).eval()
     with torch.no_grad():
@@ -176,13 +179,29 @@ def test_export_writes_two_bundles_with_parity_and_leaves_the_pair_unchanged(dec
     results = export_pair(pair, tmp_path, list(range(5, 25)), [30, 31, 32], "tiny")
     assert [b.path.name for b, _ in results] == ["tiny-encoder.onnx", "tiny-decoder.onnx"]
     assert all(p.passed and p.tier == "verified" for _, p in results)
-    assert pair.lora_layers and any(type(m).__name__ == "LoRALinear" for m in pair.encoder.modules())
+    assert pair.lora_layers and any(isinstance(m, LoRALinear) for m in pair.encoder.modules())
     from edgesmith import api
 
     memories = api.run(results[0][0].path, {"input_ids": np.arange(5, 15, dtype=np.int64)[None]})["memories"]
     with torch.no_grad():
         expected = pair.compress(torch.arange(5, 15)[None]).numpy()
     np.testing.assert_allclose(memories, expected, atol=1e-5)
+
+
+def test_merge_lora_folds_every_adapter_into_its_linear_with_the_same_output(decoder):
+    from edgesmith.dolphin.lora import merge_lora
+
+    pair = Dolphin(decoder, small(lora=2)).eval()
+    with torch.no_grad():
+        for _, p in pair.trainable():
+            p.add_(0.01 * torch.randn_like(p))  # non-zero adapters: the merge has something to fold
+        before = pair.compress(torch.arange(5, 15)[None])
+    assert sum(isinstance(m, LoRALinear) for m in pair.encoder.modules()) == pair.lora_layers == 2 * 7
+    merge_lora(pair.encoder)
+    assert not any(isinstance(m, LoRALinear) for m in pair.encoder.modules())
+    assert all(type(block.self_attn.q_proj) is torch.nn.Linear for block in pair.encoder.layers)
+    with torch.no_grad():
+        torch.testing.assert_close(pair.compress(torch.arange(5, 15)[None]), before, atol=1e-5, rtol=1e-5)
 
 
 def test_bad_options_and_inputs_are_refused(decoder):
