@@ -283,3 +283,18 @@ def test_ask_answers_text_through_the_tokenizers(decoder):
     assert isinstance(answer, str) and len(answer) <= 5
     with pytest.raises(UsageError, match="unknown readout"):
         Dolphin(decoder, small(readout="mean"))
+
+
+def test_the_api_asks_and_scores_a_pair_it_is_given_and_refuses_an_unknown_option(decoder, tmp_path):
+    from edgesmith import api
+
+    pair = Dolphin(decoder, small(), decoder_tokenizer=CharTokenizer(40)).eval()
+    answer = api.dolphin_ask(pair, "the devil is in the details.", "what is", max_new_tokens=3)
+    assert answer["mode"] == "compressed" and answer["new_tokens"] <= 3 and answer["seconds"] >= 0
+    seen = []
+    figures = api.dolphin_eval(pair, windows=2, progress=lambda n, total: seen.append((n, total)))
+    assert figures["windows"] == 2 and figures["tokens"] == 16
+    assert seen[0] == (0, 2) and seen[-1] == (2, 2)  # the total is known before the first window is scored
+    with pytest.raises(UsageError, match="unknown option 'memroy'"):
+        api.dolphin_train("zoo:smollm2-135m", tmp_path / "out", memroy=4)
+    assert not (tmp_path / "out").exists()
