@@ -207,6 +207,24 @@ def test_help_and_version_in_a_real_process():
     assert r.returncode == 0 and "version" in r.stdout
 
 
+HEAVY = ("torch", "transformers", "coremltools", "mlx", "hls4ml", "onnx", "onnxscript")
+
+
+@pytest.mark.parametrize("argv", [None, ["--help"], ["export", "--help"]],
+                         ids=["import", "edgesmith --help", "edgesmith export --help"])
+def test_the_command_line_imports_no_heavy_library(argv):
+    """Importing the CLI, and its help (export's flags come from the exporters' options), stays light."""
+    run = "" if argv is None else f"rc = main({argv!r}); assert rc == 0, rc\n"
+    code = ("import contextlib, io, sys\n"
+            "with contextlib.redirect_stdout(io.StringIO()):\n"
+            "    from edgesmith.cli import main\n"
+            + "".join(f"    {line}\n" for line in run.splitlines())
+            + f"print(sorted(m for m in {HEAVY!r} if m in sys.modules))\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=ENV)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip().splitlines()[-1] == "[]", r.stdout[-2000:]
+
+
 # ---------------------------------------------------------------- demo
 
 def test_demo_runs_and_reruns(capsys, tmp_path):

@@ -1,11 +1,11 @@
-"""``edgesmith build-engine`` (complete a tensorrt bundle on the machine that will run it), and what ``export`` prints
-after a tensorrt export."""
+"""``edgesmith build-engine``: complete a tensorrt bundle on the machine that will run it (registered by
+:mod:`edgesmith.cli`)."""
 
 from __future__ import annotations
 
 import click
 
-from edgesmith.cli.common import console, emit_json, format_option, parity_row, parity_table
+from edgesmith.cli.common import emit_json, format_option, parity_row, parity_table
 from edgesmith.cli.progressbar import progress
 
 
@@ -50,16 +50,3 @@ def build_engine(bundle, force, timing_cache, runs, warmup, as_json):
     click.echo(f"latency on {profile.device}: p50 {lat.p50:.3f} ms, p90 {lat.p90:.3f} ms ({runs} runs, measured)")
     return None
 
-
-def print_tensorrt_export(bundle: str, info: dict, parity) -> None:
-    """What a tensorrt export checked, and how to finish a structural bundle (stdout)."""
-    out = console(stderr=False)
-    support = info["support"]
-    ops = ", ".join(f"{op} {n}" for op, n in sorted(support["op_counts"].items(), key=lambda kv: -kv[1]))
-    click.echo(f"TensorRT {support['tensorrt']} support check: {support['nodes']} nodes, all supported ({ops})")
-    if info.get("engine"):
-        e = info["engine"]
-        click.echo(f"engine built: TensorRT {e['tensorrt']} on {e['gpu']}, {e['precision']}, {e['build_s']:.1f} s")
-        return
-    out.print(f"[bold]structural[/]: {'; '.join(parity.checks)}. To finish on the target machine:", highlight=False)
-    click.echo(f"  edgesmith build-engine {bundle}\n  (or, with TensorRT alone: {info['trtexec']})")

@@ -1,4 +1,5 @@
-"""What ``edgesmith optimize`` prints after the passes: the figures each pass is judged by, and a search's front.
+"""``edgesmith optimize`` (registered by :mod:`edgesmith.cli`), and what it prints after the passes: the figures
+each pass is judged by, and a search's front.
 
 The whole report of every pass stays in ``--json``; here each gets one line with what a
 user looks for: accuracy before -> after, the sparsity reached and what it cost, the
@@ -7,9 +8,78 @@ parameters before -> after.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
-from edgesmith.cli.common import Column, DataTable
+from edgesmith.cli.common import Column, DataTable, emit_json
+from edgesmith.cli.options import load_model, model_options
+from edgesmith.cli.progressbar import progress
+
+
+@click.command()
+@click.argument("model")
+@model_options
+@click.option("-p", "--pass", "pass_specs", multiple=True, required=True, metavar="PASS[:k=v,...]",
+              help="Pass to apply, in order (see edgesmith passes list).")
+@click.option("-o", "--out", required=True, type=click.Path(),
+              help="Output: a .pt2 program; for a language model, the variant folder OUT (without .pt2).")
+@click.option("--data", type=click.Path(exists=True),
+              help="Training data for passes that train (distill): an image folder (one sub-folder per class) or .npz.")
+@click.option("--resume", is_flag=True, help="Continue a training pass (distill, matformer train=) from OUT.ckpt/.")
+@click.option("--force", is_flag=True, help="Overwrite an existing output (and start a checkpointed run over).")
+@click.option("--json", "as_json", is_flag=True, help="Print the pass reports as JSON.")
+def optimize(model, inputs, weights, gguf, seq_len, pass_specs, out, data, resume, force, as_json):
+    """Apply passes to a model and save the variant.
+
+    What -o writes depends on the model. A language model (a transformers causal LM,
+    e.g. zoo:smollm2-135m, or a variant folder) is saved as the variant folder OUT
+    (-o OUT.pt2 names the folder OUT): config.json, model.safetensors, its tokenizer
+    and edgesmith.json. It keeps the modules, so another 'edgesmith optimize OUT -p ...',
+    'edgesmith dolphin train OUT' or 'edgesmith export OUT' continues from it. Any
+    other model is saved as the torch.export program OUT.pt2. Both keep the passes
+    applied, the signature and the example inputs. A distillation writes a
+    checkpoint to OUT.ckpt/ after every epoch, a MatFormer nested fine-tune every
+    save_every steps; --resume continues from it.
+
+    \b
+    Examples:
+      edgesmith optimize zoo:digits-cnn -p reparam -o digits-reparam.pt2
+      edgesmith optimize zoo:digits-cnn -p distill:student=lsnet-t,width=0.08,depth=0.25,epochs=20 \\
+          --data digits.npz -o digits-lsnet.pt2
+      edgesmith optimize zoo:smollm2-135m -o smol-budget.pt2 \\
+          -p matformer:budget_ms=50,text=devils-dictionary,seq_len=128
+      edgesmith optimize zoo:smollm2-135m -p matformer:ratio=0.75 -o smol-075
+      edgesmith optimize smol-075 -p rsparse:sparsity=0.5 -o smol-075-sparse
+    """
+    from edgesmith import api as es
+    from edgesmith.bundle import check_writable
+    from edgesmith.models import save_pt2
+    from edgesmith.models.loader import check_pt2_path
+    from edgesmith.models.variant_folder import folder_for, keeps_structure, save_variant_folder
+
+    variant = load_model(model, inputs, weights, gguf, seq_len)
+    # a language model keeps its modules (a .pt2 graph would lose what later passes need)
+    folder = folder_for(out) if keeps_structure(variant) else None
+    # before the passes run: a long pass must not end in a file nobody can read, or over an existing one
+    check_writable(folder or check_pt2_path(out), force)
+    defaults = {"checkpoint": str(Path(out).with_suffix(".ckpt")), "resume": resume, "force": force}
+    if data:
+        defaults["data"] = data
+    with progress("applying passes") as bar:
+        variant = es.optimize(variant, pass_specs, defaults=defaults,
+                              progress=lambda d, n, total: bar.update(d, completed=n, total=total))
+        bar.update(f"saving {folder or out}")
+        if folder:
+            save_variant_folder(variant, folder, force=force)
+        else:
+            save_pt2(variant, out, force=force)
+    if as_json:
+        return emit_json({"out": str(folder) if folder else out, "passes": variant.passes})
+    print_pass_reports(variant.passes)
+    click.echo(f"wrote {folder} (a variant folder: later passes and dolphin train continue from it)" if folder
+               else f"wrote {out}")
+    return None
 
 
 def print_pass_reports(passes: list[dict]) -> None:

@@ -1,4 +1,4 @@
-"""``edgesmith profile``, ``report`` and the recipe form of ``run`` (registered by :mod:`edgesmith.cli`)."""
+"""``edgesmith profile`` (registered by :mod:`edgesmith.cli`), and the profile tables ``run`` and ``demo`` print too."""
 
 from __future__ import annotations
 
@@ -7,17 +7,7 @@ from pathlib import Path
 
 import click
 
-from edgesmith.cli.common import (
-    Column,
-    DataTable,
-    console,
-    emit_json,
-    format_option,
-    output_format,
-    parity_row,
-    parity_table,
-    say,
-)
+from edgesmith.cli.common import Column, DataTable, console, emit_json, format_option, output_format, say
 from edgesmith.cli.progressbar import progress
 from edgesmith.units import format_bytes, format_duration, format_mib
 
@@ -117,37 +107,6 @@ def warn_not_predicted(doc: dict) -> None:
                             f"{escape(s['reason'])}")
 
 
-def run_recipe_file(path, out, force, check, as_json):
-    """``edgesmith run RECIPE.yaml``: validate, then (unless ``check``) run and show the results."""
-    from edgesmith.pipeline.recipe import load_recipe, run_recipe
-
-    recipe = load_recipe(path)
-    if check:
-        plan = {"model": recipe.model, "variants": [{"name": v.name, "passes": v.passes} for v in recipe.variants],
-                "targets": recipe.targets, "devices": recipe.devices, "out": str(out or recipe.out)}
-        if as_json:
-            return emit_json(plan)
-        click.echo(f"{path}: valid; {len(recipe.variants)} variant(s) x {len(recipe.targets)} target(s) "
-                   f"on {', '.join(recipe.devices)} -> {plan['out']}")
-        return None
-    with progress("running the recipe") as status:
-        results = run_recipe(recipe, out=out, force=force, step=lambda s: status.update(s))
-    if as_json:
-        return emit_json({"out": str(results["out"]), "bundles": [str(b) for b in results["bundles"]],
-                           "parity": {k: v.to_dict() for k, v in results["parity"].items()},
-                           "profile": str(results["profile"]), "report": [str(p) for p in results["report"]]})
-    table = parity_table()
-    for name, result in results["parity"].items():
-        parity_row(table, name, result)
-    table.show()
-    profile_table(results["doc"]).show()
-    print_fpga_resources(results["doc"])
-    warn_not_predicted(results["doc"])
-    for p in [results["profile"], *results["report"]]:
-        say(f"wrote {p}")
-    return None
-
-
 def profile_table(doc: dict) -> DataTable:
     """A table of a profile document: measured and predicted entries, predictions and their error."""
     t = DataTable(Column("bundle", key=True), Column("device", key=True), Column("mode", wrap=True),
@@ -170,20 +129,3 @@ def profile_table(doc: dict) -> DataTable:
                   format_duration(e["load_time_ms"]), format_mib(e.get("peak_memory_mb")), size)
     return t
 
-
-@click.command()
-@click.argument("profiles", nargs=-1, required=True, type=click.Path())
-@click.option("-o", "--out", required=True, type=click.Path(dir_okay=False),
-              help="report.html (+ report.md beside it), report.md or merged .json.")
-@click.option("--force", is_flag=True, help="Overwrite existing files.")
-def report(profiles, out, force):
-    """Write a self-contained HTML (and Markdown) report from profile documents.
-
-    \b
-    Example:
-      edgesmith report profile.json -o report.html
-    """
-    from edgesmith import api as es
-
-    for path in es.report(profiles, out, force=force):
-        click.echo(f"wrote {path}")
