@@ -8,13 +8,16 @@ type, never rewritten.
 from __future__ import annotations
 
 import dataclasses
+import os
 import typing
 from typing import Any
 
 from edgesmith.errors import BadInputError, UsageError
 
 
-def _convert(value: str, kind: Any, key: str, owner: str) -> Any:
+def _convert(value: Any, kind: Any, key: str, owner: str) -> Any:
+    if not isinstance(value, str):
+        return _typed(value, kind, key, owner)
     args = typing.get_args(kind)
     if type(None) in args:  # Optional[X]
         if value.lower() in ("none", "null"):
@@ -33,12 +36,31 @@ def _convert(value: str, kind: Any, key: str, owner: str) -> Any:
         raise UsageError(f"{owner}: {key}={value!r} is not a valid {name}") from None
 
 
-def build_options(cls: type, values: dict[str, str], owner: str) -> Any:
-    """Fill an options dataclass from text values.
+def _typed(value: Any, kind: Any, key: str, owner: str) -> Any:
+    """A value given already typed (the Python API's ``defaults``): kept as it is when it has the field's type."""
+    args = typing.get_args(kind)
+    if type(None) in args:
+        if value is None:
+            return None
+        kind = next(a for a in args if a is not type(None))
+    if isinstance(kind, type):
+        if isinstance(value, kind) and (kind is bool or not isinstance(value, bool)):
+            return value
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            return float(value)  # an int is a float without loss
+        if kind is str and isinstance(value, os.PathLike):
+            return os.fspath(value)  # a path option is its text
+    name = getattr(kind, "__name__", str(kind))
+    raise UsageError(f"{owner}: {key}={value!r} is not a valid {name}")
+
+
+def build_options(cls: type, values: dict[str, Any], owner: str) -> Any:
+    """Fill an options dataclass from text values, or values already of the field's type.
 
     Args:
         cls: The options dataclass.
-        values: Field name -> text value.
+        values: Field name -> text (converted to the field's type) or a typed value (kept as it is;
+            an int for a float field and a path for a text field are converted).
         owner: What the options belong to, for messages (``pass 'reparam'``).
 
     Raises:
@@ -77,6 +99,22 @@ def describe_options(cls: type) -> list[tuple[str, str, str]]:
         default = f.default if f.default is not dataclasses.MISSING else ""
         rows.append((f.name, getattr(hints[f.name], "__name__", str(hints[f.name])), repr(default)))
     return rows
+
+
+def option(default: Any, text: str, **metadata: Any) -> Any:
+    """A documented options field: ``steps: int = option(300, "Training steps.")``.
+
+    Args:
+        default: The field's default.
+        text: What the option does, for ``--help`` (``metadata["help"]``, read by :func:`option_help`).
+        **metadata: More metadata (``cli=...`` for an exporter option with its own flag).
+    """
+    return dataclasses.field(default=default, metadata={"help": text, **metadata})
+
+
+def option_help(cls: type) -> dict[str, str]:
+    """Field name -> its help text (``metadata["help"]``; empty where a field has none)."""
+    return {f.name: f.metadata.get("help", "") for f in dataclasses.fields(cls)}
 
 
 def read_yaml_file(path: Any, what: str) -> Any:

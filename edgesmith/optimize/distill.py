@@ -22,7 +22,8 @@ import dataclasses
 import time
 
 from edgesmith.errors import BadInputError, UsageError
-from edgesmith.optimize import PASSES, Pass
+from edgesmith.optimize.base import PASSES, Pass
+from edgesmith.options import option
 from edgesmith.training.checkpoint import Checkpoint
 
 CHECKPOINT_FORMAT = "edgesmith-distill-1"
@@ -35,41 +36,28 @@ _RUN_KEYS = ("student", "epochs", "batch_size", "lr", "temperature", "alpha", "i
 class DistillOptions:
     """Options of the ``distill`` pass.
 
-    Attributes:
-        student: Zoo backbone to train (``lsnet-t``, ``efficientformer-v2-s0``...; ``lsnet_t`` also works).
-        data: Image folder (one sub-folder per class) or ``.npz`` (``edgesmith optimize --data``).
-        epochs: Passes over the training images.
-        batch_size: Images per step.
-        lr: Peak learning rate (AdamW, one-cycle schedule).
-        temperature: Softening of both logits in the teacher loss.
-        alpha: Weight of the teacher loss; ``1 - alpha`` goes to the labels when the data has them.
-        image_size: Student input size; 0 picks the teacher's size rounded up to a multiple of 32.
-        width: Multiplier of the student's stage widths (rounded to multiples of 8): 0.25 makes a narrow student.
-        depth: Multiplier of the student's stage depths (a non-empty stage keeps at least one block).
-        augment: Random shifts of up to 1/8 of the image during training.
-        test_fraction: Held out for the final accuracy when the data has no test split.
-        seed: Seed of the student's initialisation, the batches and the split.
-        checkpoint: Directory for the per-epoch checkpoint (``edgesmith optimize`` uses ``OUT.ckpt``); empty: none.
-        resume: Continue from the checkpoint in ``checkpoint``.
-        force: Start over even if ``checkpoint`` already holds a run.
+    Each field's help is its ``help`` metadata (:func:`edgesmith.options.option`).
     """
 
-    student: str = "lsnet-t"
-    data: str = ""
-    epochs: int = 10
-    batch_size: int = 64
-    lr: float = 3e-3
-    temperature: float = 4.0
-    alpha: float = 0.7
-    image_size: int = 0
-    width: float = 1.0
-    depth: float = 1.0
-    augment: bool = True
-    test_fraction: float = 0.2
-    seed: int = 0
-    checkpoint: str = ""
-    resume: bool = False
-    force: bool = False
+    student: str = option("lsnet-t", "Zoo backbone to train (``lsnet-t``, ``efficientformer-v2-s0``...; ``lsnet_t`` "
+                                     "also works).")
+    data: str = option("", "Image folder (one sub-folder per class) or ``.npz`` (``edgesmith optimize --data``).")
+    epochs: int = option(10, "Passes over the training images.")
+    batch_size: int = option(64, "Images per step.")
+    lr: float = option(3e-3, "Peak learning rate (AdamW, one-cycle schedule).")
+    temperature: float = option(4.0, "Softening of both logits in the teacher loss.")
+    alpha: float = option(0.7, "Weight of the teacher loss; ``1 - alpha`` goes to the labels when the data has them.")
+    image_size: int = option(0, "Student input size; 0 picks the teacher's size rounded up to a multiple of 32.")
+    width: float = option(1.0, "Multiplier of the student's stage widths (rounded to multiples of 8): 0.25 makes a "
+                               "narrow student.")
+    depth: float = option(1.0, "Multiplier of the student's stage depths (a non-empty stage keeps at least one block).")
+    augment: bool = option(True, "Random shifts of up to 1/8 of the image during training.")
+    test_fraction: float = option(0.2, "Held out for the final accuracy when the data has no test split.")
+    seed: int = option(0, "Seed of the student's initialisation, the batches and the split.")
+    checkpoint: str = option("", "Directory for the per-epoch checkpoint (``edgesmith optimize`` uses ``OUT.ckpt``); "
+                                 "empty: none.")
+    resume: bool = option(False, "Continue from the checkpoint in ``checkpoint``.")
+    force: bool = option(False, "Start over even if ``checkpoint`` already holds a run.")
 
     def __post_init__(self):
         for key in ("epochs", "batch_size"):
@@ -128,22 +116,22 @@ def _run_record(options: DistillOptions) -> dict:
     return {k: getattr(options, k) for k in _RUN_KEYS}
 
 
-@PASSES.register("distill")
+@PASSES.register
 class Distill(Pass):
     """Train a zoo backbone to imitate the model (soft logits, plus labels when the data has them)."""
 
     name = "distill"
     Options = DistillOptions
 
-    def _apply_impl(self, variant):
+    def _apply_impl(self, variant, module):
         import torch
 
         opts = self.options
         if not opts.data:
-            raise UsageError("pass 'distill' needs data", hint="give --data DIR_OR_NPZ (or -p distill:data=...)")
+            raise UsageError(f"{self.owner} needs data", hint="give --data DIR_OR_NPZ (or -p distill:data=...)")
         if len(variant.inputs) != 1 or len(variant.inputs[0].shape) != 4:
             shapes = ", ".join(f"{s.name}{list(s.shape)}" for s in variant.inputs)
-            raise BadInputError(f"pass 'distill' needs a model taking one image (N, C, H, W); {variant.name} takes {shapes}",
+            raise BadInputError(f"{self.owner} needs a model taking one image (N, C, H, W); {variant.name} takes {shapes}",
                                 hint="distill an image classifier")
         from edgesmith.models.complexity import count_params
         from edgesmith.data.images import load_image_data

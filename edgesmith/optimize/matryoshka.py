@@ -20,7 +20,8 @@ import dataclasses
 import torch
 
 from edgesmith.errors import BadInputError, UsageError
-from edgesmith.optimize import PASSES, Pass
+from edgesmith.optimize.base import PASSES, Pass
+from edgesmith.options import option
 
 POOLINGS = ("mean", "cls", "none")
 
@@ -29,30 +30,23 @@ POOLINGS = ("mean", "cls", "none")
 class MatryoshkaOptions:
     """Options of the ``matryoshka`` pass.
 
-    Attributes:
-        dim: Embedding coordinates kept (the first ``dim``), at least 1 and at most the model's width.
-        pooling: ``mean`` (over the tokens the ``attention_mask`` input keeps; sentence-transformers'
-            default, all-MiniLM-L6-v2's), ``cls`` (the first token), or ``none`` (the model already
-            returns one embedding per input).
-        normalize: L2-normalise the truncated embedding (cosine similarity becomes a dot product).
-        train: Make the encoder nested first, on these sentences: ``devils-dictionary`` (the evaluation
-            text's ``train`` sentences, apart from the ones figures are measured on) or a text file with one
-            sentence per line. The encoder learns, for every nested size in ``dims``, to reproduce the
-            pairwise cosine similarities of its own original full embedding (distillation from itself).
-        dims: Nested sizes trained, ``/``-separated (default: ``dim``, doubling up to the full width).
-        epochs: Passes over the sentences.
-        lr: Adam learning rate.
-        batch: Sentences per step.
+    Each field's help is its ``help`` metadata (:func:`edgesmith.options.option`).
     """
 
-    dim: int = 128
-    pooling: str = "mean"
-    normalize: bool = True
-    train: str = ""
-    dims: str = ""
-    epochs: int = 3
-    lr: float = 5e-5
-    batch: int = 32
+    dim: int = option(128, "Embedding coordinates kept (the first ``dim``), at least 1 and at most the model's width.")
+    pooling: str = option("mean", "``mean`` (over the tokens the ``attention_mask`` input keeps; "
+                                  "sentence-transformers' default, all-MiniLM-L6-v2's), ``cls`` (the first token), "
+                                  "or ``none`` (the model already returns one embedding per input).")
+    normalize: bool = option(True, "L2-normalise the truncated embedding (cosine similarity becomes a dot product).")
+    train: str = option("", "Make the encoder nested first, on these sentences: ``devils-dictionary`` (the "
+                            "evaluation text's ``train`` sentences, apart from the ones figures are measured on) or "
+                            "a text file with one sentence per line. The encoder learns, for every nested size in "
+                            "``dims``, to reproduce the pairwise cosine similarities of its own original full "
+                            "embedding (distillation from itself).")
+    dims: str = option("", "Nested sizes trained, ``/``-separated (default: ``dim``, doubling up to the full width).")
+    epochs: int = option(3, "Passes over the sentences.")
+    lr: float = option(5e-5, "Adam learning rate.")
+    batch: int = option(32, "Sentences per step.")
 
     def __post_init__(self):
         if self.dim < 1:
@@ -91,14 +85,14 @@ class Truncated(torch.nn.Module):
         return _unit(emb) if self.normalize else emb
 
 
-@PASSES.register("matryoshka")
+@PASSES.register
 class Matryoshka(Pass):
     """Pool, truncate to ``dim`` coordinates and re-normalise a sentence encoder's embedding (Matryoshka)."""
 
     name = "matryoshka"
     Options = MatryoshkaOptions
 
-    def _apply_impl(self, variant):
+    def _apply_impl(self, variant, module):
         from edgesmith.models.variant import run_module
         from edgesmith.specs import TensorSpec
 
@@ -107,22 +101,22 @@ class Matryoshka(Pass):
         out = variant.outputs[0]
         rank = 3 if o.pooling != "none" else 2
         if len(variant.outputs) != 1 or len(out.shape) != rank:
-            raise BadInputError(f"pass 'matryoshka' needs one output of rank {rank} "
+            raise BadInputError(f"{self.owner} needs one output of rank {rank} "
                                 f"({'batch, tokens, width' if rank == 3 else 'batch, width'}); {variant.name} "
                                 f"returns {', '.join(s.describe() for s in variant.outputs)}",
                                 hint="use pooling=none for a model that returns one embedding per input")
         width = out.shape[-1]
         if o.dim > width:
-            raise BadInputError(f"pass 'matryoshka': dim={o.dim} exceeds {variant.name}'s embedding width {width}")
+            raise self.refuse(f"dim={o.dim} exceeds {variant.name}'s embedding width {width}")
         if o.pooling == "mean" and "attention_mask" not in names:
-            raise BadInputError(f"pass 'matryoshka': mean pooling needs an attention_mask input; "
-                                f"{variant.name} takes {', '.join(names)}", hint="use pooling=cls or none")
+            raise self.refuse(f"mean pooling needs an attention_mask input; {variant.name} takes {', '.join(names)}",
+                              hint="use pooling=cls or none")
         mask_index = names.index("attention_mask") if o.pooling == "mean" else None
         encoder, report = variant.module, {}
         if o.train:
             dims = [int(d) for d in o.dims.split("/") if d] or _doubling(o.dim, width)
             if max(dims) > width:
-                raise BadInputError(f"pass 'matryoshka': dims {dims} exceed the embedding width {width}")
+                raise self.refuse(f"dims {dims} exceed the embedding width {width}")
             encoder, report = self._train(variant, dims, mask_index)
         module = Truncated(encoder, o.dim, o.pooling, o.normalize, mask_index).eval()
         nested = bool(o.train) or any(p.get("name") == "matryoshka" and p.get("params", {}).get("train")
@@ -145,8 +139,8 @@ class Matryoshka(Pass):
         o = self.options
         sentences = _sentences(o.train)
         if len(sentences) < o.batch:
-            raise BadInputError(f"pass 'matryoshka': {len(sentences)} training sentences, fewer than one batch "
-                                f"of {o.batch}", hint="give more sentences or a smaller batch")
+            raise self.refuse(f"{len(sentences)} training sentences, fewer than one batch of {o.batch}",
+                              hint="give more sentences or a smaller batch")
         tok = tokenizer_for(variant)
         width = variant.outputs[0].shape[-1]
         teacher = Truncated(variant.module, width, o.pooling, True, mask_index).eval()

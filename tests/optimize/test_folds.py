@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from edgesmith.optimize import parse_pass_spec
-from edgesmith.optimize.reparam.folds import op_name
+from edgesmith.optimize.reparam.graph import op_name
 
 from .test_reparam import _randomise, _variant
 

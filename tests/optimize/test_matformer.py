@@ -10,6 +10,8 @@ from edgesmith import api as es
 from edgesmith.cli import main
 from edgesmith.errors import BadInputError, UsageError
 from edgesmith.models.variant import Variant, run_module
+from edgesmith.optimize import parse_pass_spec
+from edgesmith.optimize.base import PassContext
 from edgesmith.optimize.matformer import find_ffns
 
 
@@ -227,6 +229,22 @@ def test_a_latency_budget_on_a_predicted_device_is_met(digits_inputs):
     search = es.optimize(variant, [f"{spec},budget_ms={budget}"]).passes[-1]["report"]["search"]
     assert search["chosen"]["latency_mode"] == "predicted" and search["chosen"]["latency_ms"] <= budget
     assert search["target_ms"] == budget  # the headroom is for measured noise; a prediction has none
+
+
+def test_a_latency_budget_uses_the_probe_the_context_hands_in(digits_inputs):
+    variant, train, _ = digits_inputs
+    step = parse_pass_spec(f"matformer:data={train},samples=64,levels=0.25/0.5/1,budget_ms=1000")
+    with pytest.raises(UsageError, match="needs a latency probe"):  # a pass reaches for no exporter itself
+        step.apply(variant)
+    asked = []
+
+    def latency_probe(probed, device, runs):
+        asked.append((probed.name, device, runs))
+        return lambda module: (sum(p.numel() for p in module.parameters()) / 1000, "predicted")
+
+    search = step.apply(variant, PassContext(latency_probe)).passes[-1]["report"]["search"]
+    assert asked == [(variant.name, "host", 30)]
+    assert search["latency_mode"] == "predicted" and search["chosen"]["latency_ms"] <= 1000
 
 
 @pytest.mark.parametrize("spec,error,text", [

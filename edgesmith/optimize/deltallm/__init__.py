@@ -45,8 +45,9 @@ from typing import Any
 
 import numpy as np
 
-from edgesmith.errors import BadInputError, UsageError
-from edgesmith.optimize import PASSES, Pass
+from edgesmith.errors import UsageError
+from edgesmith.optimize.base import PASSES, Pass
+from edgesmith.options import option
 
 _PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj")
 _ATTENTION_NAME = re.compile(r"attention|attn", re.IGNORECASE)
@@ -56,28 +57,23 @@ _ATTENTION_NAME = re.compile(r"attention|attn", re.IGNORECASE)
 class DeltallmOptions:
     """Options of the ``deltallm`` pass.
 
-    Attributes:
-        theta: Firing threshold on ``|q_t - q_ref|`` per query entry (0: dense attention).
-        window: Keys less than this many positions back are scored exactly (at least 1).
-        sinks: The first keys of a sequence, always scored exactly (the attention sinks most heads put
-            much of their weight on, where a small score error moves every probability).
-        text: Text the achieved sparsity is counted on: ``devils-dictionary`` (the evaluation text's
-            train split), a UTF-8 file, or an ``.npz`` of ``input_ids`` windows.
-        seq_len: Tokens per counting window (sparsity grows with it: the first ``window`` keys are exact).
-        samples: Counting windows, spread evenly over the text.
-        criterion: The firing test: ``key`` (``|dq_d| * rms(k_d) >= theta``, the RMS of the layer's keys
-            per query head and entry over the counting text, so ``theta`` is in score units and an
-            entry fires where the keys would turn its change into a score change) or ``query``
-            (``|dq_d| >= theta``, the paper's plain delta threshold).
+    Each field's help is its ``help`` metadata (:func:`edgesmith.options.option`).
     """
 
-    theta: float = 1.0
-    window: int = 32
-    sinks: int = 4
-    text: str = "devils-dictionary"
-    seq_len: int = 256
-    samples: int = 4
-    criterion: str = "key"
+    theta: float = option(1.0, "Firing threshold on ``|q_t - q_ref|`` per query entry (0: dense attention).")
+    window: int = option(32, "Keys less than this many positions back are scored exactly (at least 1).")
+    sinks: int = option(4, "The first keys of a sequence, always scored exactly (the attention sinks most heads put "
+                           "much of their weight on, where a small score error moves every probability).")
+    text: str = option("devils-dictionary", "Text the achieved sparsity is counted on: ``devils-dictionary`` (the "
+                                            "evaluation text's train split), a UTF-8 file, or an ``.npz`` of "
+                                            "``input_ids`` windows.")
+    seq_len: int = option(256, "Tokens per counting window (sparsity grows with it: the first ``window`` keys are "
+                               "exact).")
+    samples: int = option(4, "Counting windows, spread evenly over the text.")
+    criterion: str = option("key", "The firing test: ``key`` (``|dq_d| * rms(k_d) >= theta``, the RMS of the layer's "
+                                   "keys per query head and entry over the counting text, so ``theta`` is in score "
+                                   "units and an entry fires where the keys would turn its change into a score "
+                                   "change) or ``query`` (``|dq_d| >= theta``, the paper's plain delta threshold).")
 
     def __post_init__(self):
         if not self.theta >= 0.0:  # also refuses NaN
@@ -130,7 +126,7 @@ def attention_modules(module) -> tuple[list[tuple[str, Any]], list[tuple[str, An
     return recognised, refused
 
 
-@PASSES.register("deltallm")
+@PASSES.register
 class Deltallm(Pass):
     """Swap Llama-family attention for DeltaLLM delta attention; count the sparsity it achieves on text.
 
@@ -141,31 +137,28 @@ class Deltallm(Pass):
 
     name = "deltallm"
     Options = DeltallmOptions
+    tasks = ("lm",)
+    task_hint = "deltallm changes causal self-attention; load a Hugging Face decoder LM"
+    copies_module = True
 
-    def _apply_impl(self, variant):
-        import copy
-
+    def _apply_impl(self, variant, module):
         from edgesmith.models.inspect import module_kinds
         from edgesmith.eval.lm import spread_windows
         from edgesmith.training.loop import feeds_from
 
         o = self.options
-        if variant.task != "lm":
-            raise BadInputError(f"pass 'deltallm': {variant.name} is not a language model (task {variant.task!r})",
-                                hint="deltallm changes causal self-attention; load a Hugging Face decoder LM")
         recognised, refused = attention_modules(variant.module)
         if refused:
             name, m = refused[0]
-            raise BadInputError(
-                f"pass 'deltallm': attention module {name} ({type(m).__name__}) is not Llama-family attention "
+            raise self.refuse(
+                f"attention module {name} ({type(m).__name__}) is not Llama-family attention "
                 "(q_proj/k_proj/v_proj/o_proj with rotary embeddings)",
                 hint="deltallm converts Llama, Qwen2 and Mistral-style attention of transformers")
         if not recognised:
-            raise BadInputError(f"pass 'deltallm': {variant.name} has no attention module "
-                                f"(it has: {module_kinds(variant.module)})")
-        windows = feeds_from(variant, o.text, "pass 'deltallm'", o.seq_len, None, "counting")["input_ids"]
+            raise self.refuse(f"{variant.name} has no attention module (it has: {module_kinds(variant.module)})")
+        windows = feeds_from(variant, o.text, self.owner, o.seq_len, None, "counting")["input_ids"]
         windows = spread_windows(windows, o.samples)
-        module = convert(copy.deepcopy(variant.module).eval(), o.theta, o.window, o.sinks)
+        module = convert(module.eval(), o.theta, o.window, o.sinks)
         if o.criterion == "key":
             scale_by_keys(module, variant, windows)
         if self.progress:

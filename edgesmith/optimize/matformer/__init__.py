@@ -29,86 +29,64 @@ pointwise-convolution MLPs (a BatchNorm or depthwise convolution between is slic
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 from collections import Counter
 from typing import Any
 
 from edgesmith.errors import BadInputError, UsageError
 from edgesmith.models.inspect import module_kinds
-from edgesmith.optimize import PASSES, Pass
+from edgesmith.optimize.base import PASSES, Pass
 from edgesmith.optimize.matformer.ffns import Ffn, channels_last, find_ffns, reorder_and_slice, unit_scale
 from edgesmith.optimize.matformer.mixnmatch import parse_count
+from edgesmith.options import option
 
 @dataclasses.dataclass
 class MatformerOptions:
     """Options of the ``matformer`` pass.
 
-    Attributes:
-        ratio: Every FFN keeps this share of its hidden units, in (0, 1] (rounded, at least one).
-        widths: Per-layer hidden widths, ``/``-separated in the order the FFNs are found
-            (``1536/1024/...``); overrides ``ratio``.
-        order: ``importance`` (sort units by calibration importance first), ``first`` (keep the
-            first units as they are: the naive slice, for comparison), or ``auto``: ``first`` for a
-            model an earlier ``matformer`` pass trained nested (its order is what it was trained
-            with), else ``importance``.
-        data: Calibration inputs, an ``.npz`` with one array per model input (first axis: samples);
-            default: the variant's example inputs.
-        text: Calibration text for a language model: ``devils-dictionary`` (the bundled evaluation
-            text's train split) or a UTF-8 file, cut into windows of ``seq_len`` tokens with the
-            model's tokenizer.
-        seq_len: Tokens per calibration (and training) window.
-        samples: At most this many calibration samples (windows).
-        check: Check that the full-width reordered model equals the original on the example inputs.
-        train: Fine-tune with the nested loss first, on this: for a language model, ``devils-dictionary``
-            (the evaluation text's train split) or a UTF-8 text file, cut into windows of ``seq_len``
-            tokens; for any model, an ``.npz`` of inputs (one array per model input; the targets are
-            the original model's outputs).
-        steps: Training steps (each: one batch at every granularity).
-        batch: Training samples (windows) per step.
-        lr: Peak learning rate (AdamW; warm-up over a tenth of the steps, then cosine to a tenth).
-        granularities: Shares of units trained together, ``/``-separated (``0.5/1``); default: the
-            target widths and full width, or ``levels`` with a budget.
-        tune: ``ffn`` (only the FFN weights train) or ``all``.
-        seed: Seed of the batch order.
-        save_every: Steps between checkpoints.
-        checkpoint: Directory of the training checkpoint (``edgesmith optimize`` uses ``OUT.ckpt``); empty: none.
-        resume: Continue the training from the checkpoint.
-        force: Start the training over even if ``checkpoint`` holds a run.
-        budget_params: Mix'n'Match: the most parameters the sliced model may have (``95M``, ``9.5e7``).
-        budget_ms: Mix'n'Match: the most latency (p50 ms on the example inputs, ONNX Runtime) on ``device``.
-        device: Where ``budget_ms`` holds: ``host`` (measured) or a catalog device (predicted).
-        headroom: Mix'n'Match with ``budget_ms``: the share of the budget the profiled choice must
-            stay under, so the device's run-to-run noise does not take it over (0.05: at most 95%).
-        levels: Mix'n'Match: shares of its units each layer may keep, ``/``-separated.
-        search_samples: Mix'n'Match: calibration samples (windows) every candidate is scored on.
+    Each field's help is its ``help`` metadata (:func:`edgesmith.options.option`).
     """
 
-    ratio: float = 0.5
-    widths: str = ""
-    order: str = "auto"
-    data: str = ""
-    text: str = ""
-    seq_len: int = 256
-    samples: int = 256
-    check: bool = True
-    train: str = ""
-    steps: int = 60
-    batch: int = 4
-    lr: float = 1e-4
-    granularities: str = ""
-    tune: str = "ffn"
-    seed: int = 0
-    save_every: int = 10
-    checkpoint: str = ""
-    resume: bool = False
-    force: bool = False
-    budget_params: str = ""
-    budget_ms: float = 0.0
-    device: str = "host"
-    headroom: float = 0.05
-    levels: str = "0.25/0.5/0.75/1"
-    search_samples: int = 4
+    ratio: float = option(0.5, "Every FFN keeps this share of its hidden units, in (0, 1] (rounded, at least one).")
+    widths: str = option("", "Per-layer hidden widths, ``/``-separated in the order the FFNs are found "
+                             "(``1536/1024/...``); overrides ``ratio``.")
+    order: str = option("auto", "``importance`` (sort units by calibration importance first), ``first`` (keep the "
+                                "first units as they are: the naive slice, for comparison), or ``auto``: ``first`` "
+                                "for a model an earlier ``matformer`` pass trained nested (its order is what it was "
+                                "trained with), else ``importance``.")
+    data: str = option("", "Calibration inputs, an ``.npz`` with one array per model input (first axis: samples); "
+                           "default: the variant's example inputs.")
+    text: str = option("", "Calibration text for a language model: ``devils-dictionary`` (the bundled evaluation "
+                           "text's train split) or a UTF-8 file, cut into windows of ``seq_len`` tokens with the "
+                           "model's tokenizer.")
+    seq_len: int = option(256, "Tokens per calibration (and training) window.")
+    samples: int = option(256, "At most this many calibration samples (windows).")
+    check: bool = option(True, "Check that the full-width reordered model equals the original on the example inputs.")
+    train: str = option("", "Fine-tune with the nested loss first, on this: for a language model, "
+                            "``devils-dictionary`` (the evaluation text's train split) or a UTF-8 text file, cut "
+                            "into windows of ``seq_len`` tokens; for any model, an ``.npz`` of inputs (one array per "
+                            "model input; the targets are the original model's outputs).")
+    steps: int = option(60, "Training steps (each: one batch at every granularity).")
+    batch: int = option(4, "Training samples (windows) per step.")
+    lr: float = option(1e-4, "Peak learning rate (AdamW; warm-up over a tenth of the steps, then cosine to a tenth).")
+    granularities: str = option("", "Shares of units trained together, ``/``-separated (``0.5/1``); default: the "
+                                    "target widths and full width, or ``levels`` with a budget.")
+    tune: str = option("ffn", "``ffn`` (only the FFN weights train) or ``all``.")
+    seed: int = option(0, "Seed of the batch order.")
+    save_every: int = option(10, "Steps between checkpoints.")
+    checkpoint: str = option("", "Directory of the training checkpoint (``edgesmith optimize`` uses ``OUT.ckpt``); "
+                                 "empty: none.")
+    resume: bool = option(False, "Continue the training from the checkpoint.")
+    force: bool = option(False, "Start the training over even if ``checkpoint`` holds a run.")
+    budget_params: str = option("", "Mix'n'Match: the most parameters the sliced model may have (``95M``, ``9.5e7``).")
+    budget_ms: float = option(0.0, "Mix'n'Match: the most latency (p50 ms on the example inputs, ONNX Runtime) on "
+                                   "``device``.")
+    device: str = option("host", "Where ``budget_ms`` holds: ``host`` (measured) or a catalog device (predicted).")
+    headroom: float = option(0.05, "Mix'n'Match with ``budget_ms``: the share of the budget the profiled choice must "
+                                   "stay under, so the device's run-to-run noise does not take it over (0.05: at "
+                                   "most 95%).")
+    levels: str = option("0.25/0.5/0.75/1", "Mix'n'Match: shares of its units each layer may keep, ``/``-separated.")
+    search_samples: int = option(4, "Mix'n'Match: calibration samples (windows) every candidate is scored on.")
 
     def __post_init__(self):
         if not 0.0 < self.ratio <= 1.0:
@@ -220,34 +198,34 @@ def importance(variant, ffns: list[Ffn], feeds) -> list[Any]:
     return [(s / max(c, 1)) * unit_scale(f) for s, c, f in zip(sums, counts, ffns)]
 
 
-@PASSES.register("matformer")
+@PASSES.register
 class Matformer(Pass):
     """Order FFN hidden units by importance and slice each FFN to a width (MatFormer)."""
 
     name = "matformer"
     Options = MatformerOptions
+    copies_module = True
 
-    def _apply_impl(self, variant):
+    def _apply_impl(self, variant, module):
         import torch
 
         from edgesmith.optimize.matformer.mixnmatch import ffn_params, level_widths
 
         o = self.options
-        module = copy.deepcopy(variant.module)
         ffns = find_ffns(module)
         if not ffns:
-            raise BadInputError(f"pass 'matformer' found no FFN it recognises in {variant.name} "
+            raise BadInputError(f"{self.owner} found no FFN it recognises in {variant.name} "
                                 f"(it has: {module_kinds(variant.module)})",
                                 hint="it slices gated (gate/up/down_proj), BERT-style (intermediate/output.dense), "
                                      "Linear-activation-Linear and pointwise-conv FFNs")
         widths = parse_widths(o.widths)
         if widths and len(widths) != len(ffns):
-            raise BadInputError(f"pass 'matformer': widths gives {len(widths)} width(s), {variant.name} has "
-                                f"{len(ffns)} FFN layers", hint=f"give {len(ffns)} widths, one per layer, or a ratio")
+            raise self.refuse(f"widths gives {len(widths)} width(s), {variant.name} has {len(ffns)} FFN layers",
+                              hint=f"give {len(ffns)} widths, one per layer, or a ratio")
         widths = widths or [max(1, round(o.ratio * f.hidden)) for f in ffns]
         for f, w in zip(ffns, widths):
             if w > f.hidden:
-                raise BadInputError(f"pass 'matformer': width {w} for FFN {f.name} exceeds its {f.hidden} hidden units")
+                raise self.refuse(f"width {w} for FFN {f.name} exceeds its {f.hidden} hidden units")
         from edgesmith.models.complexity import count_params
 
         before = count_params(module)  # a tied embedding/lm_head counted once
@@ -319,7 +297,7 @@ class Matformer(Pass):
         for ws in sets + [[f.hidden for f in ffns]]:
             if ws not in granularities:
                 granularities.append(ws)
-        objective = Objective(variant, _feeds(variant, o.train, o.seq_len, None, "training"), "pass 'matformer'")
+        objective = Objective(variant, _feeds(variant, o.train, o.seq_len, None, "training"), self.owner)
         return train_nested(module, ffns, granularities, objective, o, checkpoint, state,
                             [order.clone() for order in orders], self.progress)
 
@@ -328,12 +306,12 @@ class Matformer(Pass):
         import numpy as np
 
         from edgesmith.optimize.matformer.train import Objective, evaluate
-        from edgesmith.optimize.matformer.mixnmatch import Search, front, latency_probe, refuse, sliced_copy
+        from edgesmith.optimize.matformer.mixnmatch import Search, front, refuse, sliced_copy
 
         o = self.options
         levels = parse_shares(o.levels, "levels")
         objective = Objective(variant, _feeds(variant, o.text or o.data, o.seq_len, o.search_samples, "calibration",
-                                              arrays=bool(o.data)), "pass 'matformer'")
+                                              arrays=bool(o.data)), self.owner)
         index = np.arange(objective.samples)
         search = Search(module, ffns, levels, lambda ws: evaluate(objective, module, ffns, ws, index), self.progress)
         report: dict[str, Any] = {"levels": levels, "samples": objective.samples}
@@ -342,7 +320,7 @@ class Matformer(Pass):
             report["budget"] = f"budget_params={int(limit):,}"
             cost = lambda c: c.params  # noqa: E731
         else:
-            probe = latency_probe(variant, o.device)
+            probe = self.context.probe(self.owner, variant, o.device)
             if self.progress:
                 self.progress(f"mix'n'match: latency at full and smallest width on {o.device}", 0, 2)
             full_ms, mode = probe(sliced_copy(module, search.full))

@@ -15,7 +15,8 @@ the mix with the lowest calibration loss whose size or latency fits the budget::
 
 Latency is interpolated by parameters between profiled models: first the two anchors
 (full width, every layer at its lowest level), then every candidate checked, each
-exported to ONNX and profiled on the device; a check over the budget refines the
+exported to ONNX and profiled on the device by the probe the API hands the pass
+(:class:`edgesmith.optimize.base.PassContext`); a check over the budget refines the
 estimate and the next best candidate is checked.
 """
 
@@ -23,7 +24,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import tempfile
 from typing import Any, Callable
 
 from edgesmith.errors import BadInputError, UsageError
@@ -120,21 +120,6 @@ def sliced_copy(module, widths: list[int]):
     for f, w in zip(find_ffns(small), widths):
         reorder_and_slice(f, torch.arange(w))
     return small.eval()
-
-
-def latency_probe(variant, device: str, runs: int = 30) -> Callable[[Any], tuple[float, str]]:
-    """``probe(module) -> (p50 ms, mode)``: the module exported to ONNX and profiled on ``device``."""
-    from edgesmith import api
-
-    def probe(module) -> tuple[float, str]:
-        candidate = dataclasses.replace(variant, module=module, name=f"{variant.name}-candidate")
-        with tempfile.TemporaryDirectory(prefix="edgesmith-mixnmatch-") as tmp:
-            bundle, _ = api.export(candidate, tmp, target="onnx")
-            doc = api.profile([bundle.path], device=device, warmup=5, runs=runs, layers=False)
-        entry = doc["entries"][0]
-        return float(entry["latency_ms"]["p50"]), entry["mode"]
-
-    return probe
 
 
 class Search:

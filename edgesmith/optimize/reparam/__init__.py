@@ -23,29 +23,29 @@ from __future__ import annotations
 
 import dataclasses
 
-from edgesmith.optimize import PASSES, Pass
+from edgesmith.optimize.base import PASSES, Pass
+from edgesmith.options import option
 
 
 @dataclasses.dataclass
 class ReparamOptions:
     """Options of the ``reparam`` pass.
 
-    Attributes:
-        check: Compare the folded model with the original on the example inputs
-            (fp32 parity tolerance of :mod:`edgesmith.parity`).
+    Each field's help is its ``help`` metadata (:func:`edgesmith.options.option`).
     """
 
-    check: bool = True
+    check: bool = option(True, "Compare the folded model with the original on the example inputs (fp32 parity "
+                               "tolerance of :mod:`edgesmith.parity`).")
 
 
-@PASSES.register("reparam")
+@PASSES.register
 class Reparam(Pass):
     """Fold BatchNorm, LayerScale and RepVGG branches into convs and linears (exact)."""
 
     name = "reparam"
     Options = ReparamOptions
 
-    def _apply_impl(self, variant):
+    def _apply_impl(self, variant, module):
         from edgesmith.errors import BadInputError
         from edgesmith.models.program import export_program
         from edgesmith.optimize.reparam.tokens import unfolded_norms

@@ -25,6 +25,10 @@ from __future__ import annotations
 
 import torch
 
+from edgesmith.optimize.reparam.graph import (Layer, bn_affine, finish, get_const, is_call, module_path, new_const,
+                                              op_name)
+from edgesmith.optimize.reparam.tokens import fold_token_norms
+
 # Ops that are pure functions of their tensor inputs: safe to evaluate ahead of time.
 _PURE = {
     "unsqueeze", "squeeze", "view", "reshape", "_unsafe_view", "permute", "transpose", "t", "flatten",
@@ -34,126 +38,6 @@ _PURE = {
     "upsample_bilinear2d", "upsample_nearest2d", "flip", "roll", "sum", "mean", "matmul", "mm",
 }
 _CONST_LIMIT = 1 << 24  # elements: never materialise a huge constant (an expand to a batch, say)
-_LAYERS = ("conv1d", "conv2d", "conv3d", "linear")
-
-
-def op_name(node) -> str:
-    """The aten op name of a call_function node (``conv2d`` for ``aten.conv2d.default``)."""
-    target = node.target
-    name = getattr(target, "__name__", str(target))
-    return name.split(".")[0]
-
-
-def _is_call(node, *names) -> bool:
-    return getattr(node, "op", None) == "call_function" and op_name(node) in names
-
-
-def get_const(gm, node):
-    """The tensor behind a ``get_attr`` node, None for a None argument; LookupError otherwise."""
-    if node is None:
-        return None
-    if getattr(node, "op", None) != "get_attr":
-        raise LookupError(node)
-    obj = gm
-    for part in node.target.split("."):
-        obj = getattr(obj, part)
-    if isinstance(obj, torch.Tensor):
-        return obj
-    raise LookupError(node)
-
-
-def new_const(gm, value, before, stem: str = "_reparam"):
-    """Register ``value`` as a frozen parameter of ``gm`` and return a get_attr node placed before ``before``."""
-    idx = 0
-    while hasattr(gm, f"{stem}{idx}"):
-        idx += 1
-    name = f"{stem}{idx}"
-    gm.register_parameter(name, torch.nn.Parameter(value.detach().clone(), requires_grad=False))
-    with gm.graph.inserting_before(before):
-        return gm.graph.get_attr(name)
-
-
-def module_path(node) -> str:
-    """The source module a node came from (``stages.0.conv``), else the node name."""
-    stack = node.meta.get("nn_module_stack") or {}
-    if not stack:
-        return node.name
-    return list(stack.values())[-1][0] or node.name
-
-
-class Layer:
-    """A conv or linear call with its constant weight, bias and geometry.
-
-    Raises:
-        LookupError: The node is not a conv/linear with constant weights and plain numeric geometry.
-    """
-
-    def __init__(self, gm, node):
-        if not _is_call(node, *_LAYERS) or node.target.__name__.endswith("padding"):
-            raise LookupError(node)
-        self.node = node
-        self.kind = op_name(node)
-        args = list(node.args) + [None] * (7 - len(node.args))
-        self.weight = get_const(gm, args[1])
-        self.bias = get_const(gm, args[2])
-        if self.kind == "linear":
-            return
-        n = self.weight.dim() - 2
-        self.stride = list(args[3] if args[3] is not None else [1] * n)
-        self.padding = list(args[4] if args[4] is not None else [0] * n)
-        self.dilation = list(args[5] if args[5] is not None else [1] * n)
-        self.groups = int(args[6] if args[6] is not None else 1)
-        for seq in (self.stride, self.padding, self.dilation):
-            if len(seq) == 1:
-                seq *= n
-            if not all(isinstance(v, int) for v in seq):
-                raise LookupError(node)
-
-    def replace(self, gm, weight, bias, padding=None):
-        """Point the node at new (float64-computed) weight and bias, cast to the old dtype."""
-        dtype = self.weight.dtype
-        w = new_const(gm, weight.to(dtype), self.node)
-        b = new_const(gm, bias.to(dtype), self.node)
-        if self.kind == "linear":
-            self.node.args = (self.node.args[0], w, b)
-        else:
-            pad = self.padding if padding is None else padding
-            self.node.args = (self.node.args[0], w, b, self.stride, pad, self.dilation, self.groups)
-
-    def bias64(self):
-        out = self.weight.shape[0]
-        return self.bias.double() if self.bias is not None else torch.zeros(out, dtype=torch.float64)
-
-
-def _bn_affine(gm, bn):
-    """(scale, shift) float64 of an inference batch_norm node, so that bn(x) = scale * x + shift per channel."""
-    if not _is_call(bn, "batch_norm") or bn.args[5]:  # training=True uses batch statistics
-        raise LookupError(bn)
-    gamma, beta, mean, var = (get_const(gm, a) for a in bn.args[1:5])
-    if mean is None or var is None:
-        raise LookupError(bn)
-    scale = torch.rsqrt(var.double() + float(bn.args[7]))
-    if gamma is not None:
-        scale = scale * gamma.double()
-    shift = -scale * mean.double()
-    if beta is not None:
-        shift = shift + beta.double()
-    return scale, shift
-
-
-def _finish(gm, changes):
-    if changes:
-        gm.graph.eliminate_dead_code()
-        gm.delete_all_unused_submodules()
-        # Weights no node reads any more: folded away, or made by a fold and replaced by a later one
-        # (BN, then LayerScale, into one conv). Left in place they would count and be saved.
-        used = {n.target for n in gm.graph.nodes if n.op == "get_attr"}
-        for name, _ in [*gm.named_parameters(), *gm.named_buffers()]:
-            if name not in used:
-                owner, _, attr = name.rpartition(".")
-                delattr(gm.get_submodule(owner) if owner else gm, attr)
-        gm.recompile()
-    return changes
 
 
 def fold_constants(gm) -> list[str]:
@@ -177,18 +61,18 @@ def fold_constants(gm) -> list[str]:
         node.replace_all_uses_with(new_const(gm, value, node, stem="_const"))
         gm.graph.erase_node(node)
         changes.append(f"constant {node.name}")
-    return _finish(gm, changes)
+    return finish(gm, changes)
 
 
 def fold_bn_forward(gm) -> list[str]:
     """conv/linear -> batch_norm: scale the layer's output channels and shift its bias."""
     changes = []
     for bn in list(gm.graph.nodes):
-        if not _is_call(bn, "batch_norm") or len(bn.args[0].users) != 1:
+        if not is_call(bn, "batch_norm") or len(bn.args[0].users) != 1:
             continue
         try:
             layer = Layer(gm, bn.args[0])
-            scale, shift = _bn_affine(gm, bn)
+            scale, shift = bn_affine(gm, bn)
         except LookupError:
             continue
         shape = (-1,) + (1,) * (layer.weight.dim() - 1)
@@ -196,19 +80,19 @@ def fold_bn_forward(gm) -> list[str]:
         bn.replace_all_uses_with(layer.node)
         gm.graph.erase_node(bn)
         changes.append(f"{module_path(layer.node)} <- {module_path(bn)}")
-    return _finish(gm, changes)
+    return finish(gm, changes)
 
 
 def fold_bn_backward(gm) -> list[str]:
     """batch_norm -> linear (on 2-D features) or -> conv without padding: fold into the layer's inputs."""
     changes = []
     for bn in list(gm.graph.nodes):
-        if not _is_call(bn, "batch_norm") or len(bn.users) != 1:
+        if not is_call(bn, "batch_norm") or len(bn.users) != 1:
             continue
         user = next(iter(bn.users))
         try:
             layer = Layer(gm, user)
-            scale, shift = _bn_affine(gm, bn)
+            scale, shift = bn_affine(gm, bn)
         except LookupError:
             continue
         val = bn.args[0].meta.get("val")
@@ -233,14 +117,14 @@ def fold_bn_backward(gm) -> list[str]:
         user.replace_input_with(bn, bn.args[0])
         gm.graph.erase_node(bn)
         changes.append(f"{module_path(bn)} -> {module_path(user)}")
-    return _finish(gm, changes)
+    return finish(gm, changes)
 
 
 def fold_channel_scale(gm) -> list[str]:
     """conv/linear -> mul by a constant that varies only along the output channels (LayerScale)."""
     changes = []
     for mul in list(gm.graph.nodes):
-        if not _is_call(mul, "mul") or len(mul.args) != 2:
+        if not is_call(mul, "mul") or len(mul.args) != 2:
             continue
         for layer_node, const_node in (mul.args, mul.args[::-1]):
             if getattr(layer_node, "op", None) != "call_function" or len(layer_node.users) != 1:
@@ -259,7 +143,7 @@ def fold_channel_scale(gm) -> list[str]:
             gm.graph.erase_node(mul)
             changes.append(f"{module_path(layer_node)} <- scale {module_path(mul)}")
             break
-    return _finish(gm, changes)
+    return finish(gm, changes)
 
 
 def _channel_vector(s, layer, out_val):
@@ -283,7 +167,7 @@ def fold_branches(gm) -> list[str]:
     # Outermost adds first, so a RepVGG block merges in one step; an add tree that does not merge
     # (it also sums an unrelated tensor) is retried from its inner adds.
     for node in reversed(list(gm.graph.nodes)):
-        if node._erased or not node.users or not _is_call(node, "add"):
+        if node._erased or not node.users or not is_call(node, "add"):
             continue
         terms = _add_terms(node)
         merged = _merge(gm, terms) if terms is not None else None
@@ -292,7 +176,7 @@ def fold_branches(gm) -> list[str]:
         node.replace_all_uses_with(merged)
         gm.graph.eliminate_dead_code()  # the merged adds and branches, so no later candidate sees them
         changes.append(f"{module_path(merged)}: {len(terms)} branches -> one conv")
-    return _finish(gm, changes)
+    return finish(gm, changes)
 
 
 def _add_terms(node):
@@ -300,7 +184,7 @@ def _add_terms(node):
     terms, stack = [], [node]
     while stack:
         n = stack.pop()
-        if _is_call(n, "add") and len(n.args) == 2 and n.kwargs.get("alpha", 1) == 1 and (
+        if is_call(n, "add") and len(n.args) == 2 and n.kwargs.get("alpha", 1) == 1 and (
                 n is node or len(n.users) == 1):
             if not all(isinstance(a, torch.fx.Node) for a in n.args):
                 return None
@@ -380,8 +264,6 @@ def fold_all(gm, max_rounds: int = 10) -> dict[str, list[str]]:
     Returns:
         Fold name -> the rewrites it made.
     """
-    from edgesmith.optimize.reparam.tokens import fold_token_norms
-
     done: dict[str, list[str]] = {}
     for _ in range(max_rounds):
         changed = False

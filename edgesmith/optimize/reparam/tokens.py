@@ -17,29 +17,27 @@ stays; :func:`unfolded_norms` says which and why.
 
 from __future__ import annotations
 
-import torch
-
-from edgesmith.optimize.reparam.folds import Layer, _bn_affine, _finish, _is_call, get_const, module_path, op_name
+from edgesmith.optimize.reparam.graph import Layer, bn_affine, finish, get_const, is_call, module_path, op_name
 
 _VIEWS = ("view", "reshape", "_unsafe_view", "clone", "contiguous", "alias", "detach", "dropout")
 
 
 def _affine(gm, node):
     """``(a, b, input)`` float64 if ``node`` is a per-last-axis affine norm (RepBN or 2-D BatchNorm), else None."""
-    if _is_call(node, "batch_norm"):
+    if is_call(node, "batch_norm"):
         val = node.args[0].meta.get("val")
         inside_repbn = len(node.users) == 1 and _affine(gm, next(iter(node.users))) is not None
         if val is None or val.dim() != 2 or inside_repbn:
             return None
         try:
-            a, b = _bn_affine(gm, node)
+            a, b = bn_affine(gm, node)
         except LookupError:
             return None
         return a, b, node.args[0]
-    if not _is_call(node, "add") or len(node.args) != 2:
+    if not is_call(node, "add") or len(node.args) != 2:
         return None
     for bn, mul in (node.args, node.args[::-1]):
-        if not (_is_call(bn, "batch_norm") and _is_call(mul, "mul")) or len(bn.users) != 1 or len(mul.users) != 1:
+        if not (is_call(bn, "batch_norm") and is_call(mul, "mul")) or len(bn.users) != 1 or len(mul.users) != 1:
             continue
         x = bn.args[0]
         others = [m for m in mul.args if m is not x]
@@ -48,7 +46,7 @@ def _affine(gm, node):
             continue
         try:
             alpha = get_const(gm, others[0]).double()
-            a, b = _bn_affine(gm, bn)
+            a, b = bn_affine(gm, bn)
         except LookupError:
             continue
         if alpha.numel() not in (1, a.numel()):
@@ -82,7 +80,7 @@ def _readers(node):
     while stack:
         n = stack.pop()
         for user in n.users:
-            if _is_call(user, "linear") and user.args[0] is n:
+            if is_call(user, "linear") and user.args[0] is n:
                 layers.append(user)
             elif user.op == "call_function" and user.args and user.args[0] is n and _keeps_last(user):
                 stack.append(user)
@@ -95,7 +93,7 @@ def _producer(node):
     """The Linear that alone produces ``node`` (through channel-keeping views), or the op that does instead."""
     n = node
     while True:
-        if _is_call(n, "linear"):
+        if is_call(n, "linear"):
             return n, None
         if n.op == "call_function" and op_name(n) in _VIEWS and _keeps_last(n) and len(n.args[0].users) == 1:
             n = n.args[0]
@@ -126,7 +124,7 @@ def fold_token_norms(gm) -> list[str]:
                 node.replace_all_uses_with(x)
                 changes.append(f"{module_path(node)} -> {', '.join(module_path(n) for n in layers)}")
                 continue
-        if len(x.users) > (1 if _is_call(node, "batch_norm") else 2):
+        if len(x.users) > (1 if is_call(node, "batch_norm") else 2):
             continue
         producer, _ = _producer(x)
         if producer is None or len(producer.users) != 1:
@@ -138,27 +136,27 @@ def fold_token_norms(gm) -> list[str]:
         layer.replace(gm, layer.weight.double() * a[:, None], a * layer.bias64() + b)
         node.replace_all_uses_with(x)
         changes.append(f"{module_path(producer)} <- {module_path(node)}")
-    return _finish(gm, changes)
+    return finish(gm, changes)
 
 
 def unfolded_norms(gm) -> list[str]:
     """One line per normalisation left in the graph: which, and why it did not fold."""
     lines = []
     for node in gm.graph.nodes:
-        if _is_call(node, "layer_norm"):
+        if is_call(node, "layer_norm"):
             lines.append(f"LayerNorm {module_path(node)} stays: it computes statistics at run time, nothing folds "
                          "it (convert it to RepBN with the prepbn pass first)")
             continue
         found = _affine(gm, node)
         if found is None:
-            if _is_call(node, "batch_norm") and not (len(node.users) == 1 and _affine(gm, next(iter(node.users)))):
+            if is_call(node, "batch_norm") and not (len(node.users) == 1 and _affine(gm, next(iter(node.users)))):
                 lines.append(f"BatchNorm {module_path(node)} stays: no conv or Linear next to it takes its scale "
                              "exactly (a padded conv, or a shared input or output)")
             continue
         _, _, x = found
         _, reader = _readers(node)
         _, source = _producer(x)
-        kind = "RepBN" if _is_call(node, "add") else "BatchNorm"
+        kind = "RepBN" if is_call(node, "add") else "BatchNorm"
         why_out = (f"its output also feeds {op_name(reader)} ({module_path(reader)}), not only Linears"
                    if reader is not None else "no Linear reads its output")
         why_in = (f"its input comes from {op_name(source)} ({module_path(source)}), not from a Linear alone"

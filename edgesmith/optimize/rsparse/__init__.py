@@ -24,8 +24,9 @@ import dataclasses
 import math
 from typing import Any
 
-from edgesmith.errors import BadInputError, UsageError
-from edgesmith.optimize import PASSES, Pass
+from edgesmith.errors import UsageError
+from edgesmith.optimize.base import PASSES, Pass
+from edgesmith.options import option
 
 _VALUES_PER_LAYER = 1 << 16  # calibration values kept per layer for its quantiles
 
@@ -34,42 +35,30 @@ _VALUES_PER_LAYER = 1 << 16  # calibration values kept per layer for its quantil
 class RsparseOptions:
     """Options of the ``rsparse`` pass.
 
-    Attributes:
-        sparsity: Target share of each layer's multiply-accumulates skipped, in [0, 1).
-        rho: Share of the remaining budget spent on exact (sparse) channels; the rest is rank.
-            1: sparse-only; 0: low-rank-only; the paper's uniform baseline: 0.95.
-        text: Calibration text: ``devils-dictionary`` (the evaluation text's train split), a UTF-8 file,
-            or an ``.npz`` of ``input_ids`` windows.
-        seq_len: Tokens per calibration window.
-        samples: Calibration windows, spread evenly over the text.
-        skip: Linear layers left dense: names ending with any of these ``/``-separated suffixes.
-        search: Generations of the evolutionary search for per-layer ``rho`` (0: uniform ``rho``).
-        population: Candidates per generation.
-        search_samples: Calibration windows the search scores each candidate on (next-token loss).
-        seed: Seed of the search.
-        refine: Rounds of re-calibrating the thresholds on the sparse model itself: each layer then
-            sees the inputs its sparse predecessors produce (from the dense model's inputs alone, the
-            thresholds skip about 3 points more than the target on SmolLM2).
-        rho_file: A JSON of per-layer ``rho``: written by a search (``search=N``), read otherwise
-            (a search result reused without searching again).
-        lowrank: How the rank-``r`` part is made: ``svd`` (the paper's: top singular vectors of ``W``) or
-            ``data`` (fitted to the inactive channels of the calibration tokens: top singular vectors
-            of ``W C^(1/2)``, ``C`` their second moment; see ``RSparseLinear.fit_low_rank``).
+    Each field's help is its ``help`` metadata (:func:`edgesmith.options.option`).
     """
 
-    sparsity: float = 0.5
-    rho: float = 0.95
-    text: str = "devils-dictionary"
-    seq_len: int = 256
-    samples: int = 16
-    skip: str = "lm_head"
-    search: int = 0
-    population: int = 8
-    search_samples: int = 4
-    seed: int = 0
-    rho_file: str = ""
-    refine: int = 2
-    lowrank: str = "data"
+    sparsity: float = option(0.5, "Target share of each layer's multiply-accumulates skipped, in [0, 1).")
+    rho: float = option(0.95, "Share of the remaining budget spent on exact (sparse) channels; the rest is rank. 1: "
+                              "sparse-only; 0: low-rank-only; the paper's uniform baseline: 0.95.")
+    text: str = option("devils-dictionary", "Calibration text: ``devils-dictionary`` (the evaluation text's train "
+                                            "split), a UTF-8 file, or an ``.npz`` of ``input_ids`` windows.")
+    seq_len: int = option(256, "Tokens per calibration window.")
+    samples: int = option(16, "Calibration windows, spread evenly over the text.")
+    skip: str = option("lm_head", "Linear layers left dense: names ending with any of these ``/``-separated suffixes.")
+    search: int = option(0, "Generations of the evolutionary search for per-layer ``rho`` (0: uniform ``rho``).")
+    population: int = option(8, "Candidates per generation.")
+    search_samples: int = option(4, "Calibration windows the search scores each candidate on (next-token loss).")
+    seed: int = option(0, "Seed of the search.")
+    rho_file: str = option("", "A JSON of per-layer ``rho``: written by a search (``search=N``), read otherwise (a "
+                               "search result reused without searching again).")
+    refine: int = option(2, "Rounds of re-calibrating the thresholds on the sparse model itself: each layer then "
+                            "sees the inputs its sparse predecessors produce (from the dense model's inputs alone, "
+                            "the thresholds skip about 3 points more than the target on SmolLM2).")
+    lowrank: str = option("data", "How the rank-``r`` part is made: ``svd`` (the paper's: top singular vectors of "
+                                  "``W``) or ``data`` (fitted to the inactive channels of the calibration tokens: "
+                                  "top singular vectors of ``W C^(1/2)``, ``C`` their second moment; see "
+                                  "``RSparseLinear.fit_low_rank``).")
 
     def __post_init__(self):
         if not 0.0 <= self.sparsity < 1.0:
@@ -184,32 +173,30 @@ def threshold(sorted_values, keep: float) -> float:
     return float((low.double() + sorted_values[above].double()) / 2)
 
 
-@PASSES.register("rsparse")
+@PASSES.register
 class Rsparse(Pass):
     """Replace Linear layers with R-Sparse sparse-plus-low-rank layers calibrated on text."""
 
     name = "rsparse"
     Options = RsparseOptions
+    tasks = ("lm",)
+    task_hint = "rsparse calibrates on text; load a Hugging Face decoder LM"
+    copies_module = True
 
-    def _apply_impl(self, variant):
-        import copy
-
+    def _apply_impl(self, variant, module):
         from edgesmith.eval.lm import spread_windows
         from edgesmith.optimize.rsparse.layers import RSparseLinear
         from edgesmith.training.loop import feeds_from
 
         o = self.options
-        if variant.task != "lm":
-            raise BadInputError(f"pass 'rsparse': {variant.name} is not a language model (task {variant.task!r})",
-                                hint="rsparse calibrates on text; load a Hugging Face decoder LM")
-        module = copy.deepcopy(variant.module).eval()
+        module = module.eval()
         layers = targets(module, o.skip)
         if not layers:
-            raise BadInputError(f"pass 'rsparse': {variant.name} has no Linear layer to convert (skip={o.skip!r})")
-        windows = feeds_from(variant, o.text, "pass 'rsparse'", o.seq_len, None, "calibration")["input_ids"]
+            raise self.refuse(f"{variant.name} has no Linear layer to convert (skip={o.skip!r})")
+        windows = feeds_from(variant, o.text, self.owner, o.seq_len, None, "calibration")["input_ids"]
         if len(windows) < o.samples:
-            raise BadInputError(
-                f"pass 'rsparse': the calibration text gives {len(windows)} window(s) of {o.seq_len} tokens "
+            raise self.refuse(
+                f"the calibration text gives {len(windows)} window(s) of {o.seq_len} tokens "
                 f"({len(windows) * o.seq_len:,} tokens); the thresholds need samples={o.samples} x seq_len={o.seq_len} "
                 f"= {o.samples * o.seq_len:,} tokens", hint="give a longer text, or fewer samples / a shorter seq_len")
         windows = spread_windows(windows, o.samples)

@@ -25,8 +25,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from edgesmith.errors import BadInputError, UsageError
-from edgesmith.optimize import PASSES, Pass
+from edgesmith.errors import UsageError
+from edgesmith.optimize.base import PASSES, Pass
+from edgesmith.options import option
 
 CHECKPOINT_FORMAT = "edgesmith-prepbn-1"
 
@@ -43,46 +44,33 @@ def layer_norms(module) -> list[tuple[str, Any]]:
 class PrepbnOptions:
     """Options of the ``prepbn`` pass.
 
-    Attributes:
-        train: Training data: the model's offline dataset (``sklearn-digits`` for the digits zoo
-            models), an ``.npz`` (one array per input, or ``x_train``/``y_train`` images), an image
-            folder, or for a model with a tokenizer ``devils-dictionary`` / a text file.
-        data: The same, as ``edgesmith optimize --data`` fills it (``train`` wins when both are given).
-        steps: Training steps.
-        batch: Samples per step.
-        lr: Peak learning rate (AdamW; warm-up over a tenth of the steps, then cosine to a tenth).
-        decay: Share of the steps over which LayerNorm's weight ``lam`` falls from 1 to 0; the rest
-            train RepBN alone. SLAB uses about 0.8; a decay as long as the run leaves no step for
-            BatchNorm alone and diverged in users' reports.
-        alpha: RepBN's ``alpha`` at the start. The paper's 1 suits training from scratch; converting a
-            trained model, 0 starts RepBN as a per-channel norm with LayerNorm's weights, which
-            kept digits-vit at 98.9-99.2% over three seeds (98.1-98.6% at 1; LayerNorm: 98.3%) and keeps a
-            post-norm (BERT) residual stream from growing while LayerNorm fades.
-        label_weight: Share of the loss given to labels when the data has them (the rest: distillation).
-        seq_len: Token window for text data.
-        samples: At most this many training samples (text windows); 0: all.
-        seed: Seed of the batch order.
-        save_every: Steps between checkpoints.
-        checkpoint: Directory of the training checkpoint (``edgesmith optimize`` uses ``OUT.ckpt``).
-        resume: Continue the training from the checkpoint.
-        force: Start over even if ``checkpoint`` holds a run.
+    Each field's help is its ``help`` metadata (:func:`edgesmith.options.option`).
     """
 
-    train: str = ""
-    data: str = ""
-    steps: int = 1000
-    batch: int = 32
-    lr: float = 5e-4
-    decay: float = 0.8
-    alpha: float = 0.0
-    label_weight: float = 0.5
-    seq_len: int = 128
-    samples: int = 0
-    seed: int = 0
-    save_every: int = 50
-    checkpoint: str = ""
-    resume: bool = False
-    force: bool = False
+    train: str = option("", "Training data: the model's offline dataset (``sklearn-digits`` for the digits zoo "
+                            "models), an ``.npz`` (one array per input, or ``x_train``/``y_train`` images), an image "
+                            "folder, or for a model with a tokenizer ``devils-dictionary`` / a text file.")
+    data: str = option("", "The same, as ``edgesmith optimize --data`` fills it (``train`` wins when both are given).")
+    steps: int = option(1000, "Training steps.")
+    batch: int = option(32, "Samples per step.")
+    lr: float = option(5e-4, "Peak learning rate (AdamW; warm-up over a tenth of the steps, then cosine to a tenth).")
+    decay: float = option(0.8, "Share of the steps over which LayerNorm's weight ``lam`` falls from 1 to 0; the rest "
+                               "train RepBN alone. SLAB uses about 0.8; a decay as long as the run leaves no step "
+                               "for BatchNorm alone and diverged in users' reports.")
+    alpha: float = option(0.0, "RepBN's ``alpha`` at the start. The paper's 1 suits training from scratch; "
+                               "converting a trained model, 0 starts RepBN as a per-channel norm with LayerNorm's "
+                               "weights, which kept digits-vit at 98.9-99.2% over three seeds (98.1-98.6% at 1; "
+                               "LayerNorm: 98.3%) and keeps a post-norm (BERT) residual stream from growing while "
+                               "LayerNorm fades.")
+    label_weight: float = option(0.5, "Share of the loss given to labels when the data has them (the rest: "
+                                      "distillation).")
+    seq_len: int = option(128, "Token window for text data.")
+    samples: int = option(0, "At most this many training samples (text windows); 0: all.")
+    seed: int = option(0, "Seed of the batch order.")
+    save_every: int = option(50, "Steps between checkpoints.")
+    checkpoint: str = option("", "Directory of the training checkpoint (``edgesmith optimize`` uses ``OUT.ckpt``).")
+    resume: bool = option(False, "Continue the training from the checkpoint.")
+    force: bool = option(False, "Start over even if ``checkpoint`` holds a run.")
 
     def __post_init__(self):
         for key in ("steps", "batch", "seq_len", "save_every"):
@@ -95,16 +83,15 @@ class PrepbnOptions:
             raise UsageError("pass 'prepbn': lr must be positive and label_weight within [0, 1]")
 
 
-@PASSES.register("prepbn")
+@PASSES.register
 class Prepbn(Pass):
     """Replace LayerNorms with RepBN, trained progressively (SLAB's PRepBN); ``reparam`` then folds them."""
 
     name = "prepbn"
     Options = PrepbnOptions
+    copies_module = True
 
-    def _apply_impl(self, variant):
-        import copy
-
+    def _apply_impl(self, variant, module):
         import torch
 
         from edgesmith.models.inspect import module_kinds
@@ -115,10 +102,10 @@ class Prepbn(Pass):
         o = self.options
         norms = layer_norms(variant.module)
         if not norms:
-            raise BadInputError(f"pass 'prepbn': {variant.name} has no LayerNorm to convert "
-                                f"(found: {module_kinds(variant.module, 'norm') or 'no normalisation layer'})",
-                                hint="prepbn converts torch.nn.LayerNorm over the channel axis (ViT, BERT, "
-                                     "EfficientFormer's 3D blocks); RMSNorm and BatchNorm models have none")
+            raise self.refuse(f"{variant.name} has no LayerNorm to convert "
+                              f"(found: {module_kinds(variant.module, 'norm') or 'no normalisation layer'})",
+                              hint="prepbn converts torch.nn.LayerNorm over the channel axis (ViT, BERT, "
+                                   "EfficientFormer's 3D blocks); RMSNorm and BatchNorm models have none")
         data, objective = objective_for(variant, o, "prepbn", o.samples or None)
         run = {**{k: getattr(o, k) for k in ("train", "data", "steps", "batch", "lr", "decay", "alpha",
                                                "label_weight", "seq_len", "samples", "seed")},
@@ -126,7 +113,7 @@ class Prepbn(Pass):
         checkpoint = Checkpoint("prepbn", CHECKPOINT_FORMAT, o.checkpoint, run, o.resume, o.force)
         state = checkpoint.load()
 
-        module = copy.deepcopy(variant.module).float()
+        module = module.float()
         mixed = []
         for name, norm in layer_norms(module):
             mixed.append((name, ProgressiveNorm(norm, o.alpha)))

@@ -30,43 +30,33 @@ import dataclasses
 import types
 from typing import Any
 
-from edgesmith.errors import BadInputError, UsageError
-from edgesmith.optimize import PASSES, Pass
+from edgesmith.errors import UsageError
+from edgesmith.optimize.base import PASSES, Pass
+from edgesmith.options import option
 
 
 @dataclasses.dataclass
 class SlaOptions:
     """Options of the ``sla`` pass.
 
-    Attributes:
-        train: Training data (as ``prepbn``: the model's offline dataset such as ``sklearn-digits``,
-            an ``.npz``, an image folder, or text for a model with a tokenizer).
-        data: The same, as ``edgesmith optimize --data`` fills it.
-        steps: Distillation steps per attention block (each learns the original block's output).
-        tune_steps: Steps of whole-model tuning afterwards (original outputs, plus labels if any); 0: none.
-        batch: Samples per step.
-        lr: Peak learning rate (AdamW, warm-up then cosine).
-        kernel: Width of the depthwise convolution on V.
-        grid: ``auto``: image tokens on a square grid (or the model's ``grid``) get a 2-D convolution
-            and a position term; ``1d``: treat tokens as a sequence.
-        samples: At most this many training samples are cached for the block distillation.
-        label_weight: Share of the tuning loss given to labels when the data has them.
-        seq_len: Token window for text data.
-        seed: Seed of the batch order.
+    Each field's help is its ``help`` metadata (:func:`edgesmith.options.option`).
     """
 
-    train: str = ""
-    data: str = ""
-    steps: int = 300
-    tune_steps: int = 200
-    batch: int = 32
-    lr: float = 1e-3
-    kernel: int = 5
-    grid: str = "auto"
-    samples: int = 1024
-    label_weight: float = 0.5
-    seq_len: int = 128
-    seed: int = 0
+    train: str = option("", "Training data (as ``prepbn``: the model's offline dataset such as ``sklearn-digits``, "
+                            "an ``.npz``, an image folder, or text for a model with a tokenizer).")
+    data: str = option("", "The same, as ``edgesmith optimize --data`` fills it.")
+    steps: int = option(300, "Distillation steps per attention block (each learns the original block's output).")
+    tune_steps: int = option(200, "Steps of whole-model tuning afterwards (original outputs, plus labels if any); 0: "
+                                  "none.")
+    batch: int = option(32, "Samples per step.")
+    lr: float = option(1e-3, "Peak learning rate (AdamW, warm-up then cosine).")
+    kernel: int = option(5, "Width of the depthwise convolution on V.")
+    grid: str = option("auto", "``auto``: image tokens on a square grid (or the model's ``grid``) get a 2-D "
+                               "convolution and a position term; ``1d``: treat tokens as a sequence.")
+    samples: int = option(1024, "At most this many training samples are cached for the block distillation.")
+    label_weight: float = option(0.5, "Share of the tuning loss given to labels when the data has them.")
+    seq_len: int = option(128, "Token window for text data.")
+    seed: int = option(0, "Seed of the batch order.")
 
     def __post_init__(self):
         for key in ("steps", "batch", "kernel", "samples", "seq_len"):
@@ -80,29 +70,27 @@ class SlaOptions:
             raise UsageError("pass 'sla': tune_steps must be at least 0 and lr positive")
 
 
-@PASSES.register("sla")
+@PASSES.register
 class Sla(Pass):
     """Replace softmax attention with SLAB's simplified linear attention, distilled from the original."""
 
     name = "sla"
     Options = SlaOptions
+    copies_module = True
 
-    def _apply_impl(self, variant):
-        import copy
-
+    def _apply_impl(self, variant, module):
         from edgesmith.models.inspect import module_kinds
         from edgesmith.optimize.slab.layers import attentions, build_sla
         from edgesmith.training.loop import held_out_accuracy, objective_for
 
         o = self.options
-        owner = "pass 'sla'"
         if not attentions(variant.module):
-            raise BadInputError(f"{owner}: {variant.name} has no attention the pass recognises "
-                                f"(found: {module_kinds(variant.module, 'attention') or 'no attention module'})",
-                                hint="sla converts attention with a fused qkv Linear ([q|k|v], `heads`) and a proj "
-                                     "Linear, and EfficientFormer's token attention")
+            raise self.refuse(f"{variant.name} has no attention the pass recognises "
+                              f"(found: {module_kinds(variant.module, 'attention') or 'no attention module'})",
+                              hint="sla converts attention with a fused qkv Linear ([q|k|v], `heads`) and a proj "
+                                   "Linear, and EfficientFormer's token attention")
         data, objective = objective_for(variant, o, "sla")
-        module = copy.deepcopy(variant.module).float().eval()
+        module = module.float().eval()
         report: dict[str, Any] = {"converted": [], "samples": objective.samples}
         grid_hint = getattr(module, "grid", None)
         for name, attn, layout in attentions(module):
