@@ -19,7 +19,8 @@ from edgesmith.bundle import Bundle, sha256_tree
 from edgesmith.cli import main
 from edgesmith.errors import BadInputError, RuntimeUnavailableError, UsageError, exit_code_for
 from edgesmith.export import get_exporter
-from edgesmith.export.tensorrt.support import RULES, check_onnx, support_table
+from edgesmith.export.tensorrt.rules import RULES
+from edgesmith.export.tensorrt.support import check_onnx, support_table
 from edgesmith.models.offline import minilm_dir
 from edgesmith.models.variant import Variant
 from edgesmith.runtimes import check_bundle, open_runtime

@@ -2,8 +2,9 @@
 
 The table (``tensorrt_ops.yaml``) records, for the TensorRT version it names, the
 opset range, which ops the ONNX parser imports, the tensor types each takes, and
-the restrictions checked here by name (``axes`` given as a constant, 2-D/3-D
-pooling, the ``Indices`` output of MaxPool unused...). :func:`check_onnx` walks
+the restrictions to check by name (``axes`` given as a constant, 2-D/3-D
+pooling, the ``Indices`` output of MaxPool unused...; the checks are in
+:mod:`edgesmith.export.tensorrt.rules`). :func:`check_onnx` walks
 every node (subgraphs of ``If``/``Loop``/``Scan`` too) and returns a
 :class:`SupportReport`: ``problems`` (what TensorRT would refuse, each naming
 the node, its op and why) and ``notes`` (what it takes with a change, such as
@@ -15,7 +16,9 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
+
+from edgesmith.export.tensorrt.rules import RULES
 
 TABLE = Path(__file__).with_name("tensorrt_ops.yaml")
 
@@ -152,7 +155,7 @@ def _check_graph(graph, table, types, consts, used, edges, report) -> None:
                 report.problems.append(Problem(label, op, f"takes {', '.join(ops[node.op_type])}, not {kind} "
                                                           f"(tensor {tensor!r})"))
         for rule in rules.get(node.op_type, []):
-            reason = RULES[rule](node, consts, used)
+            reason = RULES.get(rule)(node, consts, used)
             if reason:
                 report.problems.append(Problem(label, op, reason))
         for problem in report.problems[before:]:
@@ -233,131 +236,6 @@ def _used_names(graph) -> set[str]:
     return used
 
 
-def _attr(node, name: str, default=None):
-    import onnx
-
-    for a in node.attribute:
-        if a.name == name:
-            return onnx.helper.get_attribute_value(a)
-    return default
-
-
-def _text(value) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def _input_constant(index: int, what: str) -> Callable:
-    def rule(node, consts, used):
-        if len(node.input) > index and node.input[index] and node.input[index] not in consts:
-            return f"its {what} input {node.input[index]!r} must be a constant (an initializer); fold it first"
-        return None
-
-    return rule
-
-
-def _pool_2d_or_3d(node, consts, used):
-    kernel = _attr(node, "kernel_shape", [])
-    if len(kernel) not in (2, 3):
-        return f"only 2-D or 3-D pooling is supported, this one is {len(kernel)}-D"
-    return None
-
-
-def _no_dilation(node, consts, used):
-    dilations = _attr(node, "dilations", [])
-    if any(d != 1 for d in dilations):
-        return f"dilations {list(dilations)} are not supported (all ones only)"
-    return None
-
-
-def _no_second_output(node, consts, used):
-    if len(node.output) > 1 and any(o and o in used for o in node.output[1:]):
-        return "only its first output is supported, and a later one is used"
-    return None
-
-
-def _topk(node, consts, used):
-    if _attr(node, "sorted", 1) != 1:
-        return "sorted=0 is not supported"
-    k = consts.get(node.input[1]) if len(node.input) > 1 else None
-    if k is None:
-        return "its K input must be a constant"
-    if int(k.reshape(-1)[0]) >= 3840:
-        return f"K={int(k.reshape(-1)[0])} is too large (TensorRT takes K < 3840)"
-    return None
-
-
-def _no_reduction(node, consts, used):
-    reduction = _text(_attr(node, "reduction", b"none"))
-    return None if reduction == "none" else f"reduction={reduction!r} is not supported"
-
-
-def _dropout_inference(node, consts, used):
-    if len(node.input) > 2 and node.input[2]:
-        mode = consts.get(node.input[2])
-        if mode is None or bool(mode.reshape(-1)[0]):
-            return "training_mode must be a constant false (export the model in eval mode)"
-    return None
-
-
-def _dense_numeric_constant(node, consts, used):
-    bad = [a.name for a in node.attribute if a.name in ("sparse_value", "value_string", "value_strings")]
-    return f"attribute {bad[0]!r} is not supported" if bad else None
-
-
-_RESIZE = {"coordinate_transformation_mode": ({"half_pixel", "pytorch_half_pixel", "tf_half_pixel_for_nn",
-                                               "asymmetric", "align_corners"}, "half_pixel"),
-           "mode": ({"nearest", "linear"}, "nearest"),
-           "nearest_mode": ({"floor", "ceil", "round_prefer_floor", "round_prefer_ceil"}, "round_prefer_floor"),
-           "keep_aspect_ratio_policy": ({"stretch"}, "stretch")}
-
-
-def _resize_modes(node, consts, used):
-    for name, (allowed, default) in _RESIZE.items():
-        value = _text(_attr(node, name, default))
-        if value not in allowed:
-            return f"{name}={value!r} is not supported (TensorRT takes {', '.join(sorted(allowed))})"
-    if _attr(node, "antialias", 0):
-        return "antialias=1 is not supported"
-    return None
-
-
-def _lstm_layout(node, consts, used):
-    if _attr(node, "input_forget", 0) or _attr(node, "layout", 0):
-        return "input_forget and layout must be 0"
-    return None
-
-
-def _zero_point_zero(node, consts, used):
-    if len(node.input) > 2 and node.input[2]:
-        zp = consts.get(node.input[2])
-        if zp is None or zp.any():
-            return "its zero point must be a constant zero (TensorRT quantizes symmetrically)"
-    return None
-
-
-_AXES_INDEX = {"Slice": 3, "Pad": 3}  # the others (Squeeze, Unsqueeze, Reduce*) take axes as input 1
-
-
-def _axes_constant(node, consts, used):
-    return _input_constant(_AXES_INDEX.get(node.op_type, 1), "axes")(node, consts, used)
-
-
-# rule name (as the table's ``rules`` give it) -> check(node, constants, used names) -> reason or None
-RULES: dict[str, Callable] = {
-    "axes_input_constant": _axes_constant,
-    "axis_input_constant": _input_constant(1, "axis"),
-    "depth_input_constant": _input_constant(1, "depth"),
-    "pool_2d_or_3d": _pool_2d_or_3d,
-    "no_dilation": _no_dilation,
-    "no_second_output": _no_second_output,
-    "topk_sorted_small_k": _topk,
-    "no_reduction": _no_reduction,
-    "dropout_inference": _dropout_inference,
-    "dense_numeric_constant": _dense_numeric_constant,
-    "resize_modes": _resize_modes,
-    "lstm_layout": _lstm_layout,
-    "zero_point_zero": _zero_point_zero,
-}
 def first_problem_error(report: SupportReport, model_name: str):
     """The error for a graph TensorRT would refuse: the first problem by name, and how many more.
 
