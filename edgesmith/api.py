@@ -27,7 +27,8 @@ def load(model: str, *, weights: str | None = None, inputs: Iterable[str | Tenso
     """Load a MODEL reference (see ARCHITECTURE.md) into a variant.
 
     Args:
-        model: ``path.pt2``, a checkpoint directory, ``py:mod:factory``, ``path.onnx`` or ``zoo:NAME``.
+        model: ``path.pt2``, a variant folder, a checkpoint directory, ``py:mod:factory``, ``path.onnx`` or
+            ``zoo:NAME``.
         weights: Weights for a ``py:`` factory (loaded with ``weights_only=True``).
         inputs: Input specs (``"name:1x3x224x224:float32"`` or :class:`TensorSpec`).
         gguf: GGUF file inside a checkpoint directory.
@@ -35,6 +36,10 @@ def load(model: str, *, weights: str | None = None, inputs: Iterable[str | Tenso
         name: Variant name.
     """
     from edgesmith.models import load_model
+    from edgesmith.models.variant_folder import is_variant_folder
+
+    if is_variant_folder(model):
+        import edgesmith.optimize  # noqa: F401  (its passes register the module classes a variant folder names)
 
     specs = [parse_input_spec(s) if isinstance(s, str) else s for s in inputs]
     return load_model(model, weights=weights, inputs=specs or None, gguf=gguf, seq_len=seq_len, name=name)

@@ -27,7 +27,10 @@ RECORD = "dolphin.json"
 def build(decoder: str, options: DolphinOptions | None = None, encoder: str | None = None):
     """Load the decoder (and encoder) MODEL references and pair them (untrained)."""
     from edgesmith.models.loader import load_model
+    from edgesmith.models.variant_folder import is_variant_folder
 
+    if any(is_variant_folder(ref) for ref in (decoder, encoder) if ref):
+        import edgesmith.optimize  # noqa: F401  (its passes register the module classes a variant folder names)
     dec = load_model(decoder)
     enc = load_model(encoder) if encoder else None
     return Dolphin(dec, options or DolphinOptions(), enc, _tokenizer(dec), _tokenizer(enc) if enc else None)

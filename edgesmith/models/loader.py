@@ -1,25 +1,22 @@
 """Load any MODEL reference of ARCHITECTURE.md into a :class:`Variant`.
 
-=========================== ==================================================
-``path/model.pt2``          a ``torch.export`` program (edgesmith metadata kept)
-``path/dir`` + config.json  a local Hugging Face checkpoint; ``gguf=`` for GGUF
-``path/model.gguf``         a GGUF checkpoint (its directory holds the file)
-``py:pkg.mod:factory``      a factory returning an ``nn.Module`` (+ ``weights``)
-``path/model.onnx``         an ONNX model (inspect, profile, package)
-``zoo:NAME``                a built-in model
-=========================== ==================================================
+============================= ==============================================================================
+``path/model.pt2``            a ``torch.export`` program (edgesmith metadata kept)
+``path/dir`` + config.json    a local Hugging Face checkpoint; ``gguf=`` for GGUF
+``path/dir`` + edgesmith.json a variant folder: a language model ``optimize`` saved (:mod:`.variant_folder`)
+``path/model.gguf``           a GGUF checkpoint (its directory holds the file)
+``py:pkg.mod:factory``        a factory returning an ``nn.Module`` (+ ``weights``)
+``path/model.onnx``           an ONNX model (inspect, profile, package)
+``zoo:NAME``                  a built-in model
+============================= ==============================================================================
 """
 
 from __future__ import annotations
 
-import base64
 import importlib
-import io
 import json
 import sys
 from pathlib import Path
-
-import numpy as np
 
 from edgesmith.errors import BadInputError, UsageError
 from edgesmith.quiet import quiet
@@ -66,10 +63,16 @@ def load_model(
     else:
         path = Path(ref)
         if not path.exists():
-            raise BadInputError(f"model {ref} does not exist", hint="give a file, a directory, py:... or zoo:...")
+            raise BadInputError(f"model {ref} does not exist", hint=_missing_hint(path))
         if path.suffix == ".gguf":
             gguf, path = path.name, path.parent
-        if path.is_dir():
+        if path.is_dir() and not gguf and (path / PT2_META).is_file():
+            from edgesmith.models.variant_folder import load_variant_folder
+
+            variant = load_variant_folder(path)
+            if inputs:
+                variant = _override_inputs(variant, inputs)
+        elif path.is_dir():
             if not gguf and not (path / "config.json").exists():
                 raise BadInputError(f"{path} has no config.json", hint="point at a Hugging Face checkpoint directory")
             from edgesmith.models.hf import load_hf
@@ -92,6 +95,16 @@ def load_model(
         variant.name = name
     _check_accepts(variant)
     return variant
+
+
+def _missing_hint(path: Path) -> str:
+    """What to give instead of a missing ``path``: the variant folder ``optimize -o NAME.pt2`` wrote for an LM."""
+    from edgesmith.models.variant_folder import folder_for, is_variant_folder
+
+    if path.suffix == ".pt2" and is_variant_folder(folder_for(path)):
+        return (f"a language model's variant is saved as the folder {folder_for(path)} (it keeps the module "
+                "structure later passes need): give that")
+    return "give a file, a directory, py:... or zoo:..."
 
 
 def _check_accepts(variant) -> None:
@@ -232,10 +245,9 @@ def _load_pt2(path: Path, inputs):
         ) from None
     meta = json.loads(extra[PT2_META]) if extra.get(PT2_META) else {}
     if meta:
-        specs = [TensorSpec.from_dict(s) for s in meta["inputs"]]
-        outputs = [TensorSpec.from_dict(s) for s in meta["outputs"]]
-        with np.load(io.BytesIO(base64.b64decode(meta["example"]))) as z:
-            example = {k: z[k] for k in z.files}
+        from edgesmith.models.variant_folder import meta_signature
+
+        specs, outputs, example = meta_signature(meta)
     else:
         specs = _program_input_specs(program)
         outputs = []
@@ -316,17 +328,12 @@ def save_pt2(variant, path: str | Path, force: bool = False) -> Path:
 
     from edgesmith.bundle import check_writable
     from edgesmith.models.program import export_program
+    from edgesmith.models.variant_folder import variant_meta
 
     path = check_pt2_path(path)
     check_writable(path, force)
     program = export_program(variant)
-    buf = io.BytesIO()
-    np.savez(buf, **variant.example)
-    meta = {
-        "name": variant.name, "task": variant.task, "source": variant.source, "passes": variant.passes,
-        "inputs": [s.to_dict() for s in variant.inputs], "outputs": [s.to_dict() for s in variant.outputs],
-        "example": base64.b64encode(buf.getvalue()).decode(),
-    }
+    meta = variant_meta(variant)
     path.parent.mkdir(parents=True, exist_ok=True)
     # torch.export.save warns about names not ending in .pt2; mkstemp makes the file private
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial.pt2", dir=path.parent)

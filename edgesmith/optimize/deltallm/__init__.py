@@ -46,6 +46,7 @@ from typing import Any
 import numpy as np
 
 from edgesmith.errors import UsageError
+from edgesmith.models.modules import MODULE_KINDS, ModuleKind
 from edgesmith.optimize.base import PASSES, Pass
 from edgesmith.options import option
 
@@ -276,3 +277,11 @@ def decode_logits(module, ids, prefix: int, count: bool = False):
             logits.append(out.logits)
             cache = out.past_key_values
     return torch.cat(logits, dim=1), counted_sparsity(module) if count else None
+
+
+@MODULE_KINDS.register("deltallm.State")
+def _saved_state() -> ModuleKind:
+    """DeltaLLM's per-attention state as a variant folder names it (:mod:`edgesmith.models.modules`)."""
+    from edgesmith.optimize.deltallm.attention import DeltaState
+
+    return ModuleKind(DeltaState, DeltaState.arguments, DeltaState.from_arguments)

@@ -64,6 +64,23 @@ class DeltaState(nn.Module):
         self.collecting = False
         self.key_moments: list = [None, 0]  # sum of k^2 over keys (H, D), keys seen
 
+    def arguments(self) -> dict:
+        """What :meth:`from_arguments` rebuilds these settings from (a variant folder records it; no decode state)."""
+        return {"name": self.name, "theta": self.theta, "window": self.window, "sinks": self.sinks,
+                "scale": None if self.scale is None else list(self.scale.shape)}
+
+    @classmethod
+    def from_arguments(cls, args: dict) -> "DeltaState":
+        """The state :meth:`arguments` describes, its ``scale`` not yet set (a variant folder loads it).
+
+        Registers delta attention with transformers, which the rebuilt model's config then names.
+        """
+        install()
+        state = cls(str(args["name"]), float(args["theta"]), int(args["window"]), int(args["sinks"]))
+        if args.get("scale") is not None:
+            state.scale = torch.zeros([int(n) for n in args["scale"]])
+        return state
+
     def collect(self, k: torch.Tensor) -> None:
         """Add the keys ``(B, H, L, D)`` of a call to the second moment the ``key`` criterion is scaled by."""
         sums = k.detach().double().pow(2).sum(dim=(0, 2))

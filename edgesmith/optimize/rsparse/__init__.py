@@ -25,6 +25,7 @@ import math
 from typing import Any
 
 from edgesmith.errors import UsageError
+from edgesmith.models.modules import MODULE_KINDS, ModuleKind
 from edgesmith.optimize.base import PASSES, Pass
 from edgesmith.options import option
 
@@ -300,3 +301,11 @@ def measure_sparsity(module, variant, windows) -> float:
             m.counting = False
     used, dense = sum(m.macs[0] for m in layers), sum(m.macs[1] for m in layers)
     return 1.0 - used / max(dense, 1)
+
+
+@MODULE_KINDS.register("rsparse.Linear")
+def _saved_layer() -> ModuleKind:
+    """R-Sparse's layer as a variant folder names it (:mod:`edgesmith.models.modules`)."""
+    from edgesmith.optimize.rsparse.layers import RSparseLinear
+
+    return ModuleKind(RSparseLinear, RSparseLinear.arguments, RSparseLinear.from_arguments)

@@ -93,6 +93,22 @@ class RSparseLinear(nn.Module):
         """Drop the SVD (the model keeps only the factors in use)."""
         self._svd = None
 
+    def arguments(self) -> dict:
+        """What :meth:`from_arguments` rebuilds this layer's shape from (a variant folder records it)."""
+        return {"in_features": self.in_features, "out_features": self.out_features, "bias": self.bias is not None,
+                "rank": self.rank}
+
+    @classmethod
+    def from_arguments(cls, args: dict) -> "RSparseLinear":
+        """A frozen layer of the shape :meth:`arguments` gave, its tensors not yet set (a variant folder loads them).
+
+        Built on the meta device, so the SVD costs nothing; the weight keeps its input-channel-major layout.
+        """
+        dense = nn.Linear(int(args["in_features"]), int(args["out_features"]), bias=bool(args["bias"]), device="meta")
+        layer = cls(dense, 0.0, int(args["rank"]))
+        layer.freeze()
+        return layer.to_empty(device="cpu")
+
     def _decode(self, x):
         """One token through the compiled kernel, or None where it does not apply."""
         if (not self.kernel or x.numel() != self.in_features or x.dtype != torch.float32 or x.requires_grad
