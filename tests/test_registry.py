@@ -132,3 +132,30 @@ def test_registries_are_not_empty_and_plugins_are_not_broken():
     assert {"onnxruntime", "torch"} <= set(RUNTIMES.names())
     assert "reparam" in PASSES.names()
     assert "digits-cnn" in ZOO.names()
+
+
+def test_op_table_registers_by_decorator_and_refuses_duplicates():
+    from edgesmith.registry import OpTable
+
+    table: OpTable = OpTable("Widget", "translation")
+
+    @table.op("aten.add.Tensor", "aten.add.Scalar", sizes=True)
+    def add(a, b):
+        return a + b
+
+    assert table.get("aten.add.Scalar") is add and table.info("aten.add.Tensor") == {"sizes": True}
+    assert list(table) == ["aten.add.Tensor", "aten.add.Scalar"] and len(table) == 2
+    assert "aten.add.Tensor" in table and "aten.mul.Tensor" not in table
+    with pytest.raises(ValueError, match="'aten.add.Tensor'"):
+        table.op("aten.add.Tensor")(add)
+
+
+def test_op_table_lookup_names_the_op_and_the_target():
+    from edgesmith.errors import BadInputError, exit_code_for
+    from edgesmith.registry import OpTable
+
+    table: OpTable = OpTable("Widget", "translation", hint="add one")
+    with pytest.raises(BadInputError) as info:
+        table.get("aten.det.default")
+    assert str(info.value).startswith("Widget has no translation for op 'aten.det.default'")
+    assert info.value.hint == "add one" and exit_code_for(info.value) == 3

@@ -9,8 +9,9 @@ converter from PyTorch, so this target translates the graph itself:
 2. ``run_decompositions`` lowers it to core ATen, keeping whole every op that has
    a translation (``linear``, ``conv2d``, ``layer_norm``,
    ``scaled_dot_product_attention``...; see :mod:`edgesmith.export.mlx.graph`).
-3. Each node is replaced by MLX operations from the table in
-   :mod:`edgesmith.export.mlx.ops`; an op without a translation is refused
+3. Each node is replaced by MLX operations from the op table
+   (:mod:`edgesmith.export.mlx.context`; the translations are in ``ops``,
+   ``shapes`` and ``layers``); an op without a translation is refused
    before anything is written, naming the op, the node and its module.
 4. ``mx.export_function`` records the function into ``model.mlxfn``, with the
    weights embedded as constants (one self-contained file, fp32).
