@@ -5,7 +5,8 @@ types), timed from start to exit; the median of the runs is reported. With ``--r
 code at that git ref is checked out into a temporary ``git worktree`` and timed the same
 way, with the same virtual environment (``PYTHONPATH`` puts the worktree's ``edgesmith``
 first), in interleaved rounds (here, ref, here, ...) so that load from other processes
-hits both alike. One untimed run of each first writes the bytecode caches.
+hits both alike. One untimed run of each first writes the bytecode caches, and one more
+says which heavy libraries (torch, numpy, ...) printing the help imported.
 
 Usage (from the repo root, after `make install`):
     .venv/bin/python benchmarks/cli_startup.py [--ref GIT_REF] [--runs 5]
@@ -58,6 +59,21 @@ def _check_source(tree: Path) -> None:
         raise RuntimeError(f"edgesmith imports from {r.stdout.strip()}, not from {tree}")
 
 
+HEAVY = ("torch", "transformers", "coremltools", "mlx", "hls4ml", "onnx", "onnxscript", "onnxruntime", "numpy")
+
+
+def heavy_imports(tree: Path) -> list[str]:
+    """The heavy libraries a process printing ``edgesmith --help`` with ``tree``'s edgesmith has imported."""
+    code = ("import contextlib, io, sys\n"
+            "with contextlib.redirect_stdout(io.StringIO()):\n"
+            "    from edgesmith.cli import main\n"
+            "    main(['--help'])\n"
+            f"print(','.join(m for m in {HEAVY!r} if m in sys.modules))\n")
+    env = {**os.environ, "PYTHONPATH": str(tree), "HF_HUB_OFFLINE": "1"}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tree, check=True)
+    return [m for m in r.stdout.strip().splitlines()[-1].split(",") if m] if r.stdout.strip() else []
+
+
 def _machine() -> str:
     import platform
 
@@ -90,6 +106,7 @@ def main() -> None:
         for tree in trees.values():
             _check_source(tree)
             time_help(tree)  # untimed: writes the bytecode caches
+        heavy = {label: heavy_imports(tree) for label, tree in trees.items()}
         runs: dict[str, list[float]] = {label: [] for label in trees}
         for _ in range(args.runs):
             for label, tree in trees.items():
@@ -101,10 +118,12 @@ def main() -> None:
             shutil.rmtree(scratch, ignore_errors=True)
 
     print(f"machine: {_machine()}")
-    print(f"edgesmith --help, {args.runs} fresh processes per tree (interleaved), wall time from start to exit")
+    print(f"edgesmith --help, {args.runs} fresh processes per tree (interleaved), wall time from start to exit; "
+          f"heavy imports: which of {', '.join(HEAVY)} the process loaded")
     width = max(len(label) for label in runs)
     for label, seconds in runs.items():
-        print(f"  {label:<{width}}  median {statistics.median(seconds) * 1e3:6.0f} ms  (runs, ms: {_ms(seconds)})")
+        print(f"  {label:<{width}}  median {statistics.median(seconds) * 1e3:6.0f} ms  (runs, ms: {_ms(seconds)}); "
+              f"heavy imports: {', '.join(heavy[label]) or 'none'}")
     if args.ref:
         here, there = (statistics.median(runs[k]) for k in ("working tree", args.ref))
         print(f"ratio {args.ref} / working tree: {there / here:.2f}x")
