@@ -67,6 +67,34 @@ def test_export_writes_both_bundles(exported):
     assert sorted(p.name for p in exported["out"].iterdir()) == ["digits-cnn.onnx", "digits-cnn.torch"]
 
 
+@pytest.mark.parametrize("engine", [None, {"tensorrt": "10.1", "gpu": "NVIDIA H100", "precision": "fp16",
+                                           "build_s": 12.34}], ids=["structural", "engine built"])
+def test_export_prints_what_the_exporter_describes(capsys, engine):
+    """An exporter's describe() blocks (lines, markup, tables) are what export prints above the parity table."""
+    from types import SimpleNamespace
+
+    from edgesmith.cli.common import Column, DataTable
+    from edgesmith.cli.export import _print_blocks
+    from edgesmith.export import EXPORTERS
+
+    info = {"support": {"tensorrt": "10.1", "nodes": 3, "op_counts": {"Relu": 1, "Conv": 2}},
+            "trtexec": "trtexec --onnx=model.onnx", "engine": engine}
+    bundle = SimpleNamespace(path=Path("out") / "m.tensorrt", manifest=SimpleNamespace(details={"tensorrt": info}))
+    _print_blocks(EXPORTERS.get("tensorrt").describe(bundle, SimpleNamespace(checks=["3 nodes", "static shapes"])))
+    first = "TensorRT 10.1 support check: 3 nodes, all supported (Conv 2, Relu 1)\n"
+    if engine:
+        assert capsys.readouterr().out == first + "engine built: TensorRT 10.1 on NVIDIA H100, fp16, 12.3 s\n"
+    else:
+        assert capsys.readouterr().out == (
+            first + "structural: 3 nodes; static shapes. To finish on the target machine:\n"
+            f"  edgesmith build-engine {Path('out') / 'm.tensorrt'}\n  (or, with TensorRT alone: trtexec --onnx=model.onnx)\n")
+    assert EXPORTERS.get("onnx").describe(bundle, None) == []  # a target with nothing to add prints nothing
+    _print_blocks([{"title": "t", "columns": [{"name": "layer", "key": True}, "kind"], "rows": [["a", "b"]]}])
+    table = DataTable(Column("layer", key=True), "kind", title="t")
+    table.add_row("a", "b")
+    assert capsys.readouterr().out == table.render("table", 80)
+
+
 def test_verify_both_bundles(capsys, exported):
     code, out, err = cli(capsys, "verify", exported["onnx"], exported["torch"])
     assert code == 0, err
