@@ -263,13 +263,14 @@ def _place(lm, record: dict[str, Any], folder: Path) -> None:
     """Put the module ``record`` describes at its path in ``lm`` (replacing what is there, or adding it)."""
     from edgesmith.models.modules import build_module
 
-    target = str(record.get("path", ""))
+    target = str(record.get("path", "")) if isinstance(record, dict) else ""
     parent_path, _, leaf = target.rpartition(".")
     try:
         parent = lm.get_submodule(parent_path)
     except AttributeError:
         parent = None
-    if not leaf or parent is None:
+    # a module's place only: a child there, or a new name (never another attribute of the model)
+    if not leaf or parent is None or (hasattr(parent, leaf) and leaf not in parent._modules):
         raise BadInputError(f"variant folder {folder} puts a module at {target!r}, which its model does not have",
                             hint="the folder's edgesmith.json was edited or damaged; save the variant again")
     setattr(parent, leaf, build_module(record, f"variant folder {folder}, module {target}"))
