@@ -134,3 +134,12 @@ def test_smollm2_sliced_then_sparse_delta_and_dolphin_from_the_saved_variant(tmp
     for name, last in (("sparse", "rsparse"), ("delta", "deltallm")):
         assert [p["name"] for p in es.load(str(tmp_path / name)).passes] == ["matformer", last]
     assert (tmp_path / "dolphin" / "dolphin.pt").is_file()
+
+
+@pytest.mark.slow
+def test_smollm2_sliced_reads_back_exactly_with_its_tokenizer(tmp_path):
+    sliced = es.optimize(es.load("zoo:smollm2-135m"), ["matformer:ratio=0.75"])
+    folder, record, back = saved(tmp_path, sliced, "a")
+    assert record["tied"] == {"lm_head.weight": "model.embed_tokens.weight"}  # stored once
+    assert (folder / "tokenizer.json").is_file() and back.source["tokenizer"]["path"] == str(folder)
+    assert torch.equal(logits(back), logits(sliced))
