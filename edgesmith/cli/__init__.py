@@ -48,7 +48,8 @@ def cli():
       edgesmith examples copy examples    (the example recipes and data, here)
       edgesmith run examples/demo.yaml    (the whole pipeline from one file)
 
-    MODEL is path/model.pt2, a Hugging Face checkpoint directory, path/model.onnx,
+    MODEL is path/model.pt2, a variant folder (a language model saved by optimize),
+    a Hugging Face checkpoint directory, path/model.onnx,
     py:package.module:factory (with --weights) or zoo:NAME.
     """
 
