@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import re
 from pathlib import Path
 
 import click
@@ -11,20 +10,12 @@ import click
 from edgesmith.cli.common import console, emit_json
 from edgesmith.cli.progressbar import progress
 from edgesmith.dolphin.options import DolphinOptions  # plain data, no torch: the train flags derive from it
-
-
-def _option_help() -> dict[str, str]:
-    """Each option's line of the ``Attributes`` section of :class:`DolphinOptions` (one source for --help)."""
-    doc = DolphinOptions.__doc__.split("Attributes:")[1]
-    found = {}
-    for match in re.finditer(r"^\s{8}(\w+): (.+?)(?=^\s{8}\w+: |\Z)", doc, re.MULTILINE | re.DOTALL):
-        found[match.group(1)] = " ".join(match.group(2).replace("``", "").split())
-    return found
+from edgesmith.options import option_help
 
 
 def _training_options(f):
     """One ``--name`` per :class:`DolphinOptions` field, typed and defaulted from it."""
-    helps = _option_help()
+    helps = option_help(DolphinOptions)
     for field in reversed(dataclasses.fields(DolphinOptions)):
         flag = "--" + field.name.replace("_", "-")
         f = click.option(flag, field.name, type=type(field.default), default=field.default, show_default=True,

@@ -10,6 +10,7 @@ import dataclasses
 from typing import Any
 
 from edgesmith.errors import UsageError
+from edgesmith.options import option
 
 _PROJECTORS = ("linear", "mlp")
 _READOUTS = ("memory", "tail")
@@ -17,49 +18,46 @@ _READOUTS = ("memory", "tail")
 
 @dataclasses.dataclass
 class DolphinOptions:
-    """How a Dolphin pair is built and trained.
+    """How a Dolphin pair is built and trained (each field's help is its ``--help`` line)."""
 
-    Attributes:
-        memory: K, the memory tokens (and decoder positions) a context is compressed into (at least 1).
-        encoder_layers: With no separate encoder, the encoder is the decoder's first this many blocks
-            (a truncated copy sharing the token embeddings); with one, its first this many (0: all).
-        projector: ``linear`` (one Linear, the paper's) or ``mlp`` (that Linear plus a GELU MLP beside it,
-            starting at zero). Before training, the Linear is fitted by least squares to map the encoder's
-            hidden state at a context position to the decoder's embedding of that token (a "lens"), so
-            the decoder reads token-like vectors from the first step.
-        readout: What each of the K slots reads from the encoder: ``memory`` (the last hidden state at its memory
-            token, the paper's) or ``tail`` (that state beside the hidden state of the i-th of the context's
-            last K positions; the projector reads both). With frozen LMs and minutes of training the memory
-            tokens' states barely depend on the context (they attend mostly to the first token), so
-            ``tail`` gives each slot the encoder's view of a recent token from the start.
-        lora: Rank of LoRA adapters on the encoder's projections (0: the encoder stays frozen).
-        context: Context tokens of a training window (decoder tokens).
-        continuation: Tokens the decoder continues from the context's memory in the second stage.
-        reconstruct: Context tokens the decoder restores from their memory in the first stage.
-        reconstruct_steps: Steps of the first stage (restore the context from its memory).
-        steps: Steps of the second stage (continue a document from the memory of its prefix).
-        batch: Windows per step.
-        lr: Peak AdamW learning rate (warm-up over a tenth of all steps, cosine down to a tenth).
-        seed: Seeds the initialisation and the batches.
-        save_every: Steps between checkpoints.
-        text: Training text: ``devils-dictionary`` (the evaluation text's train split) or a UTF-8 file.
-    """
-
-    memory: int = 32
-    encoder_layers: int = 4
-    projector: str = "mlp"
-    readout: str = "tail"
-    lora: int = 0
-    context: int = 256
-    continuation: int = 64
-    reconstruct: int = 128
-    reconstruct_steps: int = 40
-    steps: int = 160
-    batch: int = 4
-    lr: float = 2e-3
-    seed: int = 0
-    save_every: int = 20
-    text: str = "devils-dictionary"
+    memory: int = option(
+        32,
+        "K, the memory tokens (and decoder positions) a context is compressed into (at least 1).",
+    )
+    encoder_layers: int = option(
+        4,
+        "With no separate encoder, the encoder is the decoder's first this many blocks (a truncated copy "
+        "sharing the token embeddings); with one, its first this many (0: all).",
+    )
+    projector: str = option(
+        "mlp",
+        "linear (one Linear, the paper's) or mlp (that Linear plus a GELU MLP beside it, starting at "
+        "zero). Before training, the Linear is fitted by least squares to map the encoder's hidden state "
+        "at a context position to the decoder's embedding of that token (a \"lens\"), so the decoder "
+        "reads token-like vectors from the first step.",
+    )
+    readout: str = option(
+        "tail",
+        "What each of the K slots reads from the encoder: memory (the last hidden state at its memory "
+        "token, the paper's) or tail (that state beside the hidden state of the i-th of the context's "
+        "last K positions; the projector reads both). With frozen LMs and minutes of training the memory "
+        "tokens' states barely depend on the context (they attend mostly to the first token), so tail "
+        "gives each slot the encoder's view of a recent token from the start.",
+    )
+    lora: int = option(0, "Rank of LoRA adapters on the encoder's projections (0: the encoder stays frozen).")
+    context: int = option(256, "Context tokens of a training window (decoder tokens).")
+    continuation: int = option(64, "Tokens the decoder continues from the context's memory in the second stage.")
+    reconstruct: int = option(128, "Context tokens the decoder restores from their memory in the first stage.")
+    reconstruct_steps: int = option(40, "Steps of the first stage (restore the context from its memory).")
+    steps: int = option(160, "Steps of the second stage (continue a document from the memory of its prefix).")
+    batch: int = option(4, "Windows per step.")
+    lr: float = option(2e-3, "Peak AdamW learning rate (warm-up over a tenth of all steps, cosine down to a tenth).")
+    seed: int = option(0, "Seeds the initialisation and the batches.")
+    save_every: int = option(20, "Steps between checkpoints.")
+    text: str = option(
+        "devils-dictionary",
+        "Training text: devils-dictionary (the evaluation text's train split) or a UTF-8 file.",
+    )
 
     @classmethod
     def from_fields(cls, fields: dict[str, Any]) -> DolphinOptions:
