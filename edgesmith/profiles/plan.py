@@ -37,15 +37,8 @@ def profile_bundles(bundles: Iterable[str | Path], *, device: str | Sequence[str
 
     Args:
         bundles: Bundle directories, or plain ``.onnx`` files (packaged by ``package`` first).
-        device: One device name or several.
-        warmup: Untimed runs.
-        runs: Timed runs.
-        threads: Runtime threads (0 = default).
-        layers: Collect per-layer times.
-        progress: Called as ``progress(bundle, runs_done)``.
-        device_files: The user's own device files.
-        recalibrate: Measure the host's calibration again instead of reading the cache.
-        compiled: Measure torch bundles under ``torch.compile``.
+        device, warmup, runs, threads, layers, progress, device_files, recalibrate, compiled: As in
+            :func:`edgesmith.api.profile`, which calls this.
         package: ``package(onnx_file, folder)`` exports a plain ``.onnx`` file to a bundle in
             ``folder`` and returns the bundle's path.
         target_names: The export targets a device file may list (the exporter registry's names).
