@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import click
 
-from edgesmith.cli.common import console, emit_json, format_option, parity_row, parity_table
-from edgesmith.cli.profile import profile_table, warn_not_predicted
+from edgesmith.cli.common import console, emit_json, format_option
 from edgesmith.cli.progressbar import progress
+from edgesmith.cli.run import show_pipeline_results
 
 
 @click.command()
@@ -35,10 +35,5 @@ def demo(out, runs, as_json):
         emit_json({"bundles": result["bundles"], "report": result["report"], "profile": result["profile"],
                    "parity": {k: v.to_dict() for k, v in result["parity"].items()}})
         return
-    table = parity_table()
-    for name, res in result["parity"].items():
-        parity_row(table, name, res)
-    table.show()
-    profile_table(result["doc"]).show()
-    warn_not_predicted(result["doc"])
+    show_pipeline_results(result["parity"], result["doc"])
     messages.print(f"[bold]report:[/] {result['report'][0]}")

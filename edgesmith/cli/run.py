@@ -98,13 +98,18 @@ def run_recipe_file(path, out, force, check, as_json):
         return emit_json({"out": str(results["out"]), "bundles": [str(b) for b in results["bundles"]],
                            "parity": {k: v.to_dict() for k, v in results["parity"].items()},
                            "profile": str(results["profile"]), "report": [str(p) for p in results["report"]]})
-    table = parity_table()
-    for name, result in results["parity"].items():
-        parity_row(table, name, result)
-    table.show()
-    profile_table(results["doc"]).show()
-    print_fpga_resources(results["doc"])
-    warn_not_predicted(results["doc"])
+    show_pipeline_results(results["parity"], results["doc"])
     for p in [results["profile"], *results["report"]]:
         say(f"wrote {p}")
     return None
+
+
+def show_pipeline_results(parity: dict, doc: dict) -> None:
+    """What a pipeline (a recipe, the demo) printed: the parity of each bundle, then the profile."""
+    table = parity_table()
+    for name, result in parity.items():
+        parity_row(table, name, result)
+    table.show()
+    profile_table(doc).show()
+    print_fpga_resources(doc)
+    warn_not_predicted(doc)
