@@ -178,6 +178,44 @@ def run(bundle: str | Path, inputs: dict[str, np.ndarray], threads: int = 0) -> 
     return open_runtime(bundle, threads=threads).run(inputs)
 
 
+def generate(bundle: str | Path, prompt: str | None = None, *, ids: Sequence[int] | None = None, chat: bool = False,
+             chat_template: str | None = None, system: str | None = None, max_new_tokens: int | None = None,
+             temperature: float | None = None, top_k: int | None = None, top_p: float | None = None,
+             seed: int | None = None, stop: Sequence[str] = (), ignore_eos: bool = False, threads: int = 0,
+             binding: bool = True, on_text: Callable[[str], None] | None = None):
+    """Generate text with a generation bundle (a decoder LM exported to onnx or mlx), without torch.
+
+    Args:
+        bundle: The bundle.
+        prompt: The prompt text (or ``ids``: token ids, for a bundle without a tokenizer).
+        chat: Wrap the prompt in the bundle's chat template (as the user's turn).
+        chat_template: A Jinja chat template to use instead of the bundle's.
+        system: A system message for the chat template.
+        max_new_tokens, temperature, top_k, top_p, seed, stop, ignore_eos: See :class:`~edgesmith.runtimes.
+            generate.Sampling`; None takes the bundle's defaults. threads: Runtime threads (0: its default).
+        binding: Keep the KV cache in the runtime's buffers between steps (ONNX Runtime).
+        on_text: Called with each new piece of text as it is generated.
+
+    Returns:
+        The :class:`~edgesmith.runtimes.generate.Generation` (text, tokens, TTFT, ms/token).
+
+    Raises:
+        BadInputError: Not a generation bundle; no tokenizer or chat template; a prompt too long.
+        UsageError: A sampling value out of range, or both or neither of ``prompt`` and ``ids``.
+    """
+    from edgesmith.errors import UsageError
+    from edgesmith.runtimes.generate import Generator, Sampling
+
+    if (prompt is None) == (ids is None):
+        raise UsageError("give a prompt or token ids (one of them)", hint="--prompt TEXT or --ids 1,2,3")
+    generator = Generator(bundle, threads=threads, binding=binding)
+    sampling = Sampling.resolve(generator.record.get("defaults", {}), max_new_tokens=max_new_tokens,
+                                temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, stop=tuple(stop),
+                                ignore_eos=ignore_eos or None)
+    prompt_ids = list(ids) if ids is not None else generator.encode(prompt, chat, chat_template, system)
+    return generator.generate(prompt_ids, sampling, on_text)
+
+
 def profile(bundles: Iterable[str | Path], *, device: str | Sequence[str] = "host", warmup: int = 10,
             runs: int = 100, threads: int = 0, layers: bool = True,
             progress: Callable[[str, int], None] | None = None, device_files: Sequence[str | Path] = (),

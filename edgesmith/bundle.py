@@ -105,6 +105,8 @@ class Manifest:
         parity: Parity record (:meth:`ParityResult.to_dict`), or None before it is checked.
         details: Target-specific records (``hls``: the chosen precisions, resource estimates,
             the C simulation library).
+        generation: For a generation bundle (a decoder LM with its KV cache): the cache layout,
+            tokenizer file, chat template, end-of-sequence ids and generation defaults; else None.
         files: Relative path -> ``{"sha256": ..., "size": ...}``, filled on write.
         created_at: ISO time of writing.
         schema_version: Manifest schema version.
@@ -124,6 +126,7 @@ class Manifest:
     versions: dict[str, str] = field(default_factory=dict)
     parity: dict[str, Any] | None = None
     details: dict[str, Any] = field(default_factory=dict)
+    generation: dict[str, Any] | None = None
     files: dict[str, dict[str, Any]] = field(default_factory=dict)
     created_at: str = ""
     schema_version: int = SCHEMA_VERSION
@@ -158,7 +161,7 @@ def _check_manifest(data: Any) -> None:
     """
     if not isinstance(data, dict):
         raise ValueError(f"expected a JSON object, got {type(data).__name__}")
-    known = set(_STRINGS) | set(_OPTIONAL) | {"inputs", "outputs", "parity"}
+    known = set(_STRINGS) | set(_OPTIONAL) | {"inputs", "outputs", "parity", "generation"}
     unknown = sorted(str(k) for k in data if k not in known)
     if unknown:
         raise ValueError(f"unknown key {unknown[0]!r}")
@@ -168,8 +171,9 @@ def _check_manifest(data: Any) -> None:
     for key, kind in _OPTIONAL.items():
         if key in data and (not isinstance(data[key], kind) or isinstance(data[key], bool)):
             raise ValueError(f"{key} must be a {kind.__name__}, got {data[key]!r}")
-    if data.get("parity") is not None and not isinstance(data["parity"], dict):
-        raise ValueError(f"parity must be an object or null, got {data['parity']!r}")
+    for key in ("parity", "generation"):
+        if data.get(key) is not None and not isinstance(data[key], dict):
+            raise ValueError(f"{key} must be an object or null, got {data[key]!r}")
     for rel, info in data.get("files", {}).items():
         if not isinstance(info, dict) or not isinstance(info.get("sha256"), str):
             raise ValueError(f"files[{rel!r}] must be {{'sha256': ..., 'size': ...}}, got {info!r}")

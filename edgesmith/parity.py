@@ -49,6 +49,8 @@ class ParityResult:
         failures: Human-readable reasons for each failing output.
         checks: For a ``structural`` result (the artifact did not run), what was checked on the graph
             instead; where the graph itself ran (tensorrt's ONNX on ONNX Runtime), ``outputs`` hold its metrics.
+        generation: For a generation bundle, the greedy generation through the bundle's loop against
+            the source model's (``prompt_tokens``, ``tokens``, ``matched``, ``passed``, ...); else None.
     """
 
     tier: str
@@ -58,6 +60,7 @@ class ParityResult:
     tolerance: dict[str, float] = field(default_factory=dict)
     failures: list[str] = field(default_factory=list)
     checks: list[str] = field(default_factory=list)
+    generation: dict[str, Any] | None = None
 
     @property
     def worst(self) -> OutputMetrics | None:
@@ -84,7 +87,10 @@ class ParityResult:
             checked = f": {'; '.join(self.checks)}" if self.checks else ""
             return f"{status} [{self.tier}] no outputs compared{checked}"
         top1 = "" if w.top1_agreement is None else f", top-1 {w.top1_agreement:.1%}"
-        return f"{status} [{self.tier}, {self.precision}] max_abs {w.max_abs:.3g}, SNR {format_snr(w.snr_db)}{top1}"
+        greedy = "" if not self.generation else \
+            f", greedy {self.generation['matched']}/{self.generation['tokens']} tokens"
+        return (f"{status} [{self.tier}, {self.precision}] max_abs {w.max_abs:.3g}, SNR {format_snr(w.snr_db)}"
+                f"{top1}{greedy}")
 
 
 def _finite(obj):

@@ -21,6 +21,7 @@ from edgesmith.cli import devices as devices_cmd
 from edgesmith.cli import dolphin as dolphin_cmd
 from edgesmith.cli import examples as examples_cmd
 from edgesmith.cli import export as export_cmd
+from edgesmith.cli import generate as generate_cmd
 from edgesmith.cli import inspect as inspect_cmd
 from edgesmith.cli import lists as lists_cmd
 from edgesmith.cli import optimize as optimize_cmd
@@ -43,6 +44,7 @@ def cli():
       edgesmith demo
       edgesmith export zoo:digits-cnn -p reparam --target onnx -o out
       edgesmith verify out/digits-cnn.onnx
+      edgesmith generate out/smollm2-135m.onnx --prompt "Hello"   (a language model's bundle)
       edgesmith profile out/digits-cnn.onnx -d host -d jetson-orin-nano -o profile.json
       edgesmith report profile.json -o report.html
       edgesmith examples copy examples    (the example recipes and data, here)
@@ -56,7 +58,7 @@ def cli():
 
 for _command in (
     build_engine_cmd.build_engine, demo_cmd.demo, devices_cmd.devices, dolphin_cmd.dolphin, examples_cmd.examples,
-    export_cmd.export, inspect_cmd.inspect, lists_cmd.models, lists_cmd.passes, lists_cmd.targets,
+    export_cmd.export, generate_cmd.generate, inspect_cmd.inspect, lists_cmd.models, lists_cmd.passes, lists_cmd.targets,
     optimize_cmd.optimize, profile_cmd.profile, report_cmd.report, run_cmd.run, sweep_cmd.sweep, verify_cmd.verify,
     view_cmd.view,
 ):

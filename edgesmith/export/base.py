@@ -21,6 +21,7 @@ from edgesmith.bundle import (
     staged_bundle, write_manifest,
 )
 from edgesmith.errors import ParityError
+from edgesmith.export.generation import check_greedy, extra_feeds, generation_step, is_step, write_record
 from edgesmith.registry import Registry
 
 # "target" in messages: the CLI calls them targets (--target, targets list)
@@ -59,6 +60,7 @@ class Exporter:
     runtime: ClassVar[str] = ""
     model_file: ClassVar[str] = ""
     Options: ClassVar[type] = ExportOptions
+    generates: ClassVar[bool] = False  # exports a decoder LM as a generation bundle (export/generation.py)
 
     def __init__(self, options: Any | None = None):
         self.options = options if options is not None else self.Options()
@@ -117,8 +119,11 @@ class Exporter:
         dest = bundle_dir(out, name or variant.name, self.name)
         check_writable(dest, force)
         self.written_options = {}
+        source, step = variant, generation_step(self, variant)
+        variant = step or variant
         with staged_bundle(dest, force) as stage:
             self._export_impl(variant, stage)
+            generation = write_record(source, stage) if step else None
             reference = variant.run()
             save_golden(stage / GOLDEN, variant.example, reference)
             manifest = Manifest(
@@ -127,10 +132,18 @@ class Exporter:
                 inputs=variant.inputs, outputs=variant.outputs, task=variant.task,
                 source=variant.source, passes=variant.passes,
                 options={**dataclasses.asdict(self.options), **self.written_options, "notes": variant.notes},
-                versions=library_versions(), details=self.details,
+                versions=library_versions(), details=self.details, generation=generation,
             )
             bundle = finalize_manifest(stage, manifest)
             parity = self._parity(bundle, variant)
+            if step and parity.passed:
+                greedy = check_greedy(bundle, source)
+                parity.generation = greedy
+                if not greedy["passed"]:
+                    parity.failures.append(f"greedy generation: {greedy['matched']} of {greedy['tokens']} tokens "
+                                           f"match the source model's (expected {greedy['expected']}, "
+                                           f"got {greedy['got']})")
+                    parity.passed = False
             manifest.parity = parity.to_dict()
             write_manifest(stage, manifest)
             if not parity.passed and not keep_failed:
@@ -150,12 +163,14 @@ class Exporter:
 
         return check_bundle(bundle, extra=self._extra_feeds(variant))
 
-    def _extra_feeds(self, variant) -> list[tuple[dict, dict]]:
-        """A second batch size, for models exported with a dynamic batch axis."""
+    def _extra_feeds(self, variant) -> list[tuple]:
+        """A second batch size, for models exported with a dynamic batch axis; for a generation
+        step, its prefill and a decode step too."""
+        more = extra_feeds(variant) if is_step(variant) else []
         if not variant.inputs or not all(0 in s.dynamic for s in variant.inputs):
-            return []
+            return more
         feeds = {k: np.concatenate([v, v[:1]], axis=0) for k, v in variant.example.items()}
-        return [(feeds, variant.run(feeds))]
+        return [(feeds, variant.run(feeds)), *more]
 
     def _export_impl(self, variant, stage: Path) -> None:
         """Write the model files (``model_file`` at least) into ``stage``."""

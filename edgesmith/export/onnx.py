@@ -28,12 +28,15 @@ class OnnxOptions:
         dynamic: Keep the model's dynamic axes (batch, sequence); false exports fixed shapes.
         optimize: Run the ONNX graph optimizer after translation (constant folding, fusions).
         external_data: Store weights in ``model.onnx.data``; None decides by size (over 2 GB).
+        generation: Export a decoder LM as a generation bundle (one graph with its KV cache,
+            the tokenizer, the chat template); false keeps the prefill-only graph.
     """
 
     opset: int = 20
     dynamic: bool = True
     optimize: bool = True
     external_data: bool | None = None
+    generation: bool = True
 
 
 @EXPORTERS.register
@@ -44,6 +47,7 @@ class OnnxExporter(Exporter):
     runtime = "onnxruntime"
     model_file = "model.onnx"
     Options = OnnxOptions
+    generates = True
 
     def _export_impl(self, variant, stage: Path) -> None:
         import onnx

@@ -49,7 +49,8 @@ def check_bundle(bundle: str | Path | Bundle, extra: list[tuple[dict, dict]] = (
 
     Args:
         bundle: The bundle (verified on open).
-        extra: More ``(inputs, reference outputs)`` pairs to check (e.g. another batch size).
+        extra: More ``(inputs, reference outputs)`` pairs to check (e.g. another batch size), or
+            ``(inputs, reference outputs, label)`` (the label names them in the result: ``prefill``).
         threads: Runtime threads.
 
     Returns:
@@ -62,11 +63,11 @@ def check_bundle(bundle: str | Path | Bundle, extra: list[tuple[dict, dict]] = (
     inputs, reference = runtime.bundle.golden()
     classify = m.task in ("classifier", "lm")
     result = compare(reference, runtime.run(inputs), precision=m.precision, tier=runtime.tier, classify=classify)
-    for feeds, ref in extra:
+    for feeds, ref, *label in extra:
         more = compare(ref, runtime.run(feeds), precision=m.precision, tier=runtime.tier, classify=classify)
-        batch = next(iter(feeds.values())).shape[0]
-        result.failures += [f"{f} (batch {batch})" for f in more.failures]
-        result.outputs += [dataclasses.replace(o, name=f"{o.name}@batch{batch}") for o in more.outputs]
+        tag = label[0] if label else f"batch{next(iter(feeds.values())).shape[0]}"
+        result.failures += [f"{f} ({tag.replace('batch', 'batch ', 1) if not label else tag})" for f in more.failures]
+        result.outputs += [dataclasses.replace(o, name=f"{o.name}@{tag}") for o in more.outputs]
         result.passed = not result.failures
     return result
 

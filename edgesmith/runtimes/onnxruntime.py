@@ -59,6 +59,43 @@ class OnnxRuntime(Runtime):
     def _run_impl(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return dict(zip(self._outputs, self.session.run(None, feeds)))
 
+    def kv_stepper(self, record: dict[str, Any]) -> "BoundStepper":
+        """A generation stepper that keeps the KV cache in ONNX Runtime's buffers (IO binding)."""
+        return BoundStepper(self.session, record, "cuda" if self.accelerator == "cuda" else "cpu")
+
+
+class BoundStepper:
+    """Generation steps over IO binding: each step's present keys and values are bound, as
+    ONNX Runtime's own values, as the next step's past ones; numpy sees only the logits."""
+
+    def __init__(self, session, record: dict[str, Any], device: str):
+        from edgesmith.runtimes.kv import empty_cache
+
+        ort = require("onnxruntime", "all")
+        self.session = session
+        self.device = device
+        self.binding = session.io_binding()
+        self.past = {name: ort.OrtValue.ortvalue_from_numpy(arr, device) for name, arr in empty_cache(record).items()}
+        self.outputs = [o.name for o in session.get_outputs()]
+
+    def step(self, ids: np.ndarray, start: int) -> np.ndarray:
+        """Run one step; return the last position's logits ``(vocab,)``."""
+        from edgesmith.runtimes.kv import step_feeds
+
+        io = self.binding
+        io.clear_binding_inputs()
+        io.clear_binding_outputs()
+        for name, arr in step_feeds(ids, start).items():
+            io.bind_cpu_input(name, arr)
+        for name, value in self.past.items():
+            io.bind_ortvalue_input(name, value)
+        for name in self.outputs:
+            io.bind_output(name, self.device)
+        self.session.run_with_iobinding(io)
+        values = dict(zip(self.outputs, io.get_outputs()))
+        self.past = {name: values["present" + name[4:]] for name in self.past}
+        return values["logits"].numpy()[0, -1]
+
     def node_times(self, feeds: dict[str, np.ndarray], runs: int) -> list[dict[str, Any]]:
         """Per-node kernel times from ONNX Runtime's profiler, mapped to source modules.
 

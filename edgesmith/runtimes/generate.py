@@ -1,0 +1,326 @@
+"""Text generation from a language-model bundle, over any runtime that has it, without torch.
+
+A generation bundle (a decoder LM exported with its KV cache, see the manifest's
+``generation`` record) holds one graph for the prefill and the decode steps, the
+tokenizer (``tokenizer.json``, read by the ``tokenizers`` library), the chat template
+(rendered with Jinja2 in a sandbox, as transformers does), end-of-sequence ids and the
+source's generation defaults. :class:`Generator` runs the prompt once (the prefill,
+which gives the first token: time to first token), then one step per new token, each
+reading the cache the previous one returned. On ONNX Runtime the cache stays in the
+runtime's own buffers between steps (IO binding); other runtimes pass numpy arrays.
+
+Sampling: ``temperature`` 0 is greedy (the argmax, what parity compares); above 0 the
+logits are divided by it, cut to the ``top_k`` most likely and the smallest set whose
+probability reaches ``top_p``, and drawn with a seeded numpy generator.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+
+from edgesmith.bundle import Bundle
+from edgesmith.errors import BadInputError, UsageError, missing_extra
+from edgesmith.runtimes.kv import empty_cache, step_feeds
+
+
+@dataclasses.dataclass
+class Sampling:
+    """How the next token is chosen, and when generation stops.
+
+    Attributes:
+        max_new_tokens: New tokens at most.
+        temperature: 0 for greedy decoding; higher is more random.
+        top_k: Sample among the k most likely tokens (0: all).
+        top_p: Sample among the most likely tokens whose probabilities add up to p (1: all).
+        seed: Seed of the sampler (the same seed, prompt and bundle give the same text).
+        stop: Strings that end the generation (the text is cut before them).
+        ignore_eos: Go on past end-of-sequence tokens (fixed-length runs: parity, benchmarks).
+    """
+
+    max_new_tokens: int = 64
+    temperature: float = 0.0
+    top_k: int = 0
+    top_p: float = 1.0
+    seed: int = 0
+    stop: tuple[str, ...] = ()
+    ignore_eos: bool = False
+
+    @classmethod
+    def resolve(cls, defaults: dict[str, Any], **given) -> "Sampling":
+        """Sampling from the values given (None: not given), else the bundle's generation defaults.
+
+        The source model's defaults apply only where it samples (``do_sample``); a model
+        without them decodes greedily, as transformers' ``generate`` does.
+        """
+        values = {k: v for k, v in given.items() if v is not None}
+        if defaults.get("do_sample") and "temperature" not in values:
+            for key in ("temperature", "top_k", "top_p"):
+                if key in defaults and key not in values:
+                    values[key] = defaults[key]
+            values.setdefault("temperature", 1.0)
+        if "max_new_tokens" not in values and defaults.get("max_new_tokens"):
+            values["max_new_tokens"] = int(defaults["max_new_tokens"])
+        values["stop"] = tuple(values.get("stop", ()))
+        sampling = cls(**values)
+        sampling.check()
+        return sampling
+
+    def check(self) -> None:
+        """Raise :class:`UsageError` naming the first value out of range."""
+        if self.max_new_tokens < 1:
+            raise UsageError(f"max_new_tokens must be at least 1, got {self.max_new_tokens}")
+        if not self.temperature >= 0:  # also NaN
+            raise UsageError(f"temperature must be 0 (greedy) or more, got {self.temperature}",
+                             hint="use 0 for greedy decoding, 0.7 for varied text")
+        if self.top_k < 0:
+            raise UsageError(f"top_k must be 0 (all tokens) or more, got {self.top_k}")
+        if not 0 < self.top_p <= 1:
+            raise UsageError(f"top_p must be in (0, 1], got {self.top_p}")
+
+
+@dataclasses.dataclass
+class Generation:
+    """One generation's text, tokens and timings.
+
+    Attributes:
+        text: The new text (without the prompt, cut before a stop string).
+        prompt_tokens: Token ids of the prompt (after the chat template, if any).
+        tokens: The new token ids.
+        stop_reason: ``eos`` (an end-of-sequence token), ``stop`` (a stop string), ``length``
+            (``max_new_tokens``) or ``context`` (the bundle's maximum context).
+        ttft_s: Seconds from the prompt's tokens to the first new token (the prefill).
+        decode_s: Seconds of the decode steps after the first token.
+        decode_steps: Decode steps run (one per token after the first, the last one's EOS included).
+    """
+
+    text: str
+    prompt_tokens: list[int]
+    tokens: list[int]
+    stop_reason: str
+    ttft_s: float
+    decode_s: float
+    decode_steps: int = 0
+
+    @property
+    def ms_per_token(self) -> float | None:
+        """Mean time of a decode step (None when the first token ended it)."""
+        return 1000 * self.decode_s / self.decode_steps if self.decode_steps else None
+
+    @property
+    def tokens_per_s(self) -> float | None:
+        """Decode tokens per second after the first token."""
+        ms = self.ms_per_token
+        return 1000 / ms if ms else None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form (``generate --json``)."""
+        return {"text": self.text, "prompt_tokens": len(self.prompt_tokens), "tokens": self.tokens,
+                "new_tokens": len(self.tokens), "stop_reason": self.stop_reason,
+                "ttft_ms": round(1000 * self.ttft_s, 3),
+                "ms_per_token": None if self.ms_per_token is None else round(self.ms_per_token, 3),
+                "tokens_per_s": None if self.tokens_per_s is None else round(self.tokens_per_s, 2)}
+
+
+def generation_record(bundle: Bundle) -> dict[str, Any]:
+    """The manifest's ``generation`` record, or a clear refusal for a bundle that cannot generate."""
+    record = bundle.manifest.generation
+    if not record:
+        what = "a language model exported before generation bundles" if bundle.manifest.task == "lm" else \
+            f"a {bundle.manifest.task} model"
+        raise BadInputError(f"{bundle.path.name} is not a generation bundle: it holds {what}",
+                            hint="export a decoder LM (task lm) to onnx or mlx to get one; "
+                                 "`edgesmith run` runs any bundle on given inputs")
+    return record
+
+
+class Generator:
+    """Generates text with a generation bundle.
+
+    Args:
+        bundle: A generation bundle (path or opened).
+        threads: Runtime threads (0: the runtime's default).
+        binding: Keep the KV cache in the runtime's buffers between steps where the runtime
+            can (ONNX Runtime's IO binding); false passes numpy arrays every step.
+
+    Raises:
+        BadInputError: The bundle is not a generation bundle, or fails verification.
+        RuntimeUnavailableError: Its runtime, or the ``tokenizers`` library, is missing here.
+    """
+
+    def __init__(self, bundle: str | Path | Bundle, threads: int = 0, binding: bool = True):
+        from edgesmith.runtimes import open_runtime
+
+        self.bundle = bundle if isinstance(bundle, Bundle) else Bundle.open(bundle)
+        self.record = generation_record(self.bundle)
+        self.runtime = open_runtime(self.bundle, threads)
+        self.binding = binding
+        self.tokenizer = None
+        if self.record.get("tokenizer"):
+            try:
+                from tokenizers import Tokenizer
+            except ImportError:
+                raise missing_extra("tokenizers", "runtime") from None
+            self.tokenizer = Tokenizer.from_file(str(self.bundle.file(self.record["tokenizer"])))
+        self.max_context = self.record.get("max_context")
+        self.eos = set(self.record.get("eos_token_ids") or [])
+
+    # -- prompts -------------------------------------------------------------------------------
+
+    def encode(self, prompt: str, chat: bool = False, template: str | None = None, system: str | None = None) -> list[int]:
+        """Token ids of a prompt, through the chat template when ``chat`` (or a ``template`` is given).
+
+        Raises:
+            BadInputError: The bundle has no tokenizer, no chat template, or the template fails.
+        """
+        if self.tokenizer is None:
+            raise BadInputError(f"{self.bundle.path.name} has no tokenizer (its source model came without one)",
+                                hint="give token ids instead: --ids 1,2,3 (api.generate(bundle, ids=[...]))")
+        if chat or template:
+            prompt = self.render_chat([*([{"role": "system", "content": system}] if system else []),
+                                       {"role": "user", "content": prompt}], template)
+            return self.tokenizer.encode(prompt, add_special_tokens=False).ids
+        return self.tokenizer.encode(prompt).ids
+
+    def render_chat(self, messages: list[dict[str, str]], template: str | None = None) -> str:
+        """The chat template applied to ``messages``, ending with the assistant's turn opened."""
+        template = template or self.record.get("chat_template")
+        if not template:
+            raise BadInputError(f"{self.bundle.path.name} has no chat template (its tokenizer did not ship one)",
+                                hint="give one with --chat-template FILE (a Jinja template), or prompt without --chat")
+        import jinja2
+        from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+        def raise_exception(message):
+            raise jinja2.exceptions.TemplateError(message)
+
+        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
+        env.globals["raise_exception"] = raise_exception
+        special = self.record.get("special_tokens", {})
+        try:
+            return env.from_string(template).render(messages=messages, add_generation_prompt=True,
+                                                    bos_token=special.get("bos", ""), eos_token=special.get("eos", ""))
+        except jinja2.exceptions.TemplateError as exc:
+            raise BadInputError(f"the chat template of {self.bundle.path.name} cannot be used: {exc}",
+                                hint="give a Jinja chat template with --chat-template FILE") from None
+
+    def decode(self, ids: list[int]) -> str:
+        """Text of token ids (special tokens left out); ids joined by spaces without a tokenizer."""
+        if self.tokenizer is None:
+            return " ".join(map(str, ids))
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+    # -- generation ----------------------------------------------------------------------------
+
+    def generate(self, prompt_ids: list[int], sampling: Sampling | None = None,
+                 on_text: Callable[[str], None] | None = None) -> Generation:
+        """Generate after ``prompt_ids``, calling ``on_text`` with each new piece of text as it comes.
+
+        Raises:
+            BadInputError: The prompt is empty or does not fit the bundle's maximum context.
+            UsageError: A sampling value out of range.
+        """
+        sampling = sampling or Sampling()
+        sampling.check()
+        prompt_ids = [int(t) for t in prompt_ids]
+        if not prompt_ids:
+            raise BadInputError("the prompt is empty: there is nothing to continue",
+                                hint="give some text (or token ids)")
+        if self.max_context and len(prompt_ids) >= self.max_context:
+            raise BadInputError(f"the prompt is {len(prompt_ids)} tokens; {self.bundle.path.name} takes at most "
+                                f"{self.max_context} (its maximum context) including the new tokens",
+                                hint="shorten the prompt")
+        rng = np.random.default_rng(sampling.seed)
+        stepper = self._stepper()
+        tokens: list[int] = []
+        shown = ""
+        reason = "length"
+        steps = 0
+        start = time.perf_counter()
+        logits = stepper.step(np.asarray([prompt_ids], np.int64), 0)
+        first = None
+        position = len(prompt_ids)
+        while True:
+            token = choose(logits, sampling, rng)
+            first = first or time.perf_counter()
+            if token in self.eos and not sampling.ignore_eos:
+                reason = "eos"
+                break
+            tokens.append(token)
+            text = self.decode(tokens)
+            cut = _stop_at(text, sampling.stop)
+            if cut is not None:
+                text, reason = text[:cut], "stop"
+            if on_text and not text.endswith("\ufffd") and len(text) > len(shown):  # not mid-character
+                on_text(text[len(shown):])
+                shown = text
+            if reason == "stop" or len(tokens) >= sampling.max_new_tokens:
+                break
+            if self.max_context and position >= self.max_context:
+                reason = "context"
+                break
+            logits = stepper.step(np.asarray([[token]], np.int64), position)
+            position += 1
+            steps += 1
+        end = time.perf_counter()
+        text = self.decode(tokens)
+        cut = _stop_at(text, sampling.stop)
+        text = text[:cut] if cut is not None else text
+        if on_text and len(text) > len(shown):
+            on_text(text[len(shown):])
+        return Generation(text=text, prompt_tokens=prompt_ids, tokens=tokens, stop_reason=reason,
+                          ttft_s=first - start, decode_s=end - first, decode_steps=steps)
+
+    def stream(self, prompt_ids: list[int], sampling: Sampling | None = None) -> Iterator[str]:
+        """Pieces of text as they are generated (a thin iterator over :meth:`generate`)."""
+        pieces: list[str] = []
+        self.generate(prompt_ids, sampling, pieces.append)  # generation is synchronous: yield afterwards
+        yield from pieces
+
+    def _stepper(self):
+        make = getattr(self.runtime, "kv_stepper", None) if self.binding else None
+        return make(self.record) if make else NumpyStepper(self.runtime, self.record)
+
+
+def _stop_at(text: str, stops: tuple[str, ...]) -> int | None:
+    hits = [text.find(s) for s in stops if s and s in text]
+    return min(hits) if hits else None
+
+
+def choose(logits: np.ndarray, sampling: Sampling, rng: np.random.Generator) -> int:
+    """The next token from the last position's logits (``(vocab,)``)."""
+    if sampling.temperature == 0:
+        return int(np.argmax(logits))
+    scores = logits.astype(np.float64) / sampling.temperature
+    if sampling.top_k and sampling.top_k < scores.size:
+        kth = np.partition(scores, -sampling.top_k)[-sampling.top_k]
+        scores = np.where(scores >= kth, scores, -np.inf)
+    probs = np.exp(scores - scores.max())
+    probs /= probs.sum()
+    if sampling.top_p < 1:
+        order = np.argsort(-probs)
+        keep = np.cumsum(probs[order]) - probs[order] < sampling.top_p  # the smallest set reaching top_p
+        mask = np.zeros_like(probs, bool)
+        mask[order[keep]] = True
+        probs = np.where(mask, probs, 0)
+        probs /= probs.sum()
+    return int(rng.choice(probs.size, p=probs))
+
+
+class NumpyStepper:
+    """Steps any runtime with numpy feeds: the presents it returns are the next step's pasts."""
+
+    def __init__(self, runtime, record: dict[str, Any]):
+        self.runtime = runtime
+        self.record = record
+        self.cache = empty_cache(record)
+
+    def step(self, ids: np.ndarray, start: int) -> np.ndarray:
+        """Run one step; return the last position's logits ``(vocab,)``."""
+        out = self.runtime.run({**step_feeds(ids, start), **self.cache})
+        self.cache = {name: out["present" + name[4:]] for name in self.cache}
+        return out["logits"][0, -1]
