@@ -121,7 +121,7 @@ def _layers_of(cache, name: str) -> list[tuple[torch.Tensor, torch.Tensor]]:
     if not layers or not all(hasattr(x, "keys") and getattr(x, "keys", None) is not None for x in layers):
         raise BadInputError(f"{name}: its KV cache ({type(cache).__name__}) is not per-layer keys and values",
                             hint="only decoders with a standard DynamicCache export as generation bundles; "
-                                 "export with --option generation=false for a prefill-only graph")
+                                 "export with -O generation=false for a prefill-only graph")
     return [(x.keys, x.values) for x in layers]
 
 
@@ -196,8 +196,8 @@ def generation_record(variant, stage: Path) -> dict:
             extra.unlink()
     if not (folder / "tokenizer.json").is_file():
         raise BadInputError(f"{variant.name}: its tokenizer ({type(tok).__name__}) has no fast (tokenizer.json) form",
-                            hint="convert it to a fast tokenizer, or generate from token ids with --option "
-                                 "tokenizer=false")
+                            hint="save the checkpoint's tokenizer in the fast form (tokenizer.json, "
+                                 "transformers' PreTrainedTokenizerFast)")
     template = tok.chat_template if isinstance(tok.chat_template, str) else None
     record["chat_template"] = template
     record["tokenizer"] = f"{TOKENIZER_DIR}/tokenizer.json"
