@@ -63,3 +63,21 @@ def tiny_llama():
     return Variant(name="tiny-llama", module=module, inputs=[TensorSpec("input_ids", (2, 12), "int64")],
                    outputs=[TensorSpec("logits", (2, 12, 97), "float32")], example={"input_ids": ids},
                    source={"reference": "test:tiny-llama", "format": "test", "sha256": ""}, task="lm")
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """SmolLM2-135M-Instruct (the offline GGUF) as a variant, loaded once per session (~45 s)."""
+    from edgesmith import api as es
+
+    return es.load("zoo:smollm2-135m")
+
+
+@pytest.fixture(scope="session")
+def smollm2_onnx(smollm2, tmp_path_factory) -> Path:
+    """SmolLM2's ONNX generation bundle, exported once per session (minutes)."""
+    from edgesmith import api as es
+
+    bundle, parity = es.export(smollm2, tmp_path_factory.mktemp("smollm2-onnx"), target="onnx")
+    assert parity.passed and parity.generation["passed"], parity.failures
+    return bundle.path

@@ -24,7 +24,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from edgesmith.bundle import Bundle
-from edgesmith.errors import BadInputError, UsageError, missing_extra
+from edgesmith.errors import BadInputError, RuntimeUnavailableError, UsageError
 from edgesmith.runtimes.kv import empty_cache, step_feeds
 
 
@@ -164,7 +164,8 @@ class Generator:
             try:
                 from tokenizers import Tokenizer
             except ImportError:
-                raise missing_extra("tokenizers", "runtime") from None
+                raise RuntimeUnavailableError("the tokenizers library is not installed (edgesmith's core install "
+                                              "has it)", hint="pip install tokenizers") from None
             self.tokenizer = Tokenizer.from_file(str(self.bundle.file(self.record["tokenizer"])))
         self.max_context = self.record.get("max_context")
         self.eos = set(self.record.get("eos_token_ids") or [])
