@@ -152,3 +152,28 @@ def test_a_missing_library_maps_to_its_extra(monkeypatch):
     assert errors.missing_library(ModuleNotFoundError("No module named 'numpy.nope'", name="numpy.nope")) is None
     assert errors.missing_library(ModuleNotFoundError("No module named 'onnx.nope'", name="onnx.nope")) is None
     assert errors.missing_library(ValueError("torch")) is None
+
+
+def test_generate_from_ids(runtime_only_env, tiny_llama, out, tmp_path):
+    """A generation bundle generates with no torch, transformers or onnx: tokens as with the build stack."""
+    bundle, parity = es.export(tiny_llama, out, target="onnx")
+    assert parity.passed
+    want = es.generate(bundle.path, ids=[5, 17, 42], max_new_tokens=8, ignore_eos=True).text
+    proc = _edgesmith(runtime_only_env, "generate", str(bundle.path), "--ids", "5,17,42", "-n", "8", "--ignore-eos",
+                      cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == want and "8 tokens" in proc.stderr
+
+
+@pytest.mark.slow
+def test_generate_text_with_smollm2(runtime_only_env, smollm2_onnx, tmp_path):
+    """Issue 24's acceptance command, in the runtime install: the tokenizer and chat template need no transformers."""
+    prompt = "The capital of France is"
+    want = es.generate(smollm2_onnx, prompt, max_new_tokens=20).text
+    proc = _edgesmith(runtime_only_env, "generate", str(smollm2_onnx), "--prompt", prompt, "--max-new-tokens", "20",
+                      cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == want.strip()
+    chat = _edgesmith(runtime_only_env, "generate", str(smollm2_onnx), "--chat", "--prompt", "Say hi.", "-n", "8",
+                      cwd=tmp_path)
+    assert chat.returncode == 0 and chat.stdout.strip(), chat.stderr
