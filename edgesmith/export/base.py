@@ -90,9 +90,18 @@ class Exporter:
             Blocks in order, each one of: a ``str`` (a line of plain text); ``{"markup": str}``
             (a line with rich markup such as ``[bold]...[/]``); ``{"title": str, "columns": [...],
             "rows": [[str, ...], ...]}`` (a table, a column being a header or a dict of
-            ``name``, ``justify``, ``key``, ``wrap``). None by default.
+            ``name``, ``justify``, ``key``, ``wrap``). A generation bundle's summary by default.
         """
-        return []
+        gen = bundle.manifest.generation
+        if not gen:
+            return []
+        greedy = (parity.generation or {}) if parity is not None else {}
+        same = f"; greedy: {greedy['matched']} of {greedy['tokens']} tokens as the source model" if greedy else ""
+        prompt = '--prompt "..."' if gen.get("tokenizer") else "--ids 1,2,3"
+        return [f"generation bundle: KV cache of {gen['layers']} layers x {gen['kv_heads']} heads x {gen['head_dim']}, "
+                f"tokenizer: {'yes' if gen.get('tokenizer') else 'no (generate from --ids)'}, chat template: "
+                f"{'yes' if gen.get('chat_template') else 'no'}{same}",
+                f"try: edgesmith generate {bundle.path} {prompt} --max-new-tokens 32"]
 
     def export(self, variant, out: str | Path, *, name: str | None = None, force: bool = False,
                keep_failed: bool = False) -> tuple[Bundle, Any]:
