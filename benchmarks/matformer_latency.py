@@ -1,13 +1,15 @@
 """ONNX Runtime prefill and per-token decode latency of SmolLM2-135M at FFN ratios 1, 0.75 and 0.5.
 
 Each width (the ``matformer`` pass, importance order calibrated on the evaluation
-text's train split) is exported twice to ONNX: the whole-prompt model (prefill, timed
-on a 128-token prompt from the test split) and its decode step (one new token with
-the prompt's real KV cache of 128 positions, ``edgesmith.models.lm_decode``). Every
-bundle passes parity on ONNX Runtime at export. All sessions are then timed side by
-side in interleaved rounds (``--rounds`` rounds of ``--runs`` runs each, after a
-warm-up), so machine noise falls on every width alike; the table gives the median
-and the ratio to the dense model.
+text's train split) is exported once to ONNX as a generation bundle: one graph for
+the prefill and the decode steps (``edgesmith.models.lm_generate``), which passes
+parity on ONNX Runtime at export (logits, both phases, and a greedy generation against
+transformers). Two feeds of that graph are timed: the prefill (a 128-token prompt from
+the test split, empty cache) and a decode step (one new token, the greedy one, after
+the prompt's real KV cache of 128 positions, as the prefill returned it). All sessions
+are then timed side by side in interleaved rounds (``--rounds`` rounds of ``--runs``
+runs each, after a warm-up), so machine noise falls on every width alike; the table
+gives the median and the ratio to the dense model.
 
 Usage (from the repo root, after `make install`):
     .venv/bin/python benchmarks/matformer_latency.py [--rounds 5] [--runs 20] [--prompt 128]
@@ -28,10 +30,10 @@ from edgesmith import api as es  # noqa: E402
 from edgesmith.devices.host import fingerprint  # noqa: E402
 from edgesmith.data.datasets import eval_text  # noqa: E402
 from edgesmith.models.hf import tokenizer_for  # noqa: E402
-from edgesmith.models.lm_decode import decode_step_variant  # noqa: E402
-from edgesmith.eval.lm import lm_feeds, token_windows  # noqa: E402
+from edgesmith.eval.lm import token_windows  # noqa: E402
 from edgesmith.profiles.measure import time_runs  # noqa: E402
 from edgesmith.runtimes import open_runtime  # noqa: E402
+from edgesmith.runtimes.kv import empty_cache, step_feeds  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -53,13 +55,19 @@ def main(argv: list[str] | None = None) -> int:
                 base, [f"matformer:ratio={ratio},text=devils-dictionary,samples=16,seq_len=256"])
             name = f"ffn{ratio:g}"
             start = time.perf_counter()
-            prefill, p1 = es.export(variant, tmp, target="onnx", name=f"{name}-prefill")
-            decode, p2 = es.export(decode_step_variant(variant, prompt), tmp, target="onnx", name=f"{name}-decode")
-            print(f"{name}: exported in {time.perf_counter() - start:.0f} s; parity prefill {p1.summary()}; "
-                  f"decode {p2.summary()}", file=sys.stderr)
-            for kind, bundle, feeds in (("prefill", prefill, lm_feeds(variant, prompt)),
-                                        ("decode", decode, decode.golden()[0])):
-                runtime = open_runtime(bundle.path)
+            bundle, parity = es.export(variant, tmp, target="onnx", name=name)
+            record = bundle.manifest.generation
+            if not record:
+                raise SystemExit(f"{name}: the export is not a generation bundle: {variant.notes}")
+            print(f"{name}: exported in {time.perf_counter() - start:.0f} s; parity {parity.summary()}",
+                  file=sys.stderr)
+            runtime = open_runtime(bundle.path)
+            prefill = {**step_feeds(prompt, 0), **empty_cache(record)}
+            out = runtime.run(prefill)
+            token = out["logits"][:, -1:].argmax(-1).astype(prompt.dtype)
+            decode = {**step_feeds(token, prompt.shape[1]),
+                      **{past: out["present" + past[4:]] for past in empty_cache(record)}}
+            for kind, feeds in (("prefill", prefill), ("decode", decode)):
                 sessions[(ratio, kind)] = (runtime, runtime.prepare(feeds))
         samples = {key: [] for key in sessions}
         for key, (runtime, feeds) in sessions.items():
