@@ -217,21 +217,19 @@ def generate(bundle: str | Path, prompt: str | None = None, *, ids: Sequence[int
 
 
 def profile(bundles: Iterable[str | Path], *, device: str | Sequence[str] = "host", warmup: int = 10,
-            runs: int = 100, threads: int = 0, layers: bool = True,
+            runs: int = 100, threads: int = 0, layers: bool = True, recalibrate: bool = False, compiled: bool = False,
             progress: Callable[[str, int], None] | None = None, device_files: Sequence[str | Path] = (),
-            recalibrate: bool = False, compiled: bool = False) -> dict[str, Any]:
+            prompt_lengths: Sequence[int] = (128,), decode_tokens: int = 32, lm_runs: int = 5) -> dict[str, Any]:
     """Profile bundles on devices and return a profile document.
 
-    On ``host`` a bundle is measured, and an ONNX Runtime bundle (the runtime the host
-    calibration times) also gets its host prediction beside the measurement, with the error.
-    A GPU device that is here (the first CUDA GPU is that catalog device, or ``cuda:0``) is
-    measured too, with the device's prediction and its error beside it. On any other device
-    (a catalog name or one from ``device_files``) the latency is predicted from the graph's
-    per-op FLOPs and bytes (mode ``predicted``); see :mod:`edgesmith.profiles.predict`.
+    On ``host`` a bundle is measured, and an ONNX Runtime bundle (the runtime the host calibration times)
+    also gets its host prediction beside the measurement, with the error. A GPU device that is here (the
+    first CUDA GPU is that catalog device, or ``cuda:0``) is measured too, with the device's prediction and
+    its error beside it. On any other device (a catalog name or one from ``device_files``) the latency is
+    predicted from the graph's per-op FLOPs and bytes (mode ``predicted``); see :mod:`edgesmith.profiles.predict`.
 
     Args:
-        bundles: Bundle directories; a plain ``.onnx`` file is packaged into a
-            temporary bundle first.
+        bundles: Bundle directories; a plain ``.onnx`` file is packaged into a temporary bundle first.
         device: One device name or several.
         warmup: Untimed runs.
         runs: Timed runs.
@@ -241,11 +239,11 @@ def profile(bundles: Iterable[str | Path], *, device: str | Sequence[str] = "hos
         device_files: The user's own device files.
         recalibrate: Measure the host's calibration again instead of reading the cache.
         compiled: Measure torch bundles under ``torch.compile``.
+        prompt_lengths, decode_tokens, lm_runs: A generation bundle's TTFT and tokens/s (:mod:`edgesmith.profiles.lm`).
 
     Returns:
-        The profile document; ``not_predicted`` lists the (bundle, device) pairs that could not be
-        predicted (no ONNX graph, a device without a figure the graph needs) and why, ``not_measured``
-        those that could not be measured (the bundle's runtime is not here: a structural tensorrt bundle).
+        The profile document; ``not_predicted`` and ``not_measured`` list the (bundle, device) pairs that could
+        not be predicted (no ONNX graph, a figure missing) or measured (the runtime is not here), and why.
 
     Raises:
         UsageError: An unknown device (with the closest names); a prediction that cannot be made
@@ -258,8 +256,9 @@ def profile(bundles: Iterable[str | Path], *, device: str | Sequence[str] = "hos
         return export(load(onnx_file), out, target="onnx")[0].path
 
     return profile_bundles(bundles, device=device, warmup=warmup, runs=runs, threads=threads, layers=layers,
-                           progress=progress, device_files=device_files, recalibrate=recalibrate,
-                           compiled=compiled, package=package, target_names=EXPORTERS.names())
+                           progress=progress, device_files=device_files, recalibrate=recalibrate, compiled=compiled,
+                           prompt_lengths=prompt_lengths, decode_tokens=decode_tokens, lm_runs=lm_runs,
+                           package=package, target_names=EXPORTERS.names())
 
 
 def build_engine(bundle: str | Path, *, force: bool = False, timing_cache: str | Path | None = None,

@@ -88,6 +88,10 @@ def generation_variant(variant, past: int = 8, chunk: int = 4):
     from edgesmith.specs import TensorSpec
 
     model, config = _decoder(variant)
+    for module in model.modules():  # a pass whose layers keep decode state outside the KV cache says so
+        reason = getattr(module, "generation_refusal", None)
+        if reason:
+            raise BadInputError(f"{variant.name}: {reason}", hint=getattr(module, "generation_hint", None))
     layers, kv_heads, head_dim = cache_shape(config)
     ids = _prompt_ids(variant, 1, past + chunk)
     with torch.no_grad():

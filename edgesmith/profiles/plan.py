@@ -12,6 +12,11 @@ The policy behind :func:`edgesmith.api.profile`, per (bundle, device) pair:
   the device lacks) is recorded with its reason and the others go on. It is an error only when
   it is the one thing asked for, or when nothing at all could be profiled.
 
+A generation bundle (a language model with its KV cache) also gets its time to first token and
+decode tokens/s per prompt length (the entry's ``lm``, :mod:`edgesmith.profiles.lm`): measured on
+the host with the host's prediction and its error beside it, predicted on every other device. Its
+graph costs are read once per bundle, whatever the number of devices.
+
 Two things come from the layers above, handed in by the API: packaging a plain ``.onnx`` file
 into a bundle (an export), and the export target names a device file may list.
 """
@@ -31,14 +36,15 @@ from edgesmith.profiles.roofline import Calibration
 def profile_bundles(bundles: Iterable[str | Path], *, device: str | Sequence[str] = "host", warmup: int = 10,
                     runs: int = 100, threads: int = 0, layers: bool = True,
                     progress: Callable[[str, int], None] | None = None, device_files: Sequence[str | Path] = (),
-                    recalibrate: bool = False, compiled: bool = False,
+                    recalibrate: bool = False, compiled: bool = False, prompt_lengths: Sequence[int] = (128,),
+                    decode_tokens: int = 32, lm_runs: int = 5,
                     package: Callable[[str, str], str | Path], target_names: Iterable[str]) -> dict[str, Any]:
     """Profile bundles on devices and return a profile document (see the module docstring).
 
     Args:
         bundles: Bundle directories, or plain ``.onnx`` files (packaged by ``package`` first).
-        device, warmup, runs, threads, layers, progress, device_files, recalibrate, compiled: As in
-            :func:`edgesmith.api.profile`, which calls this.
+        device, warmup, runs, threads, layers, progress, device_files, recalibrate, compiled, prompt_lengths,
+            decode_tokens, lm_runs: As in :func:`edgesmith.api.profile`, which calls this.
         package: ``package(onnx_file, folder)`` exports a plain ``.onnx`` file to a bundle in
             ``folder`` and returns the bundle's path.
         target_names: The export targets a device file may list (the exporter registry's names).
@@ -54,11 +60,13 @@ def profile_bundles(bundles: Iterable[str | Path], *, device: str | Sequence[str
         RuntimeUnavailableError: ``cuda:0`` without a GPU here; the only pair asked for cannot run here.
     """
     from edgesmith.devices.host import fingerprint
+    from edgesmith.profiles.lm import LMSettings
     from edgesmith.profiles.profile import profile_document
 
     names = [device] if isinstance(device, str) else list(device)
     here, devices = _devices(names, device_files, target_names)
     plan = _Plan(threads=threads, recalibrate=recalibrate)
+    lm = LMSettings(prompt_lengths=tuple(prompt_lengths), decode_tokens=decode_tokens, runs=lm_runs)
     bundles = list(bundles)
     alone = len(devices) * len(bundles) == 1  # one pair asked for: its failure is the answer
     with tempfile.TemporaryDirectory(prefix="edgesmith-profile-") as tmp:
@@ -66,6 +74,9 @@ def profile_bundles(bundles: Iterable[str | Path], *, device: str | Sequence[str
             path = b
             if Path(b).suffix == ".onnx" and not Path(b).is_dir():
                 path = package(str(b), tmp)
+            record = _generation(path)
+            if record is not None:
+                lm.check(record, Path(b).name)  # before any work
             for target in devices:
                 if getattr(target, "name", target) in here:
                     cb = (lambda n, _b=str(b): progress(_b, n)) if progress else None
@@ -79,6 +90,8 @@ def profile_bundles(bundles: Iterable[str | Path], *, device: str | Sequence[str
                             progress(str(b), runs)
                 if entry is not None:
                     entry.bundle = str(b)
+                    if record is not None:
+                        plan.add_lm(entry, str(b), path, target, lm)
                     plan.entries.append(entry)
     if not plan.entries and (plan.skipped or plan.unmeasured):
         raise UsageError(f"nothing could be profiled: {(plan.skipped or plan.unmeasured)[0]['reason']}")
@@ -111,6 +124,16 @@ def _devices(names: list[str], device_files: Sequence[str | Path],
     return here, [n if n == "cuda:0" else get_device(n, device_files) for n in names]
 
 
+def _generation(path) -> dict[str, Any] | None:
+    """A bundle's ``generation`` record (None: not a generation bundle, or not a bundle at all)."""
+    from edgesmith.bundle import Bundle
+
+    try:
+        return Bundle.open(path, verify=False).manifest.generation or None
+    except EdgesmithError:
+        return None  # measuring or predicting it says what is wrong
+
+
 def _reason(exc: EdgesmithError) -> str:
     return exc.message + (f" ({exc.hint})" if exc.hint else "")
 
@@ -125,6 +148,7 @@ class _Plan:
         self.entries: list[Profile] = []
         self.skipped: list[dict[str, str]] = []  # (bundle, device) pairs that could not be predicted, and why
         self.unmeasured: list[dict[str, str]] = []  # ... measured (the bundle's runtime cannot run here), and why
+        self.lm_costs: dict[str, Any] = {}  # bundle path -> its generation graph's StepCosts
 
     def host_calibration(self) -> Calibration:
         """The host calibration, read (or measured) on first use."""
@@ -173,3 +197,27 @@ class _Plan:
                 raise  # the only thing asked for: say why, as an error
             self.skipped.append({"bundle": label, "device": target.name, "reason": _reason(exc)})
             return None
+
+    def add_lm(self, entry: Profile, label: str, path, target: Device | str, settings) -> None:
+        """Give a generation bundle's entry its ``lm`` record: measured on the host, else predicted.
+
+        A prediction that cannot be made (no ONNX graph, a figure the device lacks) is recorded in
+        ``not_predicted`` with the reason; the host's measurement stands without it.
+        """
+        from edgesmith.profiles import lm
+
+        name = getattr(target, "name", target)
+        measured = lm.measure_lm(path, settings, self.threads) if name == "host" else None
+        try:
+            if str(path) not in self.lm_costs:
+                self.lm_costs[str(path)] = lm.step_costs(path)
+            device = target if isinstance(target, Device) else None
+            prediction = (lm.predict_lm(self.lm_costs[str(path)], device, self.host_calibration(), settings)
+                          if device is not None else None)
+        except (UsageError, RuntimeUnavailableError) as exc:
+            self.skipped.append({"bundle": label, "device": name, "reason": "tokens/s: " + _reason(exc)})
+            prediction = None
+        if measured is not None:
+            entry.lm = lm.with_errors(measured, prediction) if prediction else measured
+        elif prediction is not None:
+            entry.lm = lm.predicted_record(prediction)

@@ -107,6 +107,10 @@ class Profile:
             In a ``predicted`` entry it is the entry's latency (``latency_ms`` holds the point
             estimate, ``samples_ms`` is empty); in a ``measured`` entry it is the prediction for the
             same device, with ``error`` = (predicted - measured p50) / measured p50.
+        lm: A generation bundle's TTFT and decode speed per prompt length
+            (:mod:`edgesmith.profiles.lm`): ``mode`` (``measured`` or ``predicted``), ``rows``
+            (``prompt_tokens``, ``ttft_ms``, ``decode_ms_per_token``, ``tokens_per_s``), and in a
+            measured entry the same device's ``prediction`` with its errors; None for other bundles.
     """
 
     name: str
@@ -130,6 +134,7 @@ class Profile:
     bundle: str = ""
     timing: str = "measured"
     prediction: dict[str, Any] | None = None
+    lm: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Return the JSON-ready form."""

@@ -179,6 +179,7 @@ def test_profile_measures_the_host_and_predicts_devices(digits_bundles):
                      warmup=1)
     host, orin, pi = doc["entries"]
     assert (host["mode"], orin["mode"], pi["mode"]) == ("measured", "predicted", "predicted")
+    assert host["lm"] is None and orin["lm"] is None  # not a language model: no TTFT or tokens/s
     assert host["prediction"]["error"] == pytest.approx(
         (host["prediction"]["latency_ms"] - host["latency_ms"]["p50"]) / host["latency_ms"]["p50"])
     assert orin["samples_ms"] == [] and orin["runs"] == 0 and orin["timing"] == "predicted"

@@ -11,6 +11,8 @@ and :mod:`edgesmith.profiles.report.html` as tables and inline SVG:
 - ``pareto``: per device, size against latency with quality as colour, and the
   variants on the Pareto front (no other is at once no larger, no slower and of
   no lower quality, and better in one);
+- ``language-models``: generation bundles' time to first token and decode tokens/s per device,
+  measured next to predicted (:mod:`edgesmith.profiles.report.lm`);
 - ``fpga-resources``: hls bundles on FPGA devices, their predicted DSP/LUT/FF/BRAM
   against the part and their latency in cycles;
 - ``parity-matrix``: variants x targets, the tier and pass/FAIL of each bundle;
@@ -104,8 +106,8 @@ def device_sections(docs: list[dict[str, Any]], entries: list[dict[str, Any]], l
         if matrix is not None and skipped:
             matrix.notes += [f"{key.replace('_', ' ').capitalize()}: {s.get('bundle', '?')} on "
                              f"{s.get('device', '?')}: {s.get('reason', '')}" for s in skipped]
-    out = [matrix, _prediction_error(entries), *_pareto(entries), _fpga_resources(entries), _parity_matrix(entries),
-           _calibration(docs), _jobs(docs)]
+    out = [matrix, _prediction_error(entries), _language_models(entries), *_pareto(entries), _fpga_resources(entries),
+           _parity_matrix(entries), _calibration(docs), _jobs(docs)]
     return [s for s in out if s is not None]
 
 
@@ -137,6 +139,16 @@ def _latency_matrix(entries, log) -> Section | None:
                     "A predicted latency is a roofline from the graph's FLOPs and bytes and the device's figures, "
                     "calibrated on the host: it was not measured on that device."],
                    [("variant", False), *[(d, True) for d in devices]], rows, [plot])
+
+
+def _language_models(entries) -> Section | None:
+    from edgesmith.profiles.report.lm import COLUMNS, HEADING, lm_table
+
+    parts = lm_table(entries)
+    if parts is None:
+        return None
+    notes, rows, plots = parts
+    return Section("language-models", HEADING, notes, COLUMNS, rows, plots)
 
 
 def _prediction_error(entries) -> Section | None:

@@ -240,7 +240,7 @@ class Point(NamedTuple):
 
 
 def range_plot(points: list[Point], *, title: str, x_label: str, log: bool = False,
-               css: str = "es-devices") -> str:
+               css: str = "es-devices", unit: str = "ms") -> str:
     """Draw one dot per row with its range as an error bar, rows grouped under headings.
 
     Args:
@@ -249,6 +249,7 @@ def range_plot(points: list[Point], *, title: str, x_label: str, log: bool = Fal
         x_label: Label of the value axis.
         log: Use a log10 axis.
         css: Extra class of the ``<svg>`` (besides ``es-plot``).
+        unit: The values' unit, written after each value label.
 
     Returns:
         The ``<svg class="es-plot ...">`` element; the legend tells filled from hollow dots.
@@ -290,9 +291,9 @@ def range_plot(points: list[Point], *, title: str, x_label: str, log: bool = Fal
             x = scale(p.value)
             style = f'fill="{_BLUE}"' if p.filled else f'fill="#fff" stroke="{_ORANGE}" stroke-width="2"'
             out.append(f'<circle class="{"measured" if p.filled else "predicted"}" cx="{_n(x)}" cy="{_n(yc)}" '
-                       f'r="4.5" {style}><title>{escape(p.label)}: {escape(f"{p.value:.4g}")} ms</title></circle>')
+                       f'r="4.5" {style}><title>{escape(p.label)}: {escape(f"{p.value:.4g}")} {escape(unit)}</title></circle>')
             out.append(f'<text x="{WIDTH - _RIGHT_W + 8}" y="{_n(yc + 4)}" fill="#444">'
-                       f"{'' if p.filled else '≈'}{escape(f'{p.value:.3g}')} ms</text>")
+                       f"{'' if p.filled else '≈'}{escape(f'{p.value:.3g}')} {escape(unit)}</text>")
             y += row_h
     out.append("</svg>")
     return "\n".join(out)
