@@ -15,15 +15,23 @@ faster than these bundles there. A system OpenBLAS in ``LD_PRELOAD`` (e.g.
 takes over ``cblas_sgemm`` and makes them 10-30x faster; the numbers are in
 BENCHMARKS.md ("MLX on Linux: bound by the wheel's matmul"). The preload must be
 set before the process starts, so this runtime only documents it.
+
+Generation bundles: :meth:`MlxRuntime.kv_stepper` keeps the KV cache as MLX arrays
+between steps (each step's presents are the next one's pasts, never copied to numpy);
+only the last position's logits come back. The function is shapeless, so one file
+serves the prefill and every decode step at any cache length (see
+:mod:`edgesmith.export.mlx`).
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import numpy as np
 
 from edgesmith.errors import require
 from edgesmith.runtimes.base import RUNTIMES, Runtime
-
+from edgesmith.runtimes.kv import empty_cache, step_feeds
 
 
 @RUNTIMES.register
@@ -47,3 +55,31 @@ class MlxRuntime(Runtime):
         outputs = self._fn(*[mx.array(feeds[s.name]) for s in m.inputs])
         mx.eval(outputs)
         return {s.name: np.array(o) for s, o in zip(m.outputs, outputs)}
+
+    def kv_stepper(self, record: dict[str, Any]) -> "MlxStepper":
+        """A generation stepper that keeps the KV cache as MLX arrays between steps."""
+        return MlxStepper(self._mx, self._fn, self.bundle.manifest, record)
+
+
+class MlxStepper:
+    """Generation steps with the cache kept in MLX: numpy sees only the token ids and the logits."""
+
+    def __init__(self, mx, fn, manifest, record: dict[str, Any]):
+        self._mx = mx
+        self._fn = fn
+        self.inputs = [s.name for s in manifest.inputs]
+        self.outputs = [s.name for s in manifest.outputs]
+        self.past = {name: mx.array(arr) for name, arr in empty_cache(record).items()}
+
+    def step(self, ids: np.ndarray, start: int, extra: dict[str, np.ndarray] | None = None) -> np.ndarray:
+        """Run one step (``extra``: more feeds, such as a Dolphin decoder's memories); return the last
+        position's logits ``(vocab,)``."""
+        mx = self._mx
+        feeds = {name: mx.array(arr) for name, arr in {**step_feeds(ids, start), **(extra or {})}.items()}
+        feeds.update(self.past)
+        values = dict(zip(self.outputs, self._fn(*[feeds[name] for name in self.inputs])))
+        self.past = {name: values["present" + name[4:]] for name in self.past}
+        logits = values["logits"][0, -1]
+        # MLX is lazy: evaluate the cache too, or every step would recompute the ones before it
+        mx.eval(logits, *self.past.values())
+        return np.array(logits)

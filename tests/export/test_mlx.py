@@ -1,7 +1,8 @@
 """The MLX target: every translated op against PyTorch, unknown ops, shapes, and real models.
 
-SmolLM2-135M itself is not exported here (over two minutes); ``test_llama_structure_shapeless``
-covers its architecture with a small random Llama.
+``test_llama_structure_shapeless`` covers SmolLM2-135M's architecture with a small random Llama;
+the generation bundle tests export a random two-layer Llama, and one slow test exports SmolLM2
+itself (minutes) and generates with it.
 
 Each entry of the translation table has a case below: a tiny function whose
 decomposed graph contains that op. It runs eagerly with fixed shapes, and as a
@@ -26,7 +27,7 @@ mx = pytest.importorskip("mlx.core")
 from edgesmith import api as es  # noqa: E402
 from edgesmith.bundle import Bundle  # noqa: E402
 from edgesmith.cli import main  # noqa: E402
-from edgesmith.errors import BadInputError, exit_code_for  # noqa: E402
+from edgesmith.errors import BadInputError, UsageError, exit_code_for  # noqa: E402
 from edgesmith.export import get_exporter  # noqa: E402
 from edgesmith.export.mlx import check_feeds, trace_feeds  # noqa: E402
 from edgesmith.export.mlx import graph as mlx_graph  # noqa: E402
@@ -36,6 +37,7 @@ from edgesmith.registry import OpTable  # noqa: E402
 from edgesmith.models.program import export_program  # noqa: E402
 from edgesmith.models.variant import Variant  # noqa: E402
 from edgesmith.runtimes import open_runtime  # noqa: E402
+from edgesmith.runtimes.generate import Generator, Sampling  # noqa: E402
 from edgesmith.specs import TensorSpec  # noqa: E402
 
 pytestmark = [
@@ -394,10 +396,10 @@ def test_unknown_op_on_the_command_line(tmp_path, monkeypatch, capsys):
 # ---------------------------------------------------------------- shapes
 
 class _NeedsStatic(torch.nn.Module):
-    """``arange(n + 1)``: a size that is no input's size, so no shape-agnostic MLX form exists."""
+    """``arange(2 n)``: a size that is no input's size nor a sum of them, so no shape-agnostic MLX form exists."""
 
     def forward(self, x):
-        return x * torch.arange(x.shape[1] + 1)[1:]
+        return x * torch.arange(2 * x.shape[1])[::2]
 
 
 def test_fixed_shape_fallback_is_noted_and_correct(tmp_path):
@@ -407,7 +409,7 @@ def test_fixed_shape_fallback_is_noted_and_correct(tmp_path):
     m = bundle.manifest
     assert all(s.dynamic == {} for s in m.inputs + m.outputs)
     (note,) = [n for n in m.options["notes"] if n.startswith("mlx:")]
-    assert "fixed shapes" in note and "aten.arange" in note and "sequence + 1" in note, note
+    assert "fixed shapes" in note and "aten.arange" in note and "2*sequence" in note, note
     assert variant.inputs[0].dynamic == BS  # the caller's variant is untouched
     with pytest.raises(BadInputError, match="shape"):
         open_runtime(bundle.path).run({"x0": f32(4, 5)})
@@ -416,6 +418,26 @@ def test_fixed_shape_fallback_is_noted_and_correct(tmp_path):
     assert meta["shapeless"] is False
     assert m.options["shapeless"] is False
     assert m.details["mlx"] == {"shapeless": False, "shapeless_asked": True}
+
+
+class _CachePositions(torch.nn.Module):
+    """A decoder's size arithmetic: positions ``past + arange(new)``, and a length that is a sum of axes."""
+
+    def forward(self, x, past):
+        positions = torch.arange(x.shape[1]) + past.shape[1]
+        both = torch.cat([past, x], 1)
+        return x * positions, both * torch.arange(past.shape[1] + x.shape[1] + 1)[1:]
+
+
+def test_sizes_as_values_and_sums_of_sizes_stay_shapeless(tmp_path):
+    variant = _variant("positions", _CachePositions(), [f32(2, 3), f32(2, 5)], [{1: "new"}, {1: "past"}])
+    bundle, parity = get_exporter("mlx").export(variant, tmp_path)
+    assert parity.passed and bundle.manifest.options["shapeless"] is True and bundle.manifest.options["notes"] == []
+    runtime = open_runtime(bundle.path)
+    for new, past in [(1, 9), (4, 0), (6, 2)]:  # an empty past too: a prefill
+        feeds = {"x0": f32(2, new), "x1": f32(2, past)}
+        for name, want in variant.run(feeds).items():
+            np.testing.assert_allclose(runtime.run(feeds)[name], want, rtol=1e-6, err_msg=f"{name} at {new}, {past}")
 
 
 class _RowSum(torch.nn.Module):
@@ -477,7 +499,8 @@ def test_llama_structure_shapeless(tmp_path):
     variant.inputs = [TensorSpec(n, s.shape, "int64", s.dynamic) for n, s in zip(["input_ids", "attention_mask"],
                                                                                  variant.inputs)]
     variant.example = {"input_ids": variant.example["x0"], "attention_mask": variant.example["x1"]}
-    bundle, parity = get_exporter("mlx").export(variant, tmp_path)
+    # the prefill graph with a padded mask (the generation step is tested below)
+    bundle, parity = get_exporter("mlx", {"generation": "false"}).export(variant, tmp_path)
     assert parity.passed and parity.tier == "verified", parity.failures
     assert all(o.top1_agreement == 1.0 for o in parity.outputs)
     assert bundle.manifest.inputs[0].dynamic == BS and bundle.manifest.options["notes"] == []
@@ -517,3 +540,81 @@ def test_minilm_other_batch_and_sequence(minilm_bundle):
         got = runtime.run(feeds)["last_hidden_state"]
         assert got.shape == (batch, seq, 384)
         assert np.abs(got - ref).max() <= 1e-4 * max(1.0, np.abs(ref).max())
+
+
+# ---------------------------------------------------------------- generation bundles (issue 24)
+
+def _greedy(model, ids: list[int], tokens: int, eos: set[int] | None = None) -> list[int]:
+    """transformers' greedy ``generate`` (the new tokens, end-of-sequence ids left out)."""
+    with torch.no_grad():
+        out = model.generate(torch.tensor([ids]), max_new_tokens=tokens, do_sample=False,
+                             attention_mask=torch.ones(1, len(ids), dtype=torch.long), pad_token_id=0)
+    return [t for t in out[0, len(ids):].tolist() if t not in (eos or set())]
+
+
+@pytest.fixture(scope="module")
+def tiny_generation(tiny_llama, tmp_path_factory):
+    """tiny_llama's mlx and onnx generation bundles."""
+    out = tmp_path_factory.mktemp("mlx-generation")
+    mlx_bundle, parity = es.export(tiny_llama, out, target="mlx")
+    assert parity.passed and parity.tier == "verified", parity.failures
+    onnx_bundle, _ = es.export(tiny_llama, out, target="onnx")
+    return mlx_bundle, onnx_bundle
+
+
+def test_a_decoder_exports_to_mlx_as_a_shapeless_generation_bundle(tiny_generation):
+    m = tiny_generation[0].manifest
+    assert m.task == "lm" and m.runtime == "mlx" and m.generation["layers"] == 2 and m.generation["kv_heads"] == 2
+    # one shapeless function for the prefill and every decode step: no fixed-shape fallback
+    assert m.options["shapeless"] is True and m.options["generation"] is True and m.options["notes"] == []
+    assert m.inputs[3].name == "past_key_0" and m.inputs[3].dynamic == {0: "batch", 2: "past"}
+    assert m.outputs[1].name == "present_key_0" and m.outputs[1].dynamic == {0: "batch", 2: "total"}
+    names = {o["name"] for o in m.parity["outputs"]}
+    assert {"logits@prefill", "logits@decode", "present_value_1@decode"} <= names
+    greedy = m.parity["generation"]
+    assert greedy["passed"] and greedy["matched"] == greedy["tokens"] == 8
+
+
+def test_mlx_greedy_tokens_equal_transformers_and_the_onnx_bundle(tiny_llama, tiny_generation):
+    mlx_bundle, onnx_bundle = tiny_generation
+    prompt = [5, 17, 42, 8, 3]
+    want = _greedy(tiny_llama.module.model, prompt, 24)
+    sampling = Sampling(max_new_tokens=24, ignore_eos=True)
+    onnx = Generator(onnx_bundle).generate(prompt, sampling)
+    for binding in (True, False):  # the cache kept as MLX arrays, and the numpy stepper
+        got = Generator(mlx_bundle, binding=binding).generate(prompt, sampling)
+        assert got.tokens == want == onnx.tokens, binding
+        assert got.stop_reason == "length" and got.decode_steps == 23
+    assert type(Generator(mlx_bundle)._stepper()).__name__ == "MlxStepper"
+    # a one-token prompt: the prefill at its smallest
+    assert es.generate(mlx_bundle.path, ids=[9], max_new_tokens=6, ignore_eos=True).tokens == _greedy(
+        tiny_llama.module.model, [9], 6)
+
+
+def test_mlx_generation_refuses_bad_input_clearly(tiny_llama, tiny_generation, tmp_path):
+    mlx_bundle, _ = tiny_generation
+    gen = Generator(mlx_bundle)
+    with pytest.raises(BadInputError, match="the prompt is 80 tokens; tiny-llama.mlx takes at most 64"):
+        gen.generate(list(range(1, 81)))
+    with pytest.raises(BadInputError, match="tiny-llama.mlx has no tokenizer"):
+        gen.encode("hello")
+    with pytest.raises(UsageError, match="generation='maybe' is not a valid bool"):
+        get_exporter("mlx", {"generation": "maybe"})
+    prefill_only, _ = get_exporter("mlx", {"generation": "false"}).export(tiny_llama, tmp_path)
+    assert prefill_only.manifest.generation is None and [s.name for s in prefill_only.manifest.inputs] == ["input_ids"]
+    with pytest.raises(BadInputError, match="tiny-llama.mlx is not a generation bundle: it holds a language model"):
+        Generator(prefill_only.path)
+
+
+@pytest.mark.slow
+def test_smollm2_mlx_generates_the_tokens_transformers_does(smollm2, tmp_path_factory):
+    """Acceptance item 1 of issue 24 on MLX: SmolLM2's greedy tokens, through the mlx bundle, are transformers'."""
+    bundle, parity = es.export(smollm2, tmp_path_factory.mktemp("smollm2-mlx"), target="mlx")
+    assert parity.passed and parity.generation["passed"], parity.failures
+    assert bundle.manifest.options["shapeless"] is True and bundle.manifest.options["notes"] == []
+    gen = Generator(bundle)
+    assert gen.tokenizer is not None and gen.eos == {2}
+    for prompt in ["The capital of France is", "def fibonacci(n):", "Once upon a time, in a small village,"]:
+        ids = gen.encode(prompt)
+        got = es.generate(bundle.path, prompt, max_new_tokens=20)
+        assert got.prompt_tokens == ids and got.tokens == _greedy(smollm2.module.model, ids, 20, gen.eos), prompt

@@ -27,6 +27,20 @@ MLX can crash on shapes a shapeless function does not really support, the
 function is first run at two other shapes (every dynamic axis one longer, and
 every dynamic axis 1 long) in a child process and compared with PyTorch; only
 then is it accepted. Parity then runs on the MLX runtime (tier ``verified``).
+
+Language models (``generates``; ``-O generation=false`` turns it off) export as
+their generation step (:mod:`edgesmith.export.generation`): one function for the
+prefill (an empty past) and every decode step, whose cache grows by a token each
+step. It is exported shapeless, like any variant, not per shape: ``.mlxfn`` files
+hold one traced graph each, so fixed shapes would need a function per cache length
+(or per length bucket, with the cache padded and masked: more work per step and
+a maximum context baked into the file), while a shapeless function follows the
+past and sequence axes at no cost. What makes the step shape-agnostic: the cache
+positions are a dynamic size used as a value (``past + arange(sequence)``), which
+becomes a run-time scalar read from the past's axis, and the mask and the grown
+cache are ``past + sequence`` long, a sum of axes built by concatenating the pieces
+(:mod:`edgesmith.export.mlx.context`). The shapeless check runs where the step
+runs: the prefill at P = 0, one decode step (S = 1) and one more batch row.
 """
 
 from __future__ import annotations
@@ -42,6 +56,7 @@ import numpy as np
 
 from edgesmith.errors import BadInputError, require
 from edgesmith.export.base import EXPORTERS, Exporter
+from edgesmith.export.generation import extra_feeds, is_step
 from edgesmith.quiet import quiet
 
 
@@ -53,9 +68,12 @@ class MlxOptions:
         shapeless: Export a shape-agnostic function that keeps the variant's dynamic axes;
             where the model cannot be exported that way, fixed shapes are exported with a
             note saying why. False always exports the example's fixed shapes.
+        generation: Export a decoder LM as a generation bundle (one graph with its KV cache,
+            the tokenizer, the chat template); false keeps the prefill-only graph.
     """
 
     shapeless: bool = True
+    generation: bool = True
 
 
 
@@ -67,6 +85,7 @@ class MlxExporter(Exporter):
     runtime = "mlx"
     model_file = "model.mlxfn"
     Options = MlxOptions
+    generates = True
 
     def _export_impl(self, variant, stage: Path) -> None:
         require("mlx.core", "mlx")
@@ -86,7 +105,9 @@ class MlxExporter(Exporter):
             problem = self._export_shapeless(graph, variant, path)
             if problem is None:
                 axes = output_dynamic_axes(program, variant.inputs)
-                variant.outputs = [TensorSpec(s.name, s.shape, s.dtype, a) for s, a in zip(variant.outputs, axes)]
+                # the variant's own names win: a sum of axes (a cache's past + sequence) has no input axis's name
+                variant.outputs = [TensorSpec(s.name, s.shape, s.dtype, {**a, **s.dynamic})
+                                   for s, a in zip(variant.outputs, axes)]
                 return
             variant.notes.append(f"mlx: exported with fixed shapes, {problem}")
         # what the file holds, whatever was asked (a fallback, or no dynamic axis to keep)
@@ -173,7 +194,13 @@ def check_feeds(variant, program) -> list[dict[str, np.ndarray]]:
 
     The smallest is 1, or the lower bound torch.export put on the axis when that is
     above 2 (torch's ranges start at 2 by default, which is not a property of the model).
+    A generation step's axes are tied (the mask is ``past + sequence`` long), so it is
+    checked where it runs instead: the prefill (an empty past), one decode step, and the
+    example at one more batch row.
     """
+    if is_step(variant):
+        batch = {k: np.concatenate([v, v[:1]], axis=0) for k, v in variant.example.items()}
+        return [feeds for feeds, _, _ in extra_feeds(variant)] + [batch]
     lengths = _axis_lengths(variant)
     lowest = {}
     placeholders = {n.name: n for n in program.graph.nodes if n.op == "placeholder"}

@@ -48,7 +48,7 @@ DTYPES = {
 
 
 # Translations registered with ``sizes=True`` handle dynamic sizes among their arguments themselves;
-# every other translation is refused a dynamic size as a value (the export then falls back to fixed shapes).
+# every other translation gets a dynamic size as a run-time 0-d array (Context.size; graph.py does that).
 OPS: OpTable = OpTable("MLX", "translation",
                        hint="replace the op in the model, or add a translation to edgesmith/export/mlx/ops.py")
 
@@ -175,6 +175,17 @@ class Context:
         """Int32 zeros of length ``dim`` (``value`` at trace time) that follow ``dim`` at run time."""
         if is_static(dim) or not self.shapeless:
             return mx.zeros((value,), mx.int32)
+        if dim not in self._zeros and isinstance(dim, sympy.Add):
+            # a sum of sizes (past + sequence, a KV cache's length): the pieces one after the other
+            parts = []
+            for term in dim.args:
+                if term.is_Integer and term >= 0:
+                    parts.append(mx.zeros((int(term),), mx.int32))
+                elif isinstance(term, sympy.Symbol):
+                    parts.append(self.zeros(term, 0))
+                else:
+                    self.require_static(f"a size of {dim} is not a sum of input axes")
+            self._zeros[dim] = mx.concatenate(parts)
         if dim not in self._zeros:
             if dim not in self.sources:
                 self.require_static(f"a size of {dim} is not the size of an input axis")

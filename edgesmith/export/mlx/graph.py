@@ -140,16 +140,18 @@ class MlxGraph:
                 if node.op == "placeholder":
                     env[node] = feeds[node.name] if node.name in feeds else constants[node.name]
                 elif node.op == "call_function":
-                    args = map_arg(node.args, env.__getitem__)
-                    kwargs = map_arg(node.kwargs, env.__getitem__)
                     if node.target in _PYTHON_OPS:
-                        env[node] = _PYTHON_OPS[node.target](*args, **kwargs)
+                        env[node] = _PYTHON_OPS[node.target](*map_arg(node.args, env.__getitem__),
+                                                             **map_arg(node.kwargs, env.__getitem__))
                         continue
                     ctx.node = node
                     name = op_name(node.target)
                     fn = OPS.get(name)
+                    value = env.__getitem__
                     if not OPS.info(name).get("sizes", False):
-                        _check_no_dynamic_sizes(ctx, node)
+                        value = lambda n: _run_time_size(ctx, n, env[n])  # noqa: E731
+                    args = map_arg(node.args, value)
+                    kwargs = map_arg(node.kwargs, value)
                     try:
                         env[node] = _cast(fn(ctx, *args, **kwargs), node.meta.get("val"))
                     except (NeedsStatic, BadInputError):
@@ -164,14 +166,17 @@ class MlxGraph:
         return run
 
 
-def _check_no_dynamic_sizes(ctx: Context, node) -> None:
-    """A dynamic size used as a value bakes the traced size in: only size-aware ops may take one."""
-    found = []
-    map_arg((node.args, node.kwargs), lambda n: found.append(n) or n)
-    for n in found:
-        val = n.meta.get("val")
-        if isinstance(val, torch.SymInt) and not is_static(sym_value(val)):
-            ctx.require_static(f"uses the dynamic size {sym_value(val)} as a value")
+def _run_time_size(ctx: Context, node, traced):
+    """An argument of an op that is not size-aware: a dynamic size becomes a run-time scalar.
+
+    Used as a value (``arange(sequence) + past``, the cache positions of a decoder), a
+    dynamic size would otherwise be the traced number, baked in; shapeless, it is read
+    from the input axes it comes from instead (:meth:`Context.size`, an int32 0-d array).
+    """
+    val = node.meta.get("val")
+    if isinstance(val, torch.SymInt) and not is_static(sym_value(val)):
+        return ctx.size(sym_value(val), traced)
+    return traced
 
 
 def _cast(out, val):

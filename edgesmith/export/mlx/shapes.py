@@ -5,8 +5,8 @@ registration, same conventions as :mod:`edgesmith.export.mlx.ops`).
 Translations that take sizes (``view``, ``expand``, ``slice``, ``arange``...)
 are registered with ``sizes=True`` and build shape-dependent values through the
 :class:`~edgesmith.export.mlx.context.Context` helpers, so the exported function
-stays right when dynamic axes change; every other translation is refused a
-dynamic size as a value (the export then falls back to fixed shapes).
+stays right when dynamic axes change; every other translation gets a dynamic
+size as a run-time 0-d array read from the input axes it comes from.
 """
 
 from __future__ import annotations
