@@ -47,7 +47,7 @@ def _read(path: str | None, what: str) -> str | None:
 @click.option("--ignore-eos", is_flag=True, help="Go on past end-of-sequence tokens (fixed-length timing).")
 @click.option("--threads", default=0, help="Runtime threads (0 = runtime default).")
 @click.option("--no-binding", is_flag=True, help="Pass the KV cache as numpy arrays each step instead of keeping "
-                                                  "it in ONNX Runtime's buffers (for comparison).")
+                                                  "it in the runtime (ONNX Runtime's buffers, MLX arrays).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result (text, tokens, timings) as JSON, "
                                                        "without streaming.")
 def generate(bundle, prompt, prompt_file, ids, chat, chat_template, system, max_new_tokens, temperature, top_k,

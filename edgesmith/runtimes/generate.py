@@ -7,7 +7,8 @@ tokenizer (``tokenizer.json``, read by the ``tokenizers`` library), the chat tem
 source's generation defaults. :class:`Generator` runs the prompt once (the prefill,
 which gives the first token: time to first token), then one step per new token, each
 reading the cache the previous one returned. On ONNX Runtime the cache stays in the
-runtime's own buffers between steps (IO binding); other runtimes pass numpy arrays.
+runtime's own buffers between steps (IO binding), on MLX as MLX arrays; other runtimes
+pass numpy arrays.
 
 Sampling: ``temperature`` 0 is greedy (the argmax, what parity compares); above 0 the
 logits are divided by it, cut to the ``top_k`` most likely and the smallest set whose
@@ -145,7 +146,7 @@ class Generator:
         bundle: A generation bundle (path or opened).
         threads: Runtime threads (0: the runtime's default).
         binding: Keep the KV cache in the runtime's buffers between steps where the runtime
-            can (ONNX Runtime's IO binding); false passes numpy arrays every step.
+            can (ONNX Runtime's IO binding, MLX arrays); false passes numpy arrays every step.
 
     Raises:
         BadInputError: The bundle is not a generation bundle, or fails verification.
