@@ -14,6 +14,7 @@ from pathlib import Path
 
 from edgesmith.errors import BadInputError
 from edgesmith.export.base import EXPORTERS, Exporter
+from edgesmith.export.generation import extra_feeds, is_step
 from edgesmith.quiet import quiet
 
 TWO_GB = 2 * 1024**3
@@ -30,6 +31,10 @@ class OnnxOptions:
         external_data: Store weights in ``model.onnx.data``; None decides by size (over 2 GB).
         generation: Export a decoder LM as a generation bundle (one graph with its KV cache,
             the tokenizer, the chat template); false keeps the prefill-only graph.
+        fuse: Write ONNX Runtime's fused operators (``com.microsoft``) where edgesmith has a fused
+            form: a Llama-family generation step is rewritten with ``GroupQueryAttention``,
+            ``SkipSimplifiedLayerNormalization``, fused QKV and gate/up MatMuls (:mod:`.onnx_fuse.decoder`);
+            where nothing fuses the graph stays and the manifest says why. False keeps the dynamo graph.
     """
 
     opset: int = 20
@@ -37,6 +42,7 @@ class OnnxOptions:
     optimize: bool = True
     external_data: bool | None = None
     generation: bool = True
+    fuse: bool = True
 
 
 @EXPORTERS.register
@@ -80,6 +86,27 @@ class OnnxExporter(Exporter):
         big = size > TWO_GB if self.options.external_data is None else self.options.external_data
         with quiet("torch.onnx", "torch.export", "torch._dynamo", "onnxscript", stdout=True):
             onnx_program.save(str(path), external_data=big)
+        if self.options.fuse and is_step(variant):
+            self.details["fuse"] = self._fuse_step(path, variant, big)
+
+    def _fuse_step(self, path: Path, step, big: bool) -> dict:
+        """Write the generation step's fused graph over the dynamo one (:func:`~.onnx_fuse.fuse_step`)."""
+        from edgesmith.export.onnx_fuse import NotFusable, fuse_step
+
+        try:
+            return fuse_step(path, step, self.options.opset, big)
+        except NotFusable as exc:
+            step.notes.append(f"onnx: decoder not fused: {exc}")
+            return {"applied": False, "note": f"not fused: {exc}"}
+
+    def _extra_feeds(self, variant) -> list[tuple]:
+        """A fused step takes two rows only one new token at a time after a past: its batch feeds
+        are a prefill and a decode step (:func:`~.onnx_fuse.batch_feeds`), not the example doubled."""
+        if not (is_step(variant) and self.details.get("fuse", {}).get("applied")):
+            return super()._extra_feeds(variant)
+        from edgesmith.export.onnx_fuse import batch_feeds
+
+        return [*batch_feeds(variant), *extra_feeds(variant)]
 
     def _program(self, variant):
         from edgesmith.models.program import export_program, output_dynamic_axes
