@@ -72,7 +72,8 @@ class OpCost:
         scope: Source module path (from the exporter's metadata), or "".
         flops: Floating-point (or integer) operations, a multiply-add counted as two.
         bytes: Bytes read (distinct inputs, weights included) plus bytes written.
-        weight_bytes: The part of ``bytes`` that is initializers (weights).
+        weight_bytes: The part of ``bytes`` that is weights: initializers, and values computed from them
+            alone (a runtime folds those into initializers).
         precision: ``fp32``, ``fp16``, ``bf16`` or ``int8``: the type of the largest floating input.
     """
 
@@ -184,7 +185,8 @@ def graph_costs(model_path: str | Path, inputs: dict[str, np.ndarray]) -> GraphC
                 if k == 0 and node.op_type in _GATHERS and outs:  # a lookup reads only the rows it returns
                     read = min(read, outs[0].nbytes)
                 in_bytes += read
-                w_bytes += read if n in initializers else 0
+                # a value computed from weights alone (a transposed tied head) is folded into a weight
+                w_bytes += read if n in constant else 0
         floats = [v for v in ins if v.dtype in _PRECISION and v.dtype not in ("int8", "uint8")]
         typed = max(floats or ins or outs, key=lambda v: v.numel, default=None)
         precision = _PRECISION.get(typed.dtype, "fp32") if typed is not None else "fp32"

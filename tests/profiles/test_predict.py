@@ -100,6 +100,7 @@ def test_nodes_on_weights_alone_are_folded(tmp_path):
                   [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [("a", a)])
     graph = graph_costs(path, {"x": np.zeros(4, np.float32)})
     assert graph.folded == {"const"}
+    assert graph.costs[1].weight_bytes == 16  # what the folded node computes is a weight its reader streams
     assert set(predict(graph, get_device("host"), _calibration()).op_ms) == {"add"}
 
 

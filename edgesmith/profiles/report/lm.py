@@ -43,11 +43,6 @@ def lm_table(entries: list[dict[str, Any]]) -> tuple[list[str], list[list[Cell]]
                                "predicted") if p else "—"
             pred_tps: Cell = (f"≈{sig(p['tokens_per_s'])} ({sig(p['tokens_per_s_low'])}–"
                               f"{sig(p['tokens_per_s_high'])})", "predicted") if p else "—"
-            if p:
-                group = f"{device} (predicted)"
-                speed.append(svg.Point(label, p["tokens_per_s"], p["tokens_per_s_low"], p["tokens_per_s_high"],
-                                       False, group))
-                ttft.append(svg.Point(label, p["ttft_ms"], p["ttft_low_ms"], p["ttft_high_ms"], False, group))
             if lm.get("mode") == "predicted":
                 rows.append([name, device, ("predicted", "predicted"), str(length), "—", "—", "—", pred_ttft,
                              pred_tps, "—", "—"])
@@ -59,6 +54,11 @@ def lm_table(entries: list[dict[str, Any]]) -> tuple[list[str], list[list[Cell]]
             rows.append([name, device, ("measured", "measured"), str(length), sig(row["ttft_ms"]),
                          sig(row["decode_ms_per_token"]), sig(row.get("tokens_per_s")), pred_ttft, pred_tps,
                          _error(p, "ttft_error"), _error(p, "decode_error")])
+        for length, p in predicted.items():  # after the measured rows: the host's groups read measured, then predicted
+            group, label = f"{device} (predicted)", f"{name} @ {length} tokens"
+            speed.append(svg.Point(label, p["tokens_per_s"], p["tokens_per_s_low"], p["tokens_per_s_high"], False,
+                                   group))
+            ttft.append(svg.Point(label, p["ttft_ms"], p["ttft_low_ms"], p["ttft_high_ms"], False, group))
     decode_tokens = sorted({e["lm"].get("decode_tokens") for e in with_lm} - {None})
     plots = [svg.range_plot(speed, title="Decode tokens/s per device", log=_spread(speed),
                             x_label="decode tokens per second" + (" (log scale)" if _spread(speed) else ""),
