@@ -31,8 +31,9 @@ class OnnxOptions:
         external_data: Store weights in ``model.onnx.data``; None decides by size (over 2 GB).
         generation: Export a decoder LM as a generation bundle (one graph with its KV cache,
             the tokenizer, the chat template); false keeps the prefill-only graph.
-        fuse: Write ONNX Runtime's fused operators (``com.microsoft``) where edgesmith has a fused
-            form: a Llama-family generation step is rewritten with ``GroupQueryAttention``,
+        fuse: Write ONNX Runtime's fused operators (``com.microsoft``): an encoder (BERT family)
+            gets ``Attention``, ``SkipLayerNormalization``, ``BiasGelu`` (:mod:`.onnx_fuse.encoder`);
+            a Llama-family generation step is rewritten with ``GroupQueryAttention``,
             ``SkipSimplifiedLayerNormalization``, fused QKV and gate/up MatMuls (:mod:`.onnx_fuse.decoder`);
             where nothing fuses the graph stays and the manifest says why. False keeps the dynamo graph.
     """
@@ -64,7 +65,13 @@ class OnnxExporter(Exporter):
             big = model.ByteSize() > TWO_GB if self.options.external_data is None else self.options.external_data
             onnx.save(model, str(path), save_as_external_data=big, location="model.onnx.data")
             return
-        program = self._program(variant)
+        import contextlib
+
+        from edgesmith.export.onnx_fuse import encoder as fuse_enc
+
+        fuse_encoder = self.options.fuse and variant.task == "encoder"
+        with fuse_enc.eager_attention(variant.module) if fuse_encoder else contextlib.nullcontext():
+            program = self._program(variant)  # eager attention exports the pattern ORT's optimizer fuses
         import torch
 
         try:
@@ -86,8 +93,23 @@ class OnnxExporter(Exporter):
         big = size > TWO_GB if self.options.external_data is None else self.options.external_data
         with quiet("torch.onnx", "torch.export", "torch._dynamo", "onnxscript", stdout=True):
             onnx_program.save(str(path), external_data=big)
+        if fuse_encoder:
+            self.details["fuse"] = self._fuse_encoder(path, variant, big)
         if self.options.fuse and is_step(variant):
             self.details["fuse"] = self._fuse_step(path, variant, big)
+
+    def _fuse_encoder(self, path: Path, variant, big: bool) -> dict:
+        """Fuse the encoder graph in place (:func:`~.onnx_fuse.encoder.fuse_encoder`); its manifest record."""
+        from edgesmith.export.onnx_fuse import NotFusable
+        from edgesmith.export.onnx_fuse.encoder import fuse_encoder
+
+        if big:
+            return {"applied": False, "note": "not fused: the weights are external data (over 2 GB)"}
+        try:
+            return fuse_encoder(path, variant)
+        except NotFusable as exc:
+            variant.notes.append(f"onnx: encoder not fused: {exc}")
+            return {"applied": False, "note": f"not fused: {exc}"}
 
     def _fuse_step(self, path: Path, step, big: bool) -> dict:
         """Write the generation step's fused graph over the dynamo one (:func:`~.onnx_fuse.fuse_step`)."""

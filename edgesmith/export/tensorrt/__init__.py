@@ -123,7 +123,8 @@ class TensorrtExporter(Exporter):
         self.model_file = ONNX_FILE
         dynamic = bool(o.min_shapes or o.opt_shapes or o.max_shapes)
         shapes = self._profile(variant) if dynamic else {}
-        onnx_exporter = OnnxExporter(OnnxOptions(opset=o.opset, dynamic=dynamic, optimize=True))
+        onnx_exporter = OnnxExporter(OnnxOptions(opset=o.opset, dynamic=dynamic, optimize=True,
+                                                fuse=False))  # ONNX Runtime contrib ops: not TensorRT's
         if variant.module is None and not dynamic:
             _require_static(variant)
         onnx_exporter._export_impl(variant, stage)
