@@ -219,7 +219,7 @@ def generate(bundle: str | Path, prompt: str | None = None, *, ids: Sequence[int
 def profile(bundles: Iterable[str | Path], *, device: str | Sequence[str] = "host", warmup: int = 10,
             runs: int = 100, threads: int = 0, layers: bool = True, recalibrate: bool = False, compiled: bool = False,
             progress: Callable[[str, int], None] | None = None, device_files: Sequence[str | Path] = (),
-            prompt_lengths: Sequence[int] = (128,), decode_tokens: int = 32, lm_runs: int = 5) -> dict[str, Any]:
+            prompt_lengths: Sequence[int] | None = None, decode_tokens: int = 32, lm_runs: int = 5) -> dict[str, Any]:
     """Profile bundles on devices and return a profile document.
 
     On ``host`` a bundle is measured, and an ONNX Runtime bundle (the runtime the host calibration times)

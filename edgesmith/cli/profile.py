@@ -12,8 +12,10 @@ from edgesmith.cli.progressbar import progress
 from edgesmith.units import format_bytes, format_duration, format_mib
 
 
-def _lengths(ctx, param, value: str) -> tuple[int, ...]:
+def _lengths(ctx, param, value: str | None) -> tuple[int, ...] | None:
     """``128,512`` -> (128, 512); anything else is a usage error naming the value."""
+    if value is None:
+        return None
     try:
         lengths = tuple(int(x) for x in str(value).split(",") if x.strip())
     except ValueError:
@@ -39,9 +41,9 @@ def _lengths(ctx, param, value: str) -> tuple[int, ...]:
 @click.option("--recalibrate", is_flag=True, help="Measure the host calibration again instead of using the cache.")
 @click.option("--compile", "compiled", is_flag=True,
               help="Run torch bundles under torch.compile (compiled during warm-up); other runtimes as they are.")
-@click.option("--prompt-lengths", default="128", show_default=True, callback=_lengths,
+@click.option("--prompt-lengths", callback=_lengths,
               help="Generation bundles: prompt lengths in tokens (comma-separated) at which time to first token "
-                   "and decode tokens/s are profiled.")
+                   "and decode tokens/s are profiled.  [default: 128, or what the bundle's context holds]")
 @click.option("--decode-tokens", default=32, show_default=True,
               help="Generation bundles: decode steps after the first token (greedy, end-of-sequence ignored).")
 @click.option("--lm-runs", default=5, show_default=True,

@@ -31,6 +31,7 @@ polynomial exactly and any prompt length is predicted without running the graph 
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
 from dataclasses import dataclass
 from typing import Any
@@ -43,6 +44,8 @@ from edgesmith.profiles.roofline import Calibration
 
 #: Lengths at which the graph's costs are read to fit the degree-two polynomials.
 FIT_LENGTHS = (2, 4, 8)
+#: The prompt length profiled when none is asked for (shortened to fit a bundle's context).
+DEFAULT_PROMPT = 128
 
 
 @dataclass(frozen=True)
@@ -50,13 +53,14 @@ class LMSettings:
     """What an LM profile runs.
 
     Attributes:
-        prompt_lengths: Prompt lengths, in tokens, at which TTFT and decode are profiled.
+        prompt_lengths: Prompt lengths, in tokens, at which TTFT and decode are profiled (None:
+            :data:`DEFAULT_PROMPT`, or as much of it as the bundle's context holds with the decode steps).
         decode_tokens: Decode steps after the first token (each one token).
         runs: Timed generations per prompt length (medians are reported).
         warmup: Untimed generations per prompt length first.
     """
 
-    prompt_lengths: tuple[int, ...] = (128,)
+    prompt_lengths: tuple[int, ...] | None = None
     decode_tokens: int = 32
     runs: int = 5
     warmup: int = 1
@@ -68,7 +72,7 @@ class LMSettings:
             record: The bundle's ``generation`` record (its ``max_context``), if any.
             name: The bundle's name, for the message.
         """
-        if not self.prompt_lengths or min(self.prompt_lengths) < 1:
+        if self.prompt_lengths is not None and (not self.prompt_lengths or min(self.prompt_lengths) < 1):
             raise UsageError(f"prompt lengths must be at least 1 token, got {list(self.prompt_lengths)}",
                              hint="e.g. --prompt-lengths 128,512")
         if self.decode_tokens < 1:
@@ -76,12 +80,28 @@ class LMSettings:
         if self.runs < 1:
             raise UsageError(f"generation runs must be at least 1, got {self.runs}")
         limit = (record or {}).get("max_context")
-        longest = max(self.prompt_lengths)
+        longest = max(self.prompt_lengths or (DEFAULT_PROMPT,))
+        if limit and self.prompt_lengths is None and self.decode_tokens < limit:
+            return  # the default length is shortened to fit (for_bundle)
         if limit and longest + self.decode_tokens > limit:
             raise UsageError(f"a {longest}-token prompt and {self.decode_tokens} decode steps need "
                              f"{longest + self.decode_tokens} positions; {name} holds at most {limit} "
                              "(its maximum context)",
                              hint="lower --prompt-lengths or --decode-tokens")
+
+
+    def for_bundle(self, record: dict[str, Any], name: str = "") -> "LMSettings":
+        """These settings with the prompt lengths a bundle is profiled at, checked against its context.
+
+        Raises:
+            UsageError: A value out of range, or lengths the bundle cannot hold (both numbers named).
+        """
+        self.check(record, name)
+        if self.prompt_lengths is not None:
+            return self
+        limit = record.get("max_context")
+        length = min(DEFAULT_PROMPT, limit - self.decode_tokens) if limit else DEFAULT_PROMPT
+        return dataclasses.replace(self, prompt_lengths=(length,))
 
 
 # ---------------------------------------------------------------- measured
@@ -106,7 +126,7 @@ def measure_lm(bundle, settings: LMSettings, threads: int = 0) -> dict[str, Any]
     from edgesmith.runtimes.generate import Generator, Sampling
 
     generator = Generator(bundle, threads=threads)
-    settings.check(generator.record, generator.bundle.path.name)
+    settings = settings.for_bundle(generator.record, generator.bundle.path.name)
     vocab = _vocab(generator)
     sampling = Sampling(max_new_tokens=settings.decode_tokens + 1, ignore_eos=True)
     rng = np.random.default_rng(0)

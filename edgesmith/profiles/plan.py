@@ -36,7 +36,7 @@ from edgesmith.profiles.roofline import Calibration
 def profile_bundles(bundles: Iterable[str | Path], *, device: str | Sequence[str] = "host", warmup: int = 10,
                     runs: int = 100, threads: int = 0, layers: bool = True,
                     progress: Callable[[str, int], None] | None = None, device_files: Sequence[str | Path] = (),
-                    recalibrate: bool = False, compiled: bool = False, prompt_lengths: Sequence[int] = (128,),
+                    recalibrate: bool = False, compiled: bool = False, prompt_lengths: Sequence[int] | None = None,
                     decode_tokens: int = 32, lm_runs: int = 5,
                     package: Callable[[str, str], str | Path], target_names: Iterable[str]) -> dict[str, Any]:
     """Profile bundles on devices and return a profile document (see the module docstring).
@@ -66,7 +66,8 @@ def profile_bundles(bundles: Iterable[str | Path], *, device: str | Sequence[str
     names = [device] if isinstance(device, str) else list(device)
     here, devices = _devices(names, device_files, target_names)
     plan = _Plan(threads=threads, recalibrate=recalibrate)
-    lm = LMSettings(prompt_lengths=tuple(prompt_lengths), decode_tokens=decode_tokens, runs=lm_runs)
+    lm = LMSettings(prompt_lengths=tuple(prompt_lengths) if prompt_lengths else None, decode_tokens=decode_tokens,
+                    runs=lm_runs)
     bundles = list(bundles)
     alone = len(devices) * len(bundles) == 1  # one pair asked for: its failure is the answer
     with tempfile.TemporaryDirectory(prefix="edgesmith-profile-") as tmp:
@@ -75,8 +76,7 @@ def profile_bundles(bundles: Iterable[str | Path], *, device: str | Sequence[str
             if Path(b).suffix == ".onnx" and not Path(b).is_dir():
                 path = package(str(b), tmp)
             record = _generation(path)
-            if record is not None:
-                lm.check(record, Path(b).name)  # before any work
+            settings = lm.for_bundle(record, Path(b).name) if record is not None else None  # before any work
             for target in devices:
                 if getattr(target, "name", target) in here:
                     cb = (lambda n, _b=str(b): progress(_b, n)) if progress else None
@@ -91,7 +91,7 @@ def profile_bundles(bundles: Iterable[str | Path], *, device: str | Sequence[str
                 if entry is not None:
                     entry.bundle = str(b)
                     if record is not None:
-                        plan.add_lm(entry, str(b), path, target, lm)
+                        plan.add_lm(entry, str(b), path, target, settings)
                     plan.entries.append(entry)
     if not plan.entries and (plan.skipped or plan.unmeasured):
         raise UsageError(f"nothing could be profiled: {(plan.skipped or plan.unmeasured)[0]['reason']}")

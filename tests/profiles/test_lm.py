@@ -128,3 +128,10 @@ def test_cli_profile_prints_tokens_per_s_and_refuses_bad_lengths(bundle, tmp_pat
     assert "need 70 positions" in err and "at most 64" in err
     with pytest.raises(UsageError, match="decode tokens must be at least 1"):
         LMSettings(decode_tokens=0).check()
+
+
+def test_the_default_prompt_is_shortened_to_fit_the_context(bundle):
+    doc = es.profile([bundle], device="jetson-orin-nano")  # 128 + 32 decode steps do not fit 64 positions
+    assert [r["prompt_tokens"] for r in doc["entries"][0]["lm"]["rows"]] == [64 - 32]
+    with pytest.raises(UsageError, match="need 96 positions.*at most 64"):  # asked for: an error, not shortened
+        es.profile([bundle], device="jetson-orin-nano", prompt_lengths=[64])
