@@ -182,19 +182,19 @@ def generate(bundle: str | Path, prompt: str | None = None, *, ids: Sequence[int
              chat_template: str | None = None, system: str | None = None, max_new_tokens: int | None = None,
              temperature: float | None = None, top_k: int | None = None, top_p: float | None = None,
              seed: int | None = None, stop: Sequence[str] = (), ignore_eos: bool = False, threads: int = 0,
-             binding: bool = True, on_text: Callable[[str], None] | None = None):
+             binding: bool = True, on_text: Callable[[str], None] | None = None, context: str | None = None,
+             encoder: str | Path | None = None):
     """Generate text with a generation bundle (a decoder LM exported to onnx or mlx), without torch.
 
     Args:
         bundle: The bundle.
         prompt: The prompt text (or ``ids``: token ids, for a bundle without a tokenizer).
         chat: Wrap the prompt in the bundle's chat template (as the user's turn).
-        chat_template: A Jinja chat template to use instead of the bundle's.
-        system: A system message for the chat template.
+        chat_template: A Jinja chat template instead of the bundle's. system: A system message for the template.
         max_new_tokens, temperature, top_k, top_p, seed, stop, ignore_eos: See :class:`~edgesmith.runtimes.
             generate.Sampling`; None takes the bundle's defaults. threads: Runtime threads (0: its default).
-        binding: Keep the KV cache in the runtime's buffers between steps (ONNX Runtime).
-        on_text: Called with each new piece of text as it is generated.
+        binding: Keep the KV cache in the runtime's buffers (ONNX Runtime). on_text: Called with each new text piece.
+        context, encoder: A Dolphin decoder's document, compressed by its encoder bundle (default: beside it).
 
     Returns:
         The :class:`~edgesmith.runtimes.generate.Generation` (text, tokens, TTFT, ms/token).
@@ -213,7 +213,7 @@ def generate(bundle: str | Path, prompt: str | None = None, *, ids: Sequence[int
                                 temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, stop=tuple(stop),
                                 ignore_eos=ignore_eos or None)
     prompt_ids = list(ids) if ids is not None else generator.encode(prompt, chat, chat_template, system)
-    return generator.generate(prompt_ids, sampling, on_text)
+    return generator.generate(prompt_ids, sampling, on_text, context=context, encoder=encoder)
 
 
 def profile(bundles: Iterable[str | Path], *, device: str | Sequence[str] = "host", warmup: int = 10,

@@ -171,3 +171,33 @@ def test_refusals_name_the_part():
         from transformers import GPT2Config, GPT2LMHeadModel
 
         read_decoder(GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=50)))
+
+
+def test_qwen3_qk_norm_graph_parity():
+    """Qwen3's per-head q/k RMSNorm (before the rotation), at the graph level: no export, the fused
+    graph against the generation step on its example, prefill and decode feeds."""
+    import onnxruntime as ort
+    import torch
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    from edgesmith.export.generation import extra_feeds
+    from edgesmith.export.onnx_fuse.decoder_graph import build_step
+    from edgesmith.models.lm_generate import generation_variant
+
+    torch.manual_seed(0)
+    model = Qwen3ForCausalLM(Qwen3Config(hidden_size=64, intermediate_size=96, num_hidden_layers=2, head_dim=16,
+                                         num_attention_heads=4, num_key_value_heads=2, vocab_size=101,
+                                         max_position_embeddings=64)).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.normal_(1.0, 0.3)
+    step = generation_variant(_variant(model, "tiny-qwen3"))
+    fused, ops = build_step(read_decoder(model), step.inputs, step.outputs, 20)
+    assert ops["com.microsoft.GroupQueryAttention"] == 2 and ops["SimplifiedLayerNormalization"] == 1 + 4
+    session = ort.InferenceSession(fused.SerializeToString(), providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    for feeds, reference, *_ in [(step.example, step.run()), *extra_feeds(step)]:
+        got = dict(zip(names, session.run(None, feeds)))
+        for name, ref in reference.items():
+            np.testing.assert_allclose(got[name], ref, atol=1e-4 * max(1.0, float(np.abs(ref).max())), rtol=0)

@@ -7,7 +7,7 @@ exporter's patterns. So edgesmith writes the fused graph itself, from the module
 weights, where it knows the module computes exactly what the fused graph does, and
 refuses (:class:`NotFusable`, its message the bundle's note) everywhere else.
 
-- :func:`fuse_step`: a decoder LM's generation step (Llama, Mistral, Qwen2 families):
+- :func:`fuse_step`: a decoder LM's generation step (Llama, Mistral, Qwen2, Qwen3 families):
   ``GroupQueryAttention`` with rotary embedding and the KV cache,
   ``SkipSimplifiedLayerNormalization``, one QKV and one gate/up MatMul per layer
   (:mod:`.decoder`, :mod:`.decoder_graph`).

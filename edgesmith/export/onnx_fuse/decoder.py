@@ -8,6 +8,8 @@ modules whose forward is exactly the Llama block::
     x = x + down_proj(silu(gate_proj(rms(x))) * up_proj(rms(x)))
     logits = lm_head(rms(x))
 
+(Qwen3 adds an RMSNorm over each head of q and k before the rotation; Qwen2 biases on q/k/v.)
+
 :func:`read_decoder` accepts a transformers causal LM of a family known to compute
 that (:data:`FAMILIES`), checks every module it will replace is of the class whose
 forward it knows (an ``nn.Linear``, the family's RMSNorm, SiLU), and returns the
@@ -31,7 +33,9 @@ FAMILIES = {
     "llama": ("LlamaRMSNorm", "LlamaDecoderLayer"),
     "mistral": ("MistralRMSNorm", "MistralDecoderLayer"),
     "qwen2": ("Qwen2RMSNorm", "Qwen2DecoderLayer"),
+    "qwen3": ("Qwen3RMSNorm", "Qwen3DecoderLayer"),  # + per-head RMSNorm of q and k before the rotation
 }
+QK_NORM = ("qwen3",)
 # rope types whose cos/sin tables are fixed at init (dynamic and longrope rescale with the length)
 STATIC_ROPE = ("default", "linear", "llama3", "yarn")
 ACTIVATIONS = ("SiLU", "SiLUActivation")
@@ -54,6 +58,8 @@ class Layer:
     kv_heads: int
     scale: float
     bias: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)  # q/k/v/o/gate/up/down biases
+    q_norm: np.ndarray | None = None  # per-head RMSNorm weights of q and k (head_dim,), Qwen3
+    k_norm: np.ndarray | None = None
 
 
 @dataclasses.dataclass
@@ -119,7 +125,8 @@ def read_decoder(model) -> Decoder:
     cos, sin, rope_type, head_dim = _rope(inner.rotary_emb, config)
     for i in range(len(inner.layers)):
         _refuse_sliding(config, family, i)
-    layers = [_layer(block, i, norm_class, layer_class, eps, head_dim) for i, block in enumerate(inner.layers)]
+    layers = [_layer(block, i, norm_class, layer_class, eps, head_dim, family in QK_NORM)
+              for i, block in enumerate(inner.layers)]
     embed = _np(inner.embed_tokens.weight)
     tied = head.weight.shape == inner.embed_tokens.weight.shape and \
         head.weight.data_ptr() == inner.embed_tokens.weight.data_ptr()
@@ -188,7 +195,7 @@ def _refuse_sliding(config, family: str, index: int) -> None:
     return None
 
 
-def _layer(block, i: int, norm_class: str, layer_class: str, eps: float, head_dim: int) -> Layer:
+def _layer(block, i: int, norm_class: str, layer_class: str, eps: float, head_dim: int, qk_norm: bool) -> Layer:
     where = f"layer {i}"
     if type(block).__name__ != layer_class:
         raise NotFusable(f"{where} is {type(block).__name__}, not {layer_class}")
@@ -204,8 +211,15 @@ def _layer(block, i: int, norm_class: str, layer_class: str, eps: float, head_di
         if _norm(getattr(block, norm), norm_class, f"{where}'s {norm}") != eps:
             raise NotFusable(f"{where}'s {norm} has an epsilon other than model.norm's")
     attn_children = set(dict(attn.named_children()))
-    if attn_children != {"q_proj", "k_proj", "v_proj", "o_proj"}:
-        raise NotFusable(f"{where}'s self_attn has modules {sorted(attn_children)}, not q/k/v/o_proj")
+    if attn_children != {"q_proj", "k_proj", "v_proj", "o_proj", *(("q_norm", "k_norm") if qk_norm else ())}:
+        raise NotFusable(f"{where}'s self_attn has modules {sorted(attn_children)}, not q/k/v/o_proj"
+                         f"{' and q/k_norm' if qk_norm else ''}")
+    norms = {}
+    if qk_norm:
+        for key in ("q_norm", "k_norm"):
+            if _norm(getattr(attn, key), norm_class, f"{where}'s self_attn.{key}") != eps:
+                raise NotFusable(f"{where}'s self_attn.{key} has an epsilon other than model.norm's")
+            norms[key] = _np(getattr(attn, key).weight)
     mlp_children = set(dict(mlp.named_children()))
     if mlp_children != {"gate_proj", "up_proj", "down_proj", "act_fn"}:
         raise NotFusable(f"{where}'s mlp has modules {sorted(mlp_children)}, not gate/up/down_proj and act_fn")
@@ -229,4 +243,4 @@ def _layer(block, i: int, norm_class: str, layer_class: str, eps: float, head_di
     scale = float(getattr(attn, "scaling", head_dim ** -0.5))
     return Layer(norm_in=_np(block.input_layernorm.weight), norm_post=_np(block.post_attention_layernorm.weight),
                  heads=q_out // head_dim, kv_heads=k_out // head_dim, scale=scale, bias=bias,
-                 **weights)
+                 **norms, **weights)

@@ -72,7 +72,7 @@ def build_step(decoder: Decoder, inputs, outputs, opset: int, name: str = "gener
                      axis=-1, epsilon=decoder.eps, stash_type=1)
         else:
             h, residual = _skip_norm(g, pending, residual, norm_in, decoder.eps, f"{scope}/input_layernorm")
-        attn = _attention(g, layer, h, i, seqlens, total, cos, sin, scope)
+        attn = _attention(g, layer, h, i, seqlens, total, cos, sin, scope, decoder.eps)
         norm_post = g.weight(f"{scope}.post_attention_layernorm.weight", layer.norm_post)
         h, residual = _skip_norm(g, attn, residual, norm_post, decoder.eps, f"{scope}/post_attention_layernorm")
         pending = _mlp(g, layer, h, scope)
@@ -117,24 +117,37 @@ def _stack(layer: Layer, keys: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray 
 
 
 def _attention(g: GraphBuilder, layer: Layer, h: str, i: int, seqlens: str, total: str, cos: str, sin: str,
-               scope: str) -> str:
+               scope: str, eps: float) -> str:
     weight, bias = _stack(layer, ("q", "k", "v"))
     qkv = _linear(g, h, weight, bias, f"{scope}.self_attn.qkv_proj")
-    heads = [layer.heads, layer.kv_heads]
-    if (layer.q.shape[0] // layer.heads) % 16 == 0:
-        query, rotary = [qkv, "", ""], [cos, sin, "position_ids"]
-    else:  # GroupQueryAttention rotates only heads a multiple of 16 wide: RotaryEmbedding before it
-        width = layer.q.shape[0] // layer.heads
-        q, k, v = g.op("Split", [qkv, g.const([layer.q.shape[0], layer.k.shape[0], layer.v.shape[0]])], 3,
-                       name=f"{scope}/self_attn/split", axis=-1)
-        query = [g.op("RotaryEmbedding", [x, "position_ids", cos, sin], domain=MS, name=f"{scope}/self_attn/rotary",
-                      num_heads=n, rotary_embedding_dim=width, interleaved=0) for x, n in zip((q, k), heads)] + [v]
-        rotary = []
+    width = layer.q.shape[0] // layer.heads
+    query, rotary = [qkv, "", ""], [cos, sin, "position_ids"]
+    if layer.q_norm is not None or width % 16:
+        query = g.op("Split", [qkv, g.const([layer.q.shape[0], layer.k.shape[0], layer.v.shape[0]])], 3,
+                     name=f"{scope}/self_attn/split", axis=-1)
+        heads = (layer.heads, layer.kv_heads)
+        if layer.q_norm is not None:  # Qwen3: RMSNorm over each head of q and k, before the rotation
+            norms = (layer.q_norm, layer.k_norm)
+            query[:2] = [_head_norm(g, x, w, width, eps, f"{scope}.self_attn.{key}")
+                         for x, w, key in zip(query[:2], norms, ("q_norm", "k_norm"))]
+        if width % 16:  # GroupQueryAttention rotates only heads a multiple of 16 wide: RotaryEmbedding first
+            query[:2] = [g.op("RotaryEmbedding", [x, "position_ids", cos, sin], domain=MS,
+                              name=f"{scope}/self_attn/rotary", num_heads=n, rotary_embedding_dim=width, interleaved=0)
+                         for x, n in zip(query[:2], heads)]
+            rotary = []
     attn = g.op("GroupQueryAttention", [*query, f"past_key_{i}", f"past_value_{i}", seqlens, total, *rotary],
                 [f"{scope}/attn", f"present_key_{i}", f"present_value_{i}"], domain=MS, name=f"{scope}/self_attn",
                 num_heads=layer.heads, kv_num_heads=layer.kv_heads, scale=layer.scale, do_rotary=int(bool(rotary)),
                 rotary_interleaved=0)
     return _linear(g, attn[0], layer.o, layer.bias.get("o"), f"{scope}.self_attn.o_proj")
+
+
+def _head_norm(g: GraphBuilder, x: str, weight: np.ndarray, width: int, eps: float, name: str) -> str:
+    """RMSNorm over each ``width``-wide head of ``x`` (B, S, heads * width)."""
+    heads = g.op("Reshape", [x, g.const([0, 0, -1, width])], name=f"{name}/heads")
+    normed = g.op("SimplifiedLayerNormalization", [heads, g.weight(f"{name}.weight", weight)], name=name,
+                  axis=-1, epsilon=eps, stash_type=1)
+    return g.op("Reshape", [normed, g.const([0, 0, -1])], name=f"{name}/flat")
 
 
 def _mlp(g: GraphBuilder, layer: Layer, h: str, scope: str) -> str:
