@@ -48,10 +48,13 @@ def _read(path: str | None, what: str) -> str | None:
 @click.option("--threads", default=0, help="Runtime threads (0 = runtime default).")
 @click.option("--no-binding", is_flag=True, help="Pass the KV cache as numpy arrays each step instead of keeping "
                                                   "it in the runtime (ONNX Runtime's buffers, MLX arrays).")
+@click.option("--context", "context_file", type=click.Path(),
+              help="A Dolphin decoder bundle's context: a text file, compressed once by the encoder bundle.")
+@click.option("--encoder", type=click.Path(), help="The Dolphin encoder bundle [default: NAME-encoder beside BUNDLE].")
 @click.option("--json", "as_json", is_flag=True, help="Print the result (text, tokens, timings) as JSON, "
                                                        "without streaming.")
 def generate(bundle, prompt, prompt_file, ids, chat, chat_template, system, max_new_tokens, temperature, top_k,
-             top_p, seed, stop, ignore_eos, threads, no_binding, as_json):
+             top_p, seed, stop, ignore_eos, threads, no_binding, context_file, encoder, as_json):
     """Generate text with a language-model bundle, streaming it to stdout.
 
     BUNDLE is a generation bundle: a decoder LM exported to onnx (or mlx), with its
@@ -63,6 +66,7 @@ def generate(bundle, prompt, prompt_file, ids, chat, chat_template, system, max_
       edgesmith export zoo:smollm2-135m --target onnx -o out
       edgesmith generate out/smollm2-135m.onnx --prompt "The capital of France is" -n 20
       edgesmith generate out/smollm2-135m.onnx --chat -p "Name three rivers." -t 0.7 --seed 1
+      edgesmith generate out/smollm2-135m-dolphin-decoder.onnx --context doc.txt -p "Who wrote it?"
     """
     from edgesmith import api as es
 
@@ -80,12 +84,18 @@ def generate(bundle, prompt, prompt_file, ids, chat, chat_template, system, max_
     result = es.generate(bundle, text, ids=_ids(ids), chat=chat, chat_template=template, system=system,
                          max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
                          seed=seed, stop=stop, ignore_eos=ignore_eos, threads=threads, binding=not no_binding,
-                         on_text=None if as_json else show)
+                         on_text=None if as_json else show, context=_read(context_file, "the context"),
+                         encoder=encoder)
+    from edgesmith.bundle import Bundle
+
+    notes = (Bundle.open(bundle, verify=False).manifest.options or {}).get("notes", [])  # e.g. what a sparsity buys
     if as_json:
-        emit_json(result.to_dict())
+        emit_json({**result.to_dict(), "notes": notes})
         return
     click.echo("")
     speed = "" if result.ms_per_token is None else \
         f", {result.ms_per_token:.1f} ms/token ({result.tokens_per_s:.1f} tokens/s)"
     click.echo(f"{len(result.tokens)} tokens, time to first token {1000 * result.ttft_s:.1f} ms "
                f"({len(result.prompt_tokens)} prompt tokens){speed}, stopped: {result.stop_reason}", err=True)
+    for note in notes:
+        click.echo(f"note: {note}", err=True)

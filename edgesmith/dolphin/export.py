@@ -3,7 +3,10 @@
 ``NAME-encoder`` maps context ids to ``memories`` (the encoder, memory tokens and projector; any
 LoRA adapters folded into their Linears); ``NAME-decoder`` maps ``memories`` + prompt ids to
 ``logits`` (the splice and the decoder). Run the first once per document and feed its output to
-the second with each question. Each bundle is parity-checked against the pair.
+the second with each question. Each bundle is parity-checked against the pair. On onnx, the
+decoder bundle is a generation bundle with a KV cache that takes the memories in its prefill
+(:mod:`edgesmith.dolphin.generation`): ``edgesmith generate DECODER --context FILE --prompt Q``
+runs both bundles, without torch.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from edgesmith.dolphin.generation import step_variant
 from edgesmith.dolphin.lora import merge_lora
 from edgesmith.export import get_exporter
 from edgesmith.models.variant import Variant
@@ -76,9 +80,13 @@ def export_pair(dolphin, out: str | Path, context: list[int], prompt: list[int],
                       inputs=[TensorSpec("input_ids", context.shape, "int64", dyn)],
                       outputs=[TensorSpec("memories", (1, k, dim), "float32", {0: "batch"})],
                       example={"input_ids": context}, source=dict(source), task="encoder")
-    decoder = Variant(name=f"{name}-decoder", module=Answer(export_copy).eval(),
-                      inputs=[TensorSpec("memories", (1, k, dim), "float32", {0: "batch"}),
-                              TensorSpec("input_ids", prompt.shape, "int64", dyn)],
-                      outputs=[TensorSpec("logits", (1, k + prompt.shape[1], vocab), "float32", dyn)],
-                      example={"memories": memories, "input_ids": prompt}, source=dict(source), task="lm")
-    return [get_exporter(target).export(v, out, force=force) for v in (encoder, decoder)]
+    encoded = get_exporter(target).export(encoder, out, force=force)
+    if target != "onnx":  # the generation loop feeds memories through ONNX Runtime's stepper only (mlx: not yet)
+        decoder = Variant(name=f"{name}-decoder", module=Answer(export_copy).eval(),
+                          inputs=[TensorSpec("memories", (1, k, dim), "float32", {0: "batch"}),
+                                  TensorSpec("input_ids", prompt.shape, "int64", dyn)],
+                          outputs=[TensorSpec("logits", (1, k + prompt.shape[1], vocab), "float32", dyn)],
+                          example={"memories": memories, "input_ids": prompt}, source=dict(source), task="lm")
+    else:
+        decoder = step_variant(export_copy, memories, prompt, f"{name}-decoder", source, encoded[0].path.name)
+    return [encoded, get_exporter(target).export(decoder, out, force=force)]

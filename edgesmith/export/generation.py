@@ -31,12 +31,14 @@ def generation_step(exporter, variant):
         return None
     if not getattr(exporter.options, "generation", True):
         return None
+    if _own_step(variant):
+        return variant
     from edgesmith.models.lm_generate import generation_variant
 
     try:
         return generation_variant(variant)
     except BadInputError as exc:
-        variant.notes.append(f"prefill-only bundle (it cannot generate): {exc.message}")
+        variant.notes.append(f"prefill-only bundle (it cannot generate): {exc}")
         return None
 
 
@@ -56,6 +58,12 @@ def extra_feeds(step) -> list[tuple[dict, dict, str]]:
     return [(prefill, step.run(prefill), "prefill"), (decode, step.run(decode), "decode")]
 
 
+def _own_step(variant) -> bool:
+    """Whether the variant is already a generation step with its own record and greedy check (a Dolphin
+    decoder: :class:`edgesmith.dolphin.generation.DolphinStep`)."""
+    return all(hasattr(variant.module, hook) for hook in ("generation_record", "check_greedy"))
+
+
 def is_step(variant) -> bool:
     """Whether the variant is a generation step (made by :func:`generation_step`)."""
     return type(variant.module).__name__ == "GenerationStep" and variant.task == "lm"
@@ -63,6 +71,8 @@ def is_step(variant) -> bool:
 
 def write_record(source, stage: Path) -> dict:
     """Write the tokenizer files into the bundle and return the manifest's ``generation`` record."""
+    if _own_step(source):
+        return source.module.generation_record(source, stage)
     from edgesmith.models.lm_generate import generation_record
 
     return generation_record(source, stage)
@@ -75,6 +85,8 @@ def check_greedy(bundle, source, tokens: int = GREEDY_TOKENS) -> dict:
         ``{"prompt_tokens", "tokens", "matched", "passed", "expected", "got"}``; ``matched``
         counts the leading tokens that agree.
     """
+    if _own_step(source):
+        return source.module.check_greedy(bundle, source, tokens)
     from edgesmith.models.lm_generate import PROMPT, greedy_reference
     from edgesmith.runtimes.generate import Generator, Sampling
 

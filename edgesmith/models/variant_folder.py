@@ -74,6 +74,7 @@ def variant_meta(variant) -> dict[str, Any]:
     np.savez(buf, **variant.example)
     return {
         "name": variant.name, "task": variant.task, "source": variant.source, "passes": variant.passes,
+        "notes": variant.notes,
         "inputs": [s.to_dict() for s in variant.inputs], "outputs": [s.to_dict() for s in variant.outputs],
         "example": base64.b64encode(buf.getvalue()).decode(),
     }
@@ -256,7 +257,7 @@ def load_variant_folder(path: str | Path):
         source["tokenizer"] = {"path": str(path), "gguf": None}
     return Variant(name=str(meta.get("name") or path.name), module=module, inputs=inputs, outputs=outputs,
                    example=example, source=source, task=str(meta.get("task", "lm")),
-                   passes=list(meta.get("passes") or []))
+                   passes=list(meta.get("passes") or []), notes=list(meta.get("notes") or []))
 
 
 def _place(lm, record: dict[str, Any], folder: Path) -> None:

@@ -130,6 +130,10 @@ class Generation:
 def generation_record(bundle: Bundle) -> dict[str, Any]:
     """The manifest's ``generation`` record, or a clear refusal for a bundle that cannot generate."""
     record = bundle.manifest.generation
+    why = [n for n in (bundle.manifest.options or {}).get("notes", []) if n.startswith("prefill-only bundle")]
+    if not record and why:  # the exporter said why this model's bundle holds only its prefill graph
+        raise BadInputError(f"{bundle.path.name} is not a generation bundle: {why[0]}",
+                            hint="`edgesmith run` runs its prefill graph on given inputs")
     if not record:
         what = "a language model exported before generation bundles" if bundle.manifest.task == "lm" else \
             f"a {bundle.manifest.task} model"
@@ -159,6 +163,7 @@ class Generator:
         self.bundle = bundle if isinstance(bundle, Bundle) else Bundle.open(bundle)
         self.record = generation_record(self.bundle)
         self.runtime = open_runtime(self.bundle, threads)
+        self.threads = threads
         self.binding = binding
         self.tokenizer = None
         if self.record.get("tokenizer"):
@@ -186,7 +191,8 @@ class Generator:
             prompt = self.render_chat([*([{"role": "system", "content": system}] if system else []),
                                        {"role": "user", "content": prompt}], template)
             return self.tokenizer.encode(prompt, add_special_tokens=False).ids
-        return self.tokenizer.encode(prompt).ids
+        # a Dolphin decoder's prompt follows its memories: no BOS, as the pair's own ask tokenizes it
+        return self.tokenizer.encode(prompt, add_special_tokens=not self.record.get("memories")).ids
 
     def render_chat(self, messages: list[dict[str, str]], template: str | None = None) -> str:
         """The chat template applied to ``messages``, ending with the assistant's turn opened."""
@@ -219,11 +225,19 @@ class Generator:
     # -- generation ----------------------------------------------------------------------------
 
     def generate(self, prompt_ids: list[int], sampling: Sampling | None = None,
-                 on_text: Callable[[str], None] | None = None) -> Generation:
+                 on_text: Callable[[str], None] | None = None, memories: np.ndarray | None = None,
+                 context: str | None = None, encoder: str | Path | None = None) -> Generation:
         """Generate after ``prompt_ids``, calling ``on_text`` with each new piece of text as it comes.
 
+        Args:
+            memories: ``(1, K, D)`` vectors that go before the prompt, for a bundle whose record has
+                ``memories`` (a Dolphin decoder; :meth:`compress` makes them from a context).
+            context, encoder: The context's text instead of ``memories``, and the encoder bundle
+                that compresses it (see :meth:`compress`).
+
         Raises:
-            BadInputError: The prompt is empty or does not fit the bundle's maximum context.
+            BadInputError: The prompt is empty or does not fit the bundle's maximum context; memories
+                missing, not taken, or of the wrong shape.
             UsageError: A sampling value out of range.
         """
         sampling = sampling or Sampling()
@@ -232,7 +246,11 @@ class Generator:
         if not prompt_ids:
             raise BadInputError("the prompt is empty: there is nothing to continue",
                                 hint="give some text (or token ids)")
-        if self.max_context and len(prompt_ids) >= self.max_context:
+        if context is not None:
+            memories = self.compress(context, encoder=encoder)
+        extra, later = self._memory_feeds(memories)
+        slots = extra["memories"].shape[1] if extra else 0
+        if self.max_context and len(prompt_ids) + slots >= self.max_context:
             raise BadInputError(f"the prompt is {len(prompt_ids)} tokens; {self.bundle.path.name} takes at most "
                                 f"{self.max_context} (its maximum context) including the new tokens",
                                 hint="shorten the prompt")
@@ -243,9 +261,9 @@ class Generator:
         reason = "length"
         steps = 0
         start = time.perf_counter()
-        logits = stepper.step(np.asarray([prompt_ids], np.int64), 0)
+        logits = _step(stepper, np.asarray([prompt_ids], np.int64), 0, extra)
         first = None
-        position = len(prompt_ids)
+        position = len(prompt_ids) + slots  # the memories are cached positions too
         while True:
             token = choose(logits, sampling, rng)
             first = first or time.perf_counter()
@@ -265,7 +283,7 @@ class Generator:
             if self.max_context and position >= self.max_context:
                 reason = "context"
                 break
-            logits = stepper.step(np.asarray([[token]], np.int64), position)
+            logits = _step(stepper, np.asarray([[token]], np.int64), position, later)
             position += 1
             steps += 1
         end = time.perf_counter()
@@ -277,6 +295,62 @@ class Generator:
         return Generation(text=text, prompt_tokens=prompt_ids, tokens=tokens, stop_reason=reason,
                           ttft_s=first - start, decode_s=end - first, decode_steps=steps)
 
+    def compress(self, context: str | None = None, ids: list[int] | None = None,
+                 encoder: str | Path | None = None) -> np.ndarray:
+        """The memories ``(1, K, D)`` of a context (text, or encoder token ids), by the pair's encoder bundle.
+
+        Args:
+            context: The context's text (tokenized with the context tokenizer the bundle holds).
+            ids: Encoder token ids instead of text.
+            encoder: The encoder bundle; None: the one the record names, beside this bundle.
+
+        Raises:
+            BadInputError: Not a Dolphin decoder bundle; no encoder bundle there; an empty context or
+                one longer than the encoder's window; text without a context tokenizer.
+        """
+        spec = self.record.get("memories")
+        if spec is None:
+            raise BadInputError(f"{self.bundle.path.name} takes no context (it is not a Dolphin decoder bundle)",
+                                hint="export a Dolphin pair with `edgesmith dolphin export`")
+        path = Path(encoder) if encoder else self.bundle.path.parent / (spec.get("encoder_bundle") or "")
+        if not encoder and not spec.get("encoder_bundle") or not path.is_dir():
+            raise BadInputError(f"no encoder bundle for {self.bundle.path.name} at {path}",
+                                hint="give it with --encoder (api.generate(..., encoder=PATH)): the "
+                                     "NAME-encoder bundle `edgesmith dolphin export` wrote beside the decoder")
+        if ids is None:
+            if not spec.get("context_tokenizer"):
+                raise BadInputError(f"{self.bundle.path.name} has no context tokenizer (the pair came without one)",
+                                    hint="give the context as encoder token ids")
+            from tokenizers import Tokenizer
+
+            tokenizer = Tokenizer.from_file(str(self.bundle.file(spec["context_tokenizer"])))
+            ids = tokenizer.encode(context or "", add_special_tokens=False).ids
+        if not ids or len(ids) > spec["window"]:
+            raise BadInputError(f"a context of {len(ids)} tokens; the encoder reads 1 to {spec['window']}",
+                                hint="give some context, or split a long document")
+        from edgesmith.runtimes import open_runtime
+
+        runtime = open_runtime(Bundle.open(path), self.threads)
+        return runtime.run({"input_ids": np.asarray([ids], np.int64)})["memories"]
+
+    def _memory_feeds(self, memories) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """The prefill's and the decode steps' extra feeds: the memories, then none of them (empty)."""
+        spec = self.record.get("memories")
+        if spec is None:
+            if memories is not None:
+                raise BadInputError(f"{self.bundle.path.name} takes no memories (it is not a Dolphin decoder)",
+                                    hint="generate without a context")
+            return {}, {}
+        if memories is None:
+            raise BadInputError(f"{self.bundle.path.name} is a Dolphin decoder: it needs the memories of a context",
+                                hint="give --context FILE (api.generate(..., context=TEXT)); the encoder bundle "
+                                     f"{spec.get('encoder_bundle') or 'NAME-encoder'} compresses it")
+        memories = np.asarray(memories, np.float32)
+        if memories.shape != (1, spec["slots"], spec["dim"]):
+            raise BadInputError(f"memories of shape {memories.shape}; {self.bundle.path.name} takes "
+                                f"(1, {spec['slots']}, {spec['dim']})", hint="make them with its encoder bundle")
+        return {"memories": memories}, {"memories": np.zeros((1, 0, spec["dim"]), np.float32)}
+
     def stream(self, prompt_ids: list[int], sampling: Sampling | None = None) -> Iterator[str]:
         """Pieces of text as they are generated (a thin iterator over :meth:`generate`)."""
         pieces: list[str] = []
@@ -286,6 +360,11 @@ class Generator:
     def _stepper(self):
         make = getattr(self.runtime, "kv_stepper", None) if self.binding else None
         return make(self.record) if make else NumpyStepper(self.runtime, self.record)
+
+
+def _step(stepper, ids: np.ndarray, start: int, extra: dict[str, np.ndarray]) -> np.ndarray:
+    # only a bundle with memories passes extra feeds: a runtime's stepper without them still serves the rest
+    return stepper.step(ids, start, extra) if extra else stepper.step(ids, start)
 
 
 def _stop_at(text: str, stops: tuple[str, ...]) -> int | None:
@@ -321,8 +400,8 @@ class NumpyStepper:
         self.record = record
         self.cache = empty_cache(record)
 
-    def step(self, ids: np.ndarray, start: int) -> np.ndarray:
-        """Run one step; return the last position's logits ``(vocab,)``."""
-        out = self.runtime.run({**step_feeds(ids, start), **self.cache})
+    def step(self, ids: np.ndarray, start: int, extra: dict[str, np.ndarray] | None = None) -> np.ndarray:
+        """Run one step (``extra``: more feeds, a Dolphin decoder's memories); return the last logits ``(vocab,)``."""
+        out = self.runtime.run({**step_feeds(ids, start), **(extra or {}), **self.cache})
         self.cache = {name: out["present" + name[4:]] for name in self.cache}
         return out["logits"][0, -1]

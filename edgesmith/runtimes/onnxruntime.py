@@ -78,14 +78,14 @@ class BoundStepper:
         self.past = {name: ort.OrtValue.ortvalue_from_numpy(arr, device) for name, arr in empty_cache(record).items()}
         self.outputs = [o.name for o in session.get_outputs()]
 
-    def step(self, ids: np.ndarray, start: int) -> np.ndarray:
-        """Run one step; return the last position's logits ``(vocab,)``."""
+    def step(self, ids: np.ndarray, start: int, extra: dict[str, np.ndarray] | None = None) -> np.ndarray:
+        """Run one step (``extra``: more feeds, a Dolphin decoder's memories); return the last logits ``(vocab,)``."""
         from edgesmith.runtimes.kv import step_feeds
 
         io = self.binding
         io.clear_binding_inputs()
         io.clear_binding_outputs()
-        for name, arr in step_feeds(ids, start).items():
+        for name, arr in {**step_feeds(ids, start), **(extra or {})}.items():
             io.bind_cpu_input(name, arr)
         for name, value in self.past.items():
             io.bind_ortvalue_input(name, value)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -298,3 +300,47 @@ def test_the_api_asks_and_scores_a_pair_it_is_given_and_refuses_an_unknown_optio
     with pytest.raises(UsageError, match="unknown option 'memroy'"):
         api.dolphin_train("zoo:smollm2-135m", tmp_path / "out", memroy=4)
     assert not (tmp_path / "out").exists()
+
+
+def _fast_char_tokenizer():
+    """CharTokenizer's ids (40 + alphabet index, ``</s>`` = 2: the tiny decoder's EOS) as a transformers fast
+    tokenizer, so a bundle can carry it (``tokenizer.json``)."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<unk>": 0, "</s>": 2, **{c: 40 + i for i, c in enumerate(ALPHABET)}}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+    tok.decoder = decoders.Fuse()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", eos_token="</s>")
+
+
+def test_the_decoder_bundle_generates_what_ask_answers_from_the_encoder_bundles_memories(decoder, tmp_path, capsys):
+    from edgesmith import api
+    from edgesmith.cli import main
+    from edgesmith.dolphin.export import export_pair
+
+    pair = Dolphin(decoder, small(), decoder_tokenizer=_fast_char_tokenizer()).eval()
+    context, question = "the devil is in the details, they say.", "what is"
+    (enc, _), (dec, parity) = export_pair(pair, tmp_path, list(range(45, 65)), [50, 51, 52], "ask")
+    assert parity.passed and parity.generation["passed"] and parity.generation["memories"] == 4
+    record = dec.manifest.generation
+    assert record["memories"]["encoder_bundle"] == enc.path.name == "ask-encoder.onnx"
+    assert record["memories"]["context_tokenizer"] == record["tokenizer"] == "tokenizer/tokenizer.json"
+    answer = api.dolphin_ask(pair, context, question, max_new_tokens=6)
+    got = api.generate(dec.path, question, context=context, max_new_tokens=6)  # the encoder found by name
+    assert got.text == answer["answer"] and len(got.tokens) == answer["new_tokens"]
+    ids = pair.decoder_tokenizer(question)["input_ids"]
+    with torch.no_grad():
+        memories = pair.compress(torch.tensor([pair.encoder_tokenizer(context)["input_ids"]]))
+    assert got.tokens == pair.generate(memories, [ids], 6)[0]
+    assert got.prompt_tokens == ids
+    (tmp_path / "doc.txt").write_text(context)
+    capsys.readouterr()
+    assert main(["generate", str(dec.path), "--context", str(tmp_path / "doc.txt"), "-p", question, "-n", "6",
+                 "--encoder", str(enc.path), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["tokens"] == got.tokens
+    with pytest.raises(BadInputError, match="is a Dolphin decoder: it needs the memories of a context"):
+        api.generate(dec.path, question)
+    with pytest.raises(BadInputError, match="no encoder bundle for ask-decoder.onnx"):
+        api.generate(dec.path, question, context=context, encoder=tmp_path / "missing")

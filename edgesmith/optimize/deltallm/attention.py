@@ -53,6 +53,13 @@ class DeltaState(nn.Module):
             ``tokens``, ``scores_delta``, ``scores_dense`` and ``pv`` (dense ``P @ V``).
     """
 
+    # Read by the generation export (models.lm_generate): a decode step needs the carry as graph
+    # inputs and outputs beside the KV cache, which the generic generation step does not have.
+    generation_refusal = ("pass 'deltallm' keeps a decode state (q_ref and per-key constants) that is not part of "
+                          "the KV cache, so its decode step cannot be exported as a graph")
+    generation_hint = ("its bundle holds the prefill graph only, as -O generation=false gives; decode with the "
+                       "torch model: edgesmith.optimize.deltallm.decode_logits")
+
     def __init__(self, name: str, theta: float, window: int, sinks: int = 0):
         super().__init__()
         self.name, self.theta, self.window, self.sinks = name, float(theta), int(window), int(sinks)
