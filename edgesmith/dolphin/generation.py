@@ -51,7 +51,7 @@ class DolphinStep(torch.nn.Module):
         # the memories take the step's first positions; its tokens move up by as many
         slot_positions = position_ids[:, :1] + torch.arange(slots, dtype=position_ids.dtype)[None]
         positions = torch.cat([slot_positions, position_ids + slots], 1)
-        cache = DynamicCache(config=decoder.config)
+        cache = DynamicCache()  # full layers: every position kept, as the generic step's cache
         for i in range(len(past) // 2):
             cache.update(past[2 * i], past[2 * i + 1], i)
         out = decoder(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, past_key_values=cache,

@@ -335,6 +335,8 @@ def test_the_decoder_bundle_generates_what_ask_answers_from_the_encoder_bundles_
         memories = pair.compress(torch.tensor([pair.encoder_tokenizer(context)["input_ids"]]))
     assert got.tokens == pair.generate(memories, [ids], 6)[0]
     assert got.prompt_tokens == ids
+    plain = api.generate(dec.path, question, context=context, max_new_tokens=6, binding=False)  # numpy feeds
+    assert plain.tokens == got.tokens
     (tmp_path / "doc.txt").write_text(context)
     capsys.readouterr()
     assert main(["generate", str(dec.path), "--context", str(tmp_path / "doc.txt"), "-p", question, "-n", "6",
