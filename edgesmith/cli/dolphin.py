@@ -160,12 +160,14 @@ def evaluate(folder, windows, as_json):
 @click.option("--json", "as_json", is_flag=True, help="Print the bundles and their parity as JSON.")
 def export(folder, out, target, name, force, as_json):
     """Export the encoder side (context -> memories) and the decoder side (memories + prompt -> logits)
-    as two bundles, each parity-checked against the trained pair.
+    as two bundles, each parity-checked against the trained pair. On onnx the decoder side is a
+    generation bundle (the memories in its prefill, then KV-cache steps): `edgesmith generate` runs
+    the pair from a context file, without torch.
 
     \b
     Example:
       edgesmith dolphin export -m out/dolphin -o out/bundles
-      edgesmith verify out/bundles/smollm2-135m-dolphin-encoder.onnx
+      edgesmith generate out/bundles/smollm2-135m-dolphin-decoder.onnx --context doc.txt -p "Who wrote it?"
     """
     from edgesmith import api as es
 
@@ -180,3 +182,6 @@ def export(folder, out, target, name, force, as_json):
     for bundle, result in results:
         parity_row(table, str(bundle.path), result)
     table.show()
+    decoder = results[-1][0]
+    if decoder.manifest.generation:
+        click.echo(f"generate with: edgesmith generate {decoder.path} --context FILE --prompt TEXT")
