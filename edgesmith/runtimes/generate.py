@@ -321,8 +321,10 @@ class Generator:
             if not spec.get("context_tokenizer"):
                 raise BadInputError(f"{self.bundle.path.name} has no context tokenizer (the pair came without one)",
                                     hint="give the context as encoder token ids")
-            from tokenizers import Tokenizer
-
+            try:
+                from tokenizers import Tokenizer
+            except ImportError:
+                raise missing_extra("tokenizers", "runtime") from None
             tokenizer = Tokenizer.from_file(str(self.bundle.file(spec["context_tokenizer"])))
             ids = tokenizer.encode(context or "", add_special_tokens=False).ids
         if not ids or len(ids) > spec["window"]:

@@ -33,6 +33,8 @@ def test_a_matformer_slice_from_its_folder_generates_what_its_torch_model_does(t
     assert bundle.manifest.generation["layers"] == 2
     got = es.generate(bundle.path, ids=[5, 6, 7], max_new_tokens=6, ignore_eos=True).tokens
     assert got == greedy_reference(sliced, [5, 6, 7], 6)
+    with pytest.raises(BadInputError, match="takes no context .it is not a Dolphin decoder bundle"):
+        es.generate(bundle.path, ids=[5, 6, 7], context="a document")
 
 
 def test_rsparse_generates_and_says_its_sparsity_is_counted_not_speed(tiny_llama, calibration, tmp_path, capsys):
