@@ -81,6 +81,9 @@ def test_llama_fused_parity_and_ops(llama_pair):
     ops = _ops(fused)
     assert ops["GroupQueryAttention"] == 2 and ops["MatMul"] == 2 * 4 + 1  # qkv, o, gate/up, down per layer + head
     assert "Softmax" not in ops and "Pow" not in ops
+    import onnx
+
+    onnx.checker.check_model(onnx.load(str(fused.model_path)))  # contrib ops only in com.microsoft
     assert {"prefill", "decode", "decode batch 2", "prefill batch 2"} <= {o.name.split("@")[-1] for o in parity.outputs}
     assert "fuse" not in plain.manifest.details or not plain.manifest.details["fuse"].get("applied")
     assert "GroupQueryAttention" not in _ops(plain)
@@ -194,7 +197,7 @@ def test_qwen3_qk_norm_graph_parity():
                 p.normal_(1.0, 0.3)
     step = generation_variant(_variant(model, "tiny-qwen3"))
     fused, ops = build_step(read_decoder(model), step.inputs, step.outputs, 20)
-    assert ops["com.microsoft.GroupQueryAttention"] == 2 and ops["SimplifiedLayerNormalization"] == 1 + 4
+    assert ops["com.microsoft.GroupQueryAttention"] == 2 and ops["com.microsoft.SkipSimplifiedLayerNormalization"] == 1 + 4 + 4
     session = ort.InferenceSession(fused.SerializeToString(), providers=["CPUExecutionProvider"])
     names = [o.name for o in session.get_outputs()]
     for feeds, reference, *_ in [(step.example, step.run()), *extra_feeds(step)]:

@@ -68,8 +68,7 @@ def build_step(decoder: Decoder, inputs, outputs, opset: int, name: str = "gener
         scope = f"model.layers.{i}"
         norm_in = g.weight(f"{scope}.input_layernorm.weight", layer.norm_in)
         if pending is None:
-            h = g.op("SimplifiedLayerNormalization", [x, norm_in], name=f"{scope}/input_layernorm",
-                     axis=-1, epsilon=decoder.eps, stash_type=1)
+            h = _rms(g, x, norm_in, decoder.eps, f"{scope}/input_layernorm")
         else:
             h, residual = _skip_norm(g, pending, residual, norm_in, decoder.eps, f"{scope}/input_layernorm")
         attn = _attention(g, layer, h, i, seqlens, total, cos, sin, scope, decoder.eps)
@@ -90,6 +89,17 @@ def _lengths(g: GraphBuilder) -> tuple[str, str]:
     width = g.op("Shape", ["attention_mask"], name="mask/shape")
     total = g.op("Gather", [width, g.const(1)], name="mask/total", axis=0)
     return seqlens, g.op("Cast", [total], name="mask/total_sequence_length", to=6)
+
+
+def _rms(g: GraphBuilder, x: str, weight: str, eps: float, name: str) -> str:
+    """``rms(x) * weight`` as ``SkipSimplifiedLayerNormalization(x, x)`` with epsilon ``4 eps``.
+
+    rms(2x) with 4 eps is rms(x) with eps, exactly (scaling by 2 and 4 only moves exponents).
+    The default domain's ``SimplifiedLayerNormalization`` is an ONNX Runtime schema the ONNX
+    checker does not know, so a graph using it fails ``onnx.checker``; the contrib op does not.
+    """
+    return g.op("SkipSimplifiedLayerNormalization", [x, x, weight], [f"{name}/out"], domain=MS, name=name,
+                epsilon=4 * eps)
 
 
 def _skip_norm(g: GraphBuilder, x: str, residual: str, weight: str, eps: float, name: str) -> tuple[str, str]:
@@ -144,10 +154,10 @@ def _attention(g: GraphBuilder, layer: Layer, h: str, i: int, seqlens: str, tota
 
 def _head_norm(g: GraphBuilder, x: str, weight: np.ndarray, width: int, eps: float, name: str) -> str:
     """RMSNorm over each ``width``-wide head of ``x`` (B, S, heads * width)."""
-    heads = g.op("Reshape", [x, g.const([0, 0, -1, width])], name=f"{name}/heads")
-    normed = g.op("SimplifiedLayerNormalization", [heads, g.weight(f"{name}.weight", weight)], name=name,
-                  axis=-1, epsilon=eps, stash_type=1)
-    return g.op("Reshape", [normed, g.const([0, 0, -1])], name=f"{name}/flat")
+    rows = g.op("Shape", [x], name=f"{name}/shape")
+    heads = g.op("Reshape", [x, g.const([0, -1, width])], name=f"{name}/heads")  # (B, S * heads, width)
+    normed = _rms(g, heads, g.weight(f"{name}.weight", weight), eps, name)
+    return g.op("Reshape", [normed, rows], name=f"{name}/flat")
 
 
 def _mlp(g: GraphBuilder, layer: Layer, h: str, scope: str) -> str:
