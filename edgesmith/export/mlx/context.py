@@ -17,8 +17,10 @@ depends on a dynamic size from shape-agnostic pieces: reshape as
 flatten/unflatten groups, slicing as ``take_along_axis`` with constant indices,
 broadcasting as ``where`` against a zero vector whose length comes from an input
 (a reduction of the input that owns that symbolic size), ``arange`` as a
-cumulative sum of that vector. Sizes come from the symbolic shapes torch.export
-recorded (``node.meta["val"]``), never from the traced values. Where no such
+cumulative sum of that vector, a size used as a value (``past + arange(n)``) as that
+vector's sum, and a sum of sizes (``past + sequence``) as the vectors concatenated.
+Sizes come from the symbolic shapes torch.export recorded (``node.meta["val"]``),
+never from the traced values. Where no such
 construction exists, :meth:`Context.require_static` raises :class:`NeedsStatic`
 and the exporter falls back to fixed shapes.
 
