@@ -20,6 +20,7 @@ falls on both alike; a figure is the median over rounds.
 
 Usage (from the repo root; exporting takes a few minutes and about 4 GB of memory):
     .venv/bin/python benchmarks/lm_fused.py [--threads 2] [--reps 5] [--reuse] [--json out.json]
+    (``--fused B1 --unfused B2`` measures bundles exported elsewhere, without loading the model)
 """
 
 from __future__ import annotations
@@ -40,30 +41,24 @@ MODEL = "zoo:smollm2-135m"
 CONFIGS = {"fused": {}, "unfused": {"fuse": "false"}}  # the exporter's default, and the dynamo graph
 
 
-def _export(args) -> tuple[dict[str, Path], list[int]]:
-    """Both bundles (exported unless ``--reuse`` finds them) and the prompt's token ids."""
+def _bundles(args) -> dict[str, Path]:
+    """Both bundles: given (``--fused``/``--unfused``), reused (``--reuse``), or exported here."""
+    bundles = {key: getattr(args, key) or WORK / key / "smollm2-135m.onnx" for key in CONFIGS}
+    missing = {key: path for key, path in bundles.items()
+               if not ((args.reuse or getattr(args, key)) and (path / "manifest.json").exists())}
+    if not missing:
+        return bundles
     from edgesmith import api as es
-    from edgesmith.data.datasets import eval_text
-    from edgesmith.models.hf import tokenizer_for
 
-    bundles = {key: WORK / key / "smollm2-135m.onnx" for key in CONFIGS}
-    prompt_file = WORK / f"prompt-{args.prompt}.json"
-    if args.reuse and prompt_file.exists() and all(b.exists() for b in bundles.values()):
-        return bundles, json.loads(prompt_file.read_text())
     t0 = time.perf_counter()
     variant = es.load(MODEL)
     print(f"# loaded {MODEL} in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
-    prompt = tokenizer_for(variant)(eval_text("test"))["input_ids"][: args.prompt]
-    if len(prompt) < args.prompt:
-        raise SystemExit(f"the evaluation text gives {len(prompt)} tokens, fewer than --prompt {args.prompt}")
-    for key, options in CONFIGS.items():
+    for key, path in missing.items():
         t0 = time.perf_counter()
-        _, parity = es.export(variant, bundles[key].parent, target="onnx", options=options or None, force=True)
+        _, parity = es.export(variant, path.parent, target="onnx", options=CONFIGS[key] or None, force=True)
         print(f"# exported {key} in {time.perf_counter() - t0:.0f} s: parity {parity.tier}, "
               f"greedy {parity.generation['matched']}/{parity.generation['tokens']}", file=sys.stderr)
-    WORK.mkdir(parents=True, exist_ok=True)
-    prompt_file.write_text(json.dumps(prompt))
-    return bundles, prompt
+    return bundles
 
 
 def _nodes(bundle: Path) -> int:
@@ -79,14 +74,20 @@ def main(argv=None) -> int:
     parser.add_argument("--prompt", type=int, default=128, help="prompt tokens")
     parser.add_argument("--new", type=int, default=64, help="greedy new tokens per run")
     parser.add_argument("--reuse", action="store_true", help="reuse the bundles of an earlier run")
+    parser.add_argument("--fused", type=Path, help="a fused SmolLM2 bundle to measure instead of exporting one")
+    parser.add_argument("--unfused", type=Path, help="the same for the unfused (-O fuse=false) bundle")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args(argv)
 
-    bundles, prompt = _export(args)
+    bundles = _bundles(args)
+    from edgesmith.data.datasets import eval_text
     from edgesmith.runtimes.generate import Generator, Sampling
 
     sampling = Sampling(max_new_tokens=args.new, ignore_eos=True)
     generators = {key: Generator(path, threads=args.threads) for key, path in bundles.items()}
+    prompt = generators["fused"].encode(eval_text("test"))[: args.prompt]  # the bundle's own tokenizer
+    if len(prompt) < args.prompt:
+        raise SystemExit(f"the evaluation text gives {len(prompt)} tokens, fewer than --prompt {args.prompt}")
     tokens = {key: g.generate(prompt, sampling).tokens for key, g in generators.items()}  # warm-up
     runs: dict[str, list] = {key: [] for key in bundles}
     for rep in range(args.reps):
