@@ -2,7 +2,9 @@
 
 Encoders (BERT family, e.g. all-MiniLM-L6-v2) export ``last_hidden_state``;
 causal LMs (Llama family, e.g. SmolLM2 from GGUF) export prefill ``logits``.
-Example inputs come from the checkpoint's own tokenizer. Nothing is downloaded:
+Example inputs come from the checkpoint's own tokenizer (from the GGUF for a GGUF), or are
+token ids drawn from the vocabulary for a folder without tokenizer files (and for a
+transformers model a ``py:`` factory returns: :func:`model_variant`). Nothing is downloaded:
 ``local_files_only`` is always set. Nothing in a checkpoint runs: a folder whose
 configs point at its own Python code (``auto_map``) is refused before transformers
 reads it (and ``trust_remote_code=False`` is passed everywhere), and weights are read
@@ -135,6 +137,10 @@ def _code_file(ref: str) -> str:
 def load_hf(path: Path, gguf: str | None = None, seq_len: int | None = None):
     """Load a local checkpoint directory (or a GGUF file) into a variant.
 
+    A folder without tokenizer files (``config.json`` and ``model.safetensors`` only) loads
+    too: its example is token ids drawn from the vocabulary, and it has no tokenizer (a
+    generation bundle made from it generates from token ids).
+
     Args:
         path: Directory with ``config.json``, or the directory holding ``gguf``.
         gguf: GGUF file name inside ``path`` (loads a causal LM through transformers).
@@ -142,8 +148,8 @@ def load_hf(path: Path, gguf: str | None = None, seq_len: int | None = None):
 
     Raises:
         RuntimeUnavailableError: If transformers is missing.
-        BadInputError: If transformers cannot read the checkpoint, or loading it would run code
-            (see :func:`check_checkpoint`).
+        BadInputError: If transformers cannot read the checkpoint or its tokenizer files, or
+            loading it would run code (see :func:`check_checkpoint`).
     """
     check_checkpoint(path, gguf)
     try:
@@ -152,48 +158,121 @@ def load_hf(path: Path, gguf: str | None = None, seq_len: int | None = None):
     except ImportError:
         raise missing_extra("transformers", "hf") from None
     from edgesmith.bundle import sha256_file
-    from edgesmith.models.variant import Variant
 
     transformers.logging.disable_progress_bar()
     kw = {"local_files_only": True, "trust_remote_code": False}
     if gguf:
         kw["gguf_file"] = gguf
+    tok = _load_tokenizer(path, kw)
     try:
-        tok = transformers.AutoTokenizer.from_pretrained(str(path), **kw)
         config = transformers.AutoConfig.from_pretrained(str(path), **kw)
-        is_lm = bool(gguf) or any(a.endswith("ForCausalLM") for a in (config.architectures or []))
+        from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES as CAUSAL
+
+        causal = set(CAUSAL.values())  # GPT2LMHeadModel and the like, beside every ...ForCausalLM
+        is_lm = bool(gguf) or any(a.endswith("ForCausalLM") or a in causal for a in (config.architectures or []))
         auto = transformers.AutoModelForCausalLM if is_lm else transformers.AutoModel
         safe = {} if gguf else {"use_safetensors": True}  # never a pickle (check_checkpoint)
         model = auto.from_pretrained(str(path), dtype=torch.float32, **kw, **safe).eval()
     except (OSError, ValueError, KeyError) as exc:
         raise BadInputError(f"cannot load Hugging Face checkpoint {path}: {exc}") from None
+    weights = path / gguf if gguf else next(iter(sorted(path.glob("*.safetensors"))), path / "config.json")
+    source = {"reference": str(path / gguf) if gguf else str(path), "format": "gguf" if gguf else "hf",
+              "sha256": sha256_file(weights)}
+    if tok is not None:
+        source["tokenizer"] = {"path": str(path), "gguf": gguf}
+    return model_variant(model, _name(path, gguf), source, tok, seq_len, task="lm" if is_lm else "encoder")
 
-    output = "logits" if is_lm else "last_hidden_state"
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "merges.txt",
+                   "tokenizer.model", "spiece.model", "sentencepiece.bpe.model", "special_tokens_map.json")
+
+
+def _load_tokenizer(path: Path, kw: dict):
+    """The checkpoint's tokenizer, or None for a folder that has no tokenizer files at all.
+
+    Without files transformers may still build a tokenizer from the config alone (BERT's:
+    special tokens only, every word unknown); that is not the model's tokenizer, so it is
+    not asked.
+    """
+    import transformers
+
+    present = [f for f in TOKENIZER_FILES if (path / f).is_file()]
+    if not kw.get("gguf_file") and not present:
+        return None  # weights only: the variant runs on token ids
+    try:
+        tok = transformers.AutoTokenizer.from_pretrained(str(path), **kw)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        raise BadInputError(f"cannot load the tokenizer of {path} ({', '.join(present) or kw.get('gguf_file')}): "
+                            f"{reason}", hint="restore the tokenizer files, or remove them all to work from "
+                                              "token ids") from None
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
-    text = EXAMPLE_TEXT[:1] if is_lm else EXAMPLE_TEXT
-    enc = tok(
-        text, return_tensors="np", padding="max_length" if seq_len else True,
-        truncation=bool(seq_len), max_length=seq_len,
-    )
-    names = [n for n in tok.model_input_names if n in enc]
-    example = {n: np.ascontiguousarray(enc[n].astype(np.int64)) for n in names}
-    inputs = [TensorSpec(n, example[n].shape, "int64", {0: "batch", 1: "sequence"}) for n in names]
+    return tok
+
+
+def is_causal_lm(module) -> bool:
+    """Whether ``module`` is a transformers decoder-only LM with its head (``...ForCausalLM``, ``GPT2LMHeadModel``)."""
+    import sys
+
+    transformers = sys.modules.get("transformers")  # a model of its classes means it is imported
+    if transformers is None or not isinstance(module, transformers.PreTrainedModel):
+        return False
+    config = module.config
+    return (module.can_generate() and not getattr(config, "is_encoder_decoder", False)
+            and module.get_output_embeddings() is not None)
+
+
+def model_variant(model, name: str, source: dict, tokenizer=None, seq_len: int | None = None, task: str = "lm",
+                  batch: int | None = None):
+    """A transformers model (a causal LM: ``logits``; an encoder: ``last_hidden_state``) as a variant.
+
+    The example inputs are the tokenizer's encoding of :data:`EXAMPLE_TEXT`, or without a
+    tokenizer seeded token ids drawn from the vocabulary (and a mask of ones). Only the
+    inputs the model's ``forward`` takes are kept (a tokenizer's ``token_type_ids`` is
+    dropped for a decoder that has none).
+
+    Args:
+        model: The transformers model, in eval mode.
+        name: Variant name.
+        source: The variant's ``source`` record (reference, format, sha256, tokenizer).
+        tokenizer: Its tokenizer, or None.
+        seq_len: Example sequence length (pad/truncate the text; the length of the ids without a tokenizer).
+        task: ``lm`` or ``encoder``.
+        batch: Example rows without a tokenizer (default: 1 for an LM, 2 for an encoder).
+
+    Returns:
+        A :class:`~edgesmith.models.variant.Variant` wrapping the model (:func:`wrap_model`).
+    """
+    import inspect
+
+    import torch
+
+    from edgesmith.models.variant import Variant
+
+    accepted = set(inspect.signature(model.forward).parameters)
+    output = "logits" if task == "lm" else "last_hidden_state"
+    if tokenizer is not None:
+        text = EXAMPLE_TEXT[:1] if task == "lm" else EXAMPLE_TEXT
+        enc = tokenizer(text, return_tensors="np", padding="max_length" if seq_len else True,
+                        truncation=bool(seq_len), max_length=seq_len)
+        names = [n for n in tokenizer.model_input_names if n in enc and n in accepted]
+        example = {n: np.ascontiguousarray(enc[n].astype(np.int64)) for n in names}
+    else:
+        config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+        shape = (batch or (1 if task == "lm" else len(EXAMPLE_TEXT)), seq_len or 16)
+        ids = np.random.default_rng(0).integers(0, config.vocab_size, shape).astype(np.int64)
+        example = {"input_ids": ids, "attention_mask": np.ones(shape, np.int64)}
+        example = {n: a for n, a in example.items() if n in accepted}
+        names = list(example)
+    dyn = {0: "batch", 1: "sequence"}
+    inputs = [TensorSpec(n, example[n].shape, "int64", dict(dyn)) for n in names]
     module = wrap_model(model, names, output).eval()
     with torch.no_grad():
         out = module(*[torch.from_numpy(example[n]) for n in names])
-    dyn = {0: "batch", 1: "sequence"}
-    weights = path / gguf if gguf else next(iter(sorted(path.glob("*.safetensors"))), path / "config.json")
-    return Variant(
-        name=_name(path, gguf),
-        module=module,
-        inputs=inputs,
-        outputs=[TensorSpec(output, tuple(out.shape), "float32", dyn)],
-        example=example,
-        source={"reference": str(path / gguf) if gguf else str(path), "format": "gguf" if gguf else "hf",
-                "sha256": sha256_file(weights), "tokenizer": {"path": str(path), "gguf": gguf}},
-        task="lm" if is_lm else "encoder",
-    )
+    return Variant(name=name, module=module, inputs=inputs, outputs=[TensorSpec(output, tuple(out.shape), "float32",
+                                                                                dict(dyn))],
+                   example=example, source=source, task=task)
 
 
 def _name(path: Path, gguf: str | None) -> str:
@@ -215,8 +294,8 @@ def tokenizer_for(variant):
     """
     info = variant.source.get("tokenizer")
     if not info:
-        raise BadInputError(f"{variant.name} has no tokenizer (it was not loaded from a Hugging Face "
-                            "checkpoint or GGUF)", hint="give token arrays (an .npz) instead of text")
+        raise BadInputError(f"{variant.name} has no tokenizer (its source, {variant.source.get('reference')}, "
+                            "came without tokenizer files)", hint="give token arrays (an .npz) instead of text")
     try:
         import transformers
     except ImportError:

@@ -3,9 +3,10 @@
 A language-model variant (``task="lm"``) computes logits for a whole prompt. Generating
 needs more: a step that reads the keys and values of everything before it and returns
 them with the new tokens' appended. :func:`generation_variant` wraps a Hugging Face
-decoder (any transformers ``...ForCausalLM`` whose cache is a ``DynamicCache`` of
-per-layer keys and values, behind edgesmith's wrapper) as a module with plain tensors
-in and out, so it exports and profiles like any variant::
+decoder (any transformers causal LM whose cache is a ``DynamicCache`` of per-layer keys
+and values: Llama, Qwen2, Mistral, Phi-3, Gemma 1-3, GPT-2, OPT, GPT-NeoX, Falcon, Bloom
+and the like, behind edgesmith's wrapper) as a module with plain tensors in and out, so
+it exports and profiles like any variant::
 
     inputs:  input_ids (B, S), attention_mask (B, P + S), position_ids (B, S),
              past_key_<l>, past_value_<l> (B, kv_heads, P, head_dim)
@@ -16,6 +17,14 @@ the prompt), each decode step has S = 1. Two graphs (prefill, decode) would hold
 weights twice or need shared external data for no gain: the exported graph is the
 same computation. The example is a chunk after a real prefix (P >= 2, S >= 2, so
 torch.export keeps both axes dynamic); parity adds the prefill and a one-token step.
+
+Sliding-window layers (Mistral, Gemma 2/3, Qwen2 with ``use_sliding_window``) keep every
+position in the graph's cache: transformers' own sliding cache drops old positions, which
+would give each layer its own past length; the window is applied by the attention mask
+instead, so the logits are the same and the cache grows like a full layer's. Caches that
+hold something other than keys and values (the convolution and recurrent states of hybrid
+linear-attention models, Mamba's state, shared or indexed layers) are refused by name, and
+the exporter falls back to the prefill graph.
 
 :func:`generation_record` is what the bundle's manifest says about generation: the
 cache layout, the tokenizer files, the chat template, end-of-sequence ids and the
@@ -55,6 +64,63 @@ def cache_shape(config) -> tuple[int, int, int]:
     return text.num_hidden_layers, kv_heads, head_dim
 
 
+_PREFILL_ONLY = ("its bundle holds the prefill graph only (logits for a whole prompt, what -O generation=false "
+                 "gives); generate with the source model in transformers")
+_PLAIN_LAYERS = ("DynamicLayer", "DynamicSlidingWindowLayer")
+
+
+def check_cache(model, name: str) -> int | None:
+    """Refuse a decoder whose state between steps is not per-layer keys and values.
+
+    Returns:
+        The window of its sliding-window layers (which the graph's cache keeps whole), or None.
+
+    Raises:
+        BadInputError: Naming the model's class or its cache layers' classes, and what to do.
+    """
+    import inspect
+
+    from transformers import DynamicCache
+
+    params = inspect.signature(model.forward).parameters
+    if "past_key_values" not in params:
+        state = [p for p in params if "cache" in p or "state" in p]
+        raise BadInputError(f"{name}: {type(model).__name__} takes no past_key_values"
+                            f"{f' (it carries {state[0]} instead)' if state else ''}, so it has no KV cache "
+                            "for a generation bundle", hint=_PREFILL_ONLY)
+    try:
+        layers = DynamicCache(config=model.config).layers
+    except Exception:  # noqa: BLE001 - a config transformers' cache cannot read: the prefill's cache is checked
+        layers = []
+    other = sorted({type(x).__name__ for x in layers} - set(_PLAIN_LAYERS))
+    if other:
+        raise BadInputError(f"{name}: its cache (DynamicCache of {', '.join(other)} layers) holds more than keys "
+                            "and values per layer, which a generation bundle's past_key/past_value inputs cannot "
+                            "carry", hint=_PREFILL_ONLY)
+    windows = [int(x.sliding_window) for x in layers if hasattr(x, "sliding_window")]
+    return min(windows) if windows else None
+
+
+def _plain_cache():
+    """An empty cache of full layers: every position kept, whatever windows the config has (see the docstring)."""
+    from transformers import DynamicCache
+
+    return DynamicCache()
+
+
+def cache_layout(model, name: str) -> tuple[int, int, int]:
+    """``(layers, kv_heads, head_dim)`` of the cache a short prefill of ``model`` really returns.
+
+    Read from the tensors, not the config: configs name these differently (``n_head``,
+    ``num_kv_heads``, ``multi_query``) or not at all.
+    """
+    check_cache(model, name)
+    with torch.no_grad():
+        out = model(input_ids=torch.zeros((1, 2), dtype=torch.long), past_key_values=_plain_cache(), use_cache=True)
+    cache = _layers_of(out.past_key_values, name)
+    return len(cache), cache[0][0].shape[1], cache[0][0].shape[3]
+
+
 def _prompt_ids(variant, batch: int, length: int) -> np.ndarray:
     """Token ids of a real prompt where the variant has a tokenizer, else seeded random ids."""
     try:
@@ -82,7 +148,7 @@ def generation_variant(variant, past: int = 8, chunk: int = 4):
 
     Raises:
         BadInputError: The variant is not a transformers decoder LM, or its cache is not a
-            ``DynamicCache`` of per-layer keys and values.
+            ``DynamicCache`` of per-layer keys and values (see :func:`check_cache`).
     """
     from edgesmith.models.variant import Variant
     from edgesmith.specs import TensorSpec
@@ -92,10 +158,10 @@ def generation_variant(variant, past: int = 8, chunk: int = 4):
         reason = getattr(module, "generation_refusal", None)
         if reason:
             raise BadInputError(f"{variant.name}: {reason}", hint=getattr(module, "generation_hint", None))
-    layers, kv_heads, head_dim = cache_shape(config)
+    check_cache(model, variant.name)
     ids = _prompt_ids(variant, 1, past + chunk)
     with torch.no_grad():
-        prefill = model(input_ids=torch.from_numpy(ids[:, :past]), use_cache=True)
+        prefill = model(input_ids=torch.from_numpy(ids[:, :past]), past_key_values=_plain_cache(), use_cache=True)
     cache = _layers_of(prefill.past_key_values, variant.name)
     example = {"input_ids": ids[:, past:],
                "attention_mask": np.ones((1, past + chunk), np.int64),
@@ -111,21 +177,32 @@ def generation_variant(variant, past: int = 8, chunk: int = 4):
             inputs.append(TensorSpec(f"past_{kind}_{i}", tuple(tensor.shape), "float32", {0: "batch", 2: "past"}))
             outputs.append(TensorSpec(f"present_{kind}_{i}", (*tensor.shape[:2], past + chunk, tensor.shape[3]),
                                       "float32", {0: "batch", 2: "total"}))
-    if len(cache) != layers or cache[0][0].shape[1] != kv_heads:
-        raise BadInputError(f"{variant.name}: its cache has {len(cache)} layers of {cache[0][0].shape[1]} heads, "
-                            f"its config says {layers} of {kv_heads}", hint="report this model to edgesmith")
-    step = GenerationStep(model, layers).eval()
+    step = GenerationStep(model, len(cache)).eval()
     return Variant(name=variant.name, module=step, inputs=inputs, outputs=outputs, example=example,
                    source=dict(variant.source), task="lm", passes=list(variant.passes), notes=list(variant.notes))
 
 
 def _layers_of(cache, name: str) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Per-layer (keys, values) of a transformers cache; refuse caches that are something else."""
+    """Per-layer (keys, values) of a transformers cache; refuse caches that are something else.
+
+    One shape for every layer's keys and values (the manifest's ``kv_heads`` and ``head_dim``):
+    a cache whose layers share keys (no tensors in some layers) or whose keys and values differ
+    in width (multi-head latent attention) is refused by name.
+    """
     layers = getattr(cache, "layers", None)
-    if not layers or not all(hasattr(x, "keys") and getattr(x, "keys", None) is not None for x in layers):
-        raise BadInputError(f"{name}: its KV cache ({type(cache).__name__}) is not per-layer keys and values",
-                            hint="only decoders with a standard DynamicCache export as generation bundles; "
-                                 "export with -O generation=false for a prefill-only graph")
+    kinds = ", ".join(sorted({type(x).__name__ for x in layers or []}))
+    if not layers or not all(getattr(x, "keys", None) is not None for x in layers) or \
+            {type(x).__name__ for x in layers} - set(_PLAIN_LAYERS):
+        what = f"{type(cache).__name__} of {kinds} layers" if kinds else type(cache).__name__
+        raise BadInputError(f"{name}: its KV cache ({what}) is not keys and values for every layer",
+                            hint=f"only decoders with a plain DynamicCache export as generation bundles; {_PREFILL_ONLY}")
+    shapes = {(x.keys.shape[1], x.keys.shape[3], x.values.shape[1], x.values.shape[3]) for x in layers}
+    first = layers[0]
+    if len(shapes) > 1 or first.keys.shape[1::2] != first.values.shape[1::2]:
+        what = (f"layers of {len(shapes)} different shapes" if len(shapes) > 1 else
+                f"keys {tuple(first.keys.shape)} and values {tuple(first.values.shape)} of different shapes")
+        raise BadInputError(f"{name}: its KV cache ({type(cache).__name__}) has {what}; a generation bundle takes "
+                            "one (kv_heads, head_dim) for every layer's keys and values", hint=_PREFILL_ONLY)
     return [(x.keys, x.values) for x in layers]
 
 
@@ -133,18 +210,22 @@ class GenerationStep(torch.nn.Module):
     """Plain tensors in and out around a transformers decoder and its ``DynamicCache``."""
 
     def __init__(self, model, layers: int):
+        import inspect
+
         super().__init__()
         self.model = model
         self.layers = layers
+        # models with ALiBi or positions counted from the mask (Bloom) take no position_ids:
+        # the graph keeps the input (one interface for the runtime loop) and the model ignores it
+        self.positions = "position_ids" in inspect.signature(model.forward).parameters
 
     def forward(self, input_ids, attention_mask, position_ids, *past):
-        from transformers import DynamicCache
-
-        cache = DynamicCache(config=self.model.config)
+        cache = _plain_cache()
         for i in range(self.layers):
             cache.update(past[2 * i], past[2 * i + 1], i)
-        out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                         past_key_values=cache, use_cache=True)
+        extra = {"position_ids": position_ids} if self.positions else {}
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask, past_key_values=cache, use_cache=True,
+                         **extra)
         flat = []
         for key, value in _layers_of(out.past_key_values, "the model"):
             flat += [key, value]
@@ -172,10 +253,12 @@ def generation_record(variant, stage: Path) -> dict:
 
     Returns:
         ``{"layers", "kv_heads", "head_dim", "max_context", "eos_token_ids", "bos_token_id",
-        "pad_token_id", "defaults", "chat_template", "tokenizer", "inputs", "cache"}``.
+        "pad_token_id", "defaults", "chat_template", "tokenizer", "sliding_window", "cache"}``
+        (``sliding_window``: the window of its windowed layers, informative: the cache keeps
+        every position and the graph's mask applies the window).
     """
     model, config = _decoder(variant)
-    layers, kv_heads, head_dim = cache_shape(config)
+    layers, kv_heads, head_dim = cache_layout(model, variant.name)
     gen = model.generation_config
     text = config.get_text_config() if hasattr(config, "get_text_config") else config
     eos = gen.eos_token_id if gen.eos_token_id is not None else getattr(text, "eos_token_id", None)
@@ -186,6 +269,7 @@ def generation_record(variant, stage: Path) -> dict:
               "max_context": int(getattr(text, "max_position_embeddings", 0) or 0) or None,
               "eos_token_ids": eos_ids, "bos_token_id": _int(gen.bos_token_id), "pad_token_id": _int(gen.pad_token_id),
               "defaults": defaults, "chat_template": None, "tokenizer": None,
+              "sliding_window": check_cache(model, variant.name),
               "cache": {"past": "past_{kind}_{layer}", "present": "present_{kind}_{layer}", "dtype": "float32"}}
     try:
         from edgesmith.models.hf import tokenizer_for

@@ -5,7 +5,8 @@
 ``path/dir`` + config.json    a local Hugging Face checkpoint; ``gguf=`` for GGUF
 ``path/dir`` + edgesmith.json a variant folder: a language model ``optimize`` saved (:mod:`.variant_folder`)
 ``path/model.gguf``           a GGUF checkpoint (its directory holds the file)
-``py:pkg.mod:factory``        a factory returning an ``nn.Module`` (+ ``weights``)
+``py:pkg.mod:factory``        a factory returning an ``nn.Module`` (+ ``weights``); a transformers causal LM
+                              loads as a language model (token ids for its example, no tokenizer)
 ``path/model.onnx``           an ONNX model (inspect, profile, package)
 ``zoo:NAME``                  a built-in model
 ============================= ==============================================================================
@@ -59,7 +60,7 @@ def load_model(
         if inputs:
             variant = _override_inputs(variant, inputs)
     elif ref.startswith("py:"):
-        variant = _load_factory(ref, weights, inputs)
+        variant = _load_factory(ref, weights, inputs, seq_len)
     else:
         path = Path(ref)
         if not path.exists():
@@ -178,7 +179,8 @@ def load_weights(path: str | Path) -> dict:
     return state
 
 
-def _load_factory(ref: str, weights, inputs):
+def _load_factory(ref: str, weights, inputs, seq_len=None):
+    """A ``py:`` factory's module as a variant: a transformers causal LM becomes a ``task="lm"`` variant."""
     import torch
 
     from edgesmith.bundle import sha256_file
@@ -208,6 +210,11 @@ def _load_factory(ref: str, weights, inputs):
             raise BadInputError(f"weights {weights} do not fit {ref}: {str(exc).splitlines()[0]} ...") from None
         sha = sha256_file(weights)
     module.eval()
+    from edgesmith.models.hf import is_causal_lm
+
+    if is_causal_lm(module):
+        return _factory_lm(module, ref, factory_name, {"reference": ref, "format": "py", "sha256": sha,
+                                                        "weights": str(weights or "")}, inputs, seq_len)
     if not inputs:
         raise UsageError(f"{ref} needs its input shapes", hint="pass --input name:1x3x224x224:float32")
     example = {s.name: example_array(s) for s in inputs}
@@ -223,6 +230,25 @@ def _load_factory(ref: str, weights, inputs):
     outs = variant.run()
     names = default_output_names(n)
     variant.outputs = [TensorSpec(nm, outs[nm].shape, str(outs[nm].dtype), {0: "batch"}) for nm in names]
+    return variant
+
+
+def _factory_lm(model, ref: str, factory_name: str, source: dict, inputs, seq_len):
+    """A factory's transformers causal LM, wrapped like a checkpoint's (no tokenizer: token ids from its vocabulary).
+
+    ``--input input_ids:BxS`` (or ``--seq-len``) sizes the example; other names are refused.
+    """
+    from edgesmith.models.hf import model_variant
+
+    shape = None
+    for spec in inputs or []:
+        if spec.name not in ("input_ids", "attention_mask") or len(spec.shape) != 2:
+            raise UsageError(f"--input {spec.name}:{'x'.join(map(str, spec.shape))} does not fit {ref}, a causal LM",
+                             hint="give input_ids:BATCHxLENGTH (token ids) or --seq-len, or nothing")
+        shape = spec.shape
+    batch, length = shape if shape else (1, seq_len)
+    variant = model_variant(model, factory_name.replace("_", "-"), source, None, length, task="lm", batch=batch)
+    _check_accepts(variant)
     return variant
 
 

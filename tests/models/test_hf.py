@@ -119,6 +119,7 @@ def test_transformers_is_always_told_not_to_trust_remote_code(tmp_path, monkeypa
     transformers = pytest.importorskip("transformers")
     (tmp_path / "config.json").write_text(json.dumps(BERT))
     (tmp_path / "model.safetensors").write_bytes(b"")
+    (tmp_path / "tokenizer_config.json").write_text("{}")  # a folder without tokenizer files never asks for one
     calls = []
 
     def record(result):
@@ -139,3 +140,54 @@ def test_transformers_is_always_told_not_to_trust_remote_code(tmp_path, monkeypa
     assert len(calls) == 4
     assert all(kw.get("trust_remote_code") is False and kw.get("local_files_only") for kw in calls), calls
     assert calls[2].get("use_safetensors") is True
+
+
+# ---------------------------------------------------------------- folders without (or with odd) tokenizers
+
+def _save_tiny(folder: Path, model) -> Path:
+    model.save_pretrained(str(folder))
+    assert not any(folder.glob("tokenizer*"))
+    return folder
+
+
+def test_a_folder_without_tokenizer_files_loads_with_ids_from_its_vocabulary(tmp_path):
+    """config.json + model.safetensors only: no more exit 1 in AutoTokenizer; the variant has no tokenizer."""
+    transformers = pytest.importorskip("transformers")
+    import torch
+
+    torch.manual_seed(0)
+    bert = transformers.BertModel(transformers.BertConfig(**{k: v for k, v in BERT.items() if k != "architectures"}))
+    v = hf.load_hf(_save_tiny(tmp_path / "encoder", bert.eval()))
+    assert v.task == "encoder" and "tokenizer" not in v.source
+    assert [s.name for s in v.inputs] == ["input_ids", "attention_mask"] and v.inputs[0].shape == (2, 16)
+    assert v.example["input_ids"].max() < 30 and v.outputs[0].shape == (2, 16, 8)
+    with pytest.raises(BadInputError, match="encoder has no tokenizer") as info:
+        hf.tokenizer_for(v)
+    assert str(tmp_path / "encoder") in info.value.message
+
+
+def test_a_decoder_takes_only_the_tokenizer_outputs_its_forward_accepts(tmp_path):
+    """A tokenizer that also returns token_type_ids (as BERT's do) beside a decoder that has none."""
+    transformers = pytest.importorskip("transformers")
+    import torch
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    from edgesmith.models.lm_generate import generation_record
+
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                      num_key_value_heads=2, vocab_size=97, max_position_embeddings=64, eos_token_id=2)
+    folder = _save_tiny(tmp_path / "lm", transformers.LlamaForCausalLM(config).eval())
+    words = ["<pad>", "<s>", "</s>", "<unk>", *sorted(set(" ".join(hf.EXAMPLE_TEXT).lower().split()))]
+    core = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok = transformers.PreTrainedTokenizerFast(tokenizer_object=core, eos_token="</s>", pad_token="<pad>",
+                                               model_input_names=["input_ids", "token_type_ids", "attention_mask"])
+    tok.save_pretrained(str(folder))
+    v = hf.load_hf(folder, seq_len=10)
+    assert "token_type_ids" in tok(["a b"])  # the tokenizer does give it
+    assert [s.name for s in v.inputs] == ["input_ids", "attention_mask"] and v.task == "lm"
+    assert v.source["tokenizer"] == {"path": str(folder), "gguf": None}
+    record = generation_record(v, tmp_path / "stage")
+    assert record["tokenizer"] == "tokenizer/tokenizer.json" and record["eos_token_ids"] == [2]
+    assert (record["layers"], record["kv_heads"], record["head_dim"]) == (2, 2, 8)
