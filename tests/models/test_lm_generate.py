@@ -74,6 +74,7 @@ def test_every_decoder_family_exports_a_generation_bundle(family, tmp_path):
     record = bundle.manifest.generation
     assert (record["layers"], record["kv_heads"], record["head_dim"]) == (2, *ARCHITECTURES[family][2])
     assert record["tokenizer"] is None  # a model built in code: it generates from token ids
+    assert record["sliding_window"] == ARCHITECTURES[family][1].get("sliding_window")  # said, and kept whole
     prompt = [int(t) for t in np.random.default_rng(7).integers(3, 97, 11)]  # longer than the window
     want = greedy_reference(variant, prompt, 6)
     got = es.generate(bundle.path, ids=prompt, max_new_tokens=6, ignore_eos=True)
