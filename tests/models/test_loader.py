@@ -192,6 +192,53 @@ def test_factory_reference_errors(factory, ref, match):
         es.load(ref.format(factory=factory), inputs=["x:1x3x8x8"])
 
 
+LM_FACTORY = """
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel
+
+
+def build():
+    torch.manual_seed(0)
+    return GPT2LMHeadModel(GPT2Config(n_embd=32, n_layer=2, n_head=4, vocab_size=97, n_positions=64))
+"""
+
+
+def test_factory_returning_a_causal_lm_loads_as_a_language_model(tmp_path, py_module):
+    """No more "model returned DynamicCache": the transformers model is wrapped, its example is token ids."""
+    import importlib
+
+    from safetensors.torch import save_file
+
+    pytest.importorskip("transformers")
+    module = py_module(LM_FACTORY, prefix="es_loader_lm")
+    v = es.load(f"py:{module}:build")
+    assert v.task == "lm" and v.name == "build" and v.source["format"] == "py"
+    assert [(s.name, s.shape, s.dynamic) for s in v.inputs] == [
+        ("input_ids", (1, 16), {0: "batch", 1: "sequence"}), ("attention_mask", (1, 16), {0: "batch", 1: "sequence"})]
+    assert v.outputs[0].name == "logits" and v.outputs[0].shape == (1, 16, 97)
+    assert 0 <= v.example["input_ids"].min() and v.example["input_ids"].max() < 97 and "tokenizer" not in v.source
+
+    sized = es.load(f"py:{module}:build", inputs=["input_ids:2x5:int64"])
+    assert sized.inputs[0].shape == (2, 5) and sized.outputs[0].shape == (2, 5, 97)
+    assert es.load(f"py:{module}:build", seq_len=7).inputs[0].shape == (1, 7)
+    with pytest.raises(UsageError, match="pixel_values") as info:
+        es.load(f"py:{module}:build", inputs=["pixel_values:1x3x8x8"])
+    assert "input_ids" in info.value.hint
+
+    torch.manual_seed(5)
+    trained = importlib.import_module(module).build()
+    with torch.no_grad():
+        for p in trained.parameters():
+            p.normal_()
+    state = {k: t.clone().contiguous() for k, t in trained.state_dict().items()}  # tied head: its own copy
+    save_file(state, str(tmp_path / "lm.safetensors"))
+    loaded = es.load(f"py:{module}:build", weights=str(tmp_path / "lm.safetensors"))
+    ids = torch.from_numpy(loaded.example["input_ids"])
+    with torch.no_grad():
+        want = trained.eval()(input_ids=ids).logits.numpy()
+    np.testing.assert_allclose(loaded.run()["logits"], want, atol=1e-5, rtol=0)
+
+
 def test_weights_only_apply_to_factories(tmp_path):
     with pytest.raises(UsageError, match="--weights"):
         es.load("zoo:digits-cnn", weights=str(tmp_path / "w.pt"))
