@@ -14,8 +14,8 @@ on first use with the project's pinned CPU torch from constraints.txt, then
 ``optimum-onnx[onnxruntime]`` from the package index); edgesmith never imports it. All
 four graphs are timed in this process with the same ONNX Runtime build and the same
 session options (CPU provider, ``--threads`` intra-op threads, default graph
-optimizations), batch 1 x ``--seq`` tokens (all real tokens), in interleaved rounds
-whose order rotates, so load from other processes hits all alike. The table gives each
+optimizations), batch 1 x ``--seq`` tokens (all real tokens), interleaved run by run in
+an order that rotates, so load from other processes hits all alike. The table gives each
 graph's median over all timed runs and its ratio to Optimum O3 and Optimum plain, the
 node counts, and each graph's max_abs against transformers on the timed feed.
 
@@ -99,12 +99,13 @@ def node_counts(path: Path) -> tuple[int, str]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=10)
-    ap.add_argument("--runs", type=int, default=20, help="timed runs per graph per round")
+    ap.add_argument("--runs", type=int, default=20, help="timed runs per graph per round (rounds x runs in all)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seq", type=int, default=128)
     ap.add_argument("--peer", type=Path, default=ROOT / "build" / "peers" / "optimum")
     ap.add_argument("--out", type=Path, default=None, help="keep the graphs here (default: a temporary folder)")
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
+    ap.add_argument("--reuse", action="store_true", help="time the graphs already in --out (no re-export)")
     ap.add_argument("--checkpoint", type=Path, default=None,
                     help="another BERT checkpoint folder (default: the offline all-MiniLM-L6-v2)")
     args = ap.parse_args()
@@ -126,13 +127,16 @@ def main() -> None:
     variant = api.load(str(checkpoint)) if args.checkpoint else api.load("zoo:all-minilm-l6-v2")
     paths, records = {}, {}
     for label, options in (("edgesmith fused", {}), ("edgesmith unfused", {"fuse": "false"})):
-        bundle, parity = api.export(variant, work / label.replace(" ", "_"), target="onnx", options=options,
-                                    force=True, name="minilm")
-        paths[label] = bundle.path / "model.onnx"
-        manifest = json.loads((bundle.path / "manifest.json").read_text())
-        records[label] = {"parity": parity.summary(), "fuse": manifest["details"].get("fuse")}
-    paths["Optimum plain"] = optimum_export(args.peer, checkpoint, work / "optimum_plain", None)
-    paths["Optimum O3"] = optimum_export(args.peer, checkpoint, work / "optimum_o3", "O3")
+        folder = work / label.replace(" ", "_") / "minilm.onnx"
+        if not (args.reuse and (folder / "manifest.json").is_file()):
+            api.export(variant, folder.parent, target="onnx", options=options, force=True, name="minilm")
+        paths[label] = folder / "model.onnx"
+        manifest = json.loads((folder / "manifest.json").read_text())
+        records[label] = {"parity": manifest["parity"], "fuse": manifest["details"].get("fuse")}
+    for label, folder, level in (("Optimum plain", "optimum_plain", None), ("Optimum O3", "optimum_o3", "O3")):
+        reuse = args.reuse and (work / folder / "model.onnx").is_file()
+        paths[label] = work / folder / "model.onnx" if reuse else optimum_export(args.peer, checkpoint, work / folder,
+                                                                                level)
     print(f"exports: {time.perf_counter() - t0:.0f} s", flush=True)
 
     rng = np.random.default_rng(0)
@@ -155,17 +159,20 @@ def main() -> None:
         sessions[label] = (sess, feeds)
 
     samples: dict[str, list[float]] = {label: [] for label in RUNNERS}
-    for r in range(args.rounds):
+    for label in RUNNERS:  # warm-up
+        sess, feeds = sessions[label]
+        time_runs(lambda s=sess, f=feeds: s.run(None, f), warmup=3, runs=0)
+    for r in range(args.rounds * args.runs):  # one run each, in rotating order: load drifts hit all alike
         order = RUNNERS[r % len(RUNNERS):] + RUNNERS[:r % len(RUNNERS)]
         for label in order:
             sess, feeds = sessions[label]
-            samples[label] += time_runs(lambda s=sess, f=feeds: s.run(None, f), warmup=2, runs=args.runs)
+            samples[label] += time_runs(lambda s=sess, f=feeds: s.run(None, f), warmup=0, runs=1)
     median = {label: statistics.median(v) for label, v in samples.items()}
 
     print(f"\nhost: {json.dumps(fingerprint(args.threads), default=str)}")
     print(f"onnxruntime {ort.__version__} (this process, all four graphs); peer: {peer_versions(python)}")
     print(f"batch 1 x {args.seq} tokens, {args.threads} threads, {args.rounds} rounds x {args.runs} runs, "
-          "interleaved\n")
+          "interleaved run by run\n")
     print("| graph | nodes | fused ops | median ms | vs Optimum O3 | vs Optimum plain | max_abs vs transformers |")
     print("|---|---:|---|---:|---:|---:|---:|")
     rows = []
@@ -177,7 +184,9 @@ def main() -> None:
         print(f"| {label} | {nodes} | {fused} | {median[label]:.2f} | {ratio_o3:.2f}x | {ratio_plain:.2f}x | "
               f"{max_abs[label]:.2e} |")
     for label, rec in records.items():
-        print(f"\n{label}: parity {rec['parity']}; fuse record: {json.dumps(rec['fuse'])}")
+        parity = rec["parity"] or {}
+        print(f"\n{label}: parity {parity.get('passed')} ({parity.get('tier')}, {parity.get('precision')}); "
+              f"fuse record: {json.dumps(rec['fuse'])}")
     if args.json:
         args.json.write_text(json.dumps({"rows": rows, "records": records, "host": fingerprint(args.threads),
                                          "peer": peer_versions(python)}, indent=1, default=str))
