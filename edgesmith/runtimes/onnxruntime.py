@@ -64,38 +64,6 @@ class OnnxRuntime(Runtime):
         return BoundStepper(self.session, record, "cuda" if self.accelerator == "cuda" else "cpu")
 
 
-class BoundStepper:
-    """Generation steps over IO binding: each step's present keys and values are bound, as
-    ONNX Runtime's own values, as the next step's past ones; numpy sees only the logits."""
-
-    def __init__(self, session, record: dict[str, Any], device: str):
-        from edgesmith.runtimes.kv import empty_cache
-
-        ort = require("onnxruntime", "all")
-        self.session = session
-        self.device = device
-        self.binding = session.io_binding()
-        self.past = {name: ort.OrtValue.ortvalue_from_numpy(arr, device) for name, arr in empty_cache(record).items()}
-        self.outputs = [o.name for o in session.get_outputs()]
-
-    def step(self, ids: np.ndarray, start: int, extra: dict[str, np.ndarray] | None = None) -> np.ndarray:
-        """Run one step (``extra``: more feeds, a Dolphin decoder's memories); return the last logits ``(vocab,)``."""
-        from edgesmith.runtimes.kv import step_feeds
-
-        io = self.binding
-        io.clear_binding_inputs()
-        io.clear_binding_outputs()
-        for name, arr in {**step_feeds(ids, start), **(extra or {})}.items():
-            io.bind_cpu_input(name, arr)
-        for name, value in self.past.items():
-            io.bind_ortvalue_input(name, value)
-        for name in self.outputs:
-            io.bind_output(name, self.device)
-        self.session.run_with_iobinding(io)
-        values = dict(zip(self.outputs, io.get_outputs()))
-        self.past = {name: values["present" + name[4:]] for name in self.past}
-        return values["logits"].numpy()[0, -1]
-
     def node_times(self, feeds: dict[str, np.ndarray], runs: int) -> list[dict[str, Any]]:
         """Per-node kernel times from ONNX Runtime's profiler, mapped to source modules.
 
@@ -131,6 +99,39 @@ class BoundStepper:
             {"node": n, "op_type": ops[n], "scope": _scope_of(n, scopes), "mean_ms": t / max(runs, 1)}
             for n, t in sorted(total.items(), key=lambda kv: -kv[1])
         ]
+
+
+class BoundStepper:
+    """Generation steps over IO binding: each step's present keys and values are bound, as
+    ONNX Runtime's own values, as the next step's past ones; numpy sees only the logits."""
+
+    def __init__(self, session, record: dict[str, Any], device: str):
+        from edgesmith.runtimes.kv import empty_cache
+
+        ort = require("onnxruntime", "all")
+        self.session = session
+        self.device = device
+        self.binding = session.io_binding()
+        self.past = {name: ort.OrtValue.ortvalue_from_numpy(arr, device) for name, arr in empty_cache(record).items()}
+        self.outputs = [o.name for o in session.get_outputs()]
+
+    def step(self, ids: np.ndarray, start: int, extra: dict[str, np.ndarray] | None = None) -> np.ndarray:
+        """Run one step (``extra``: more feeds, a Dolphin decoder's memories); return the last logits ``(vocab,)``."""
+        from edgesmith.runtimes.kv import step_feeds
+
+        io = self.binding
+        io.clear_binding_inputs()
+        io.clear_binding_outputs()
+        for name, arr in {**step_feeds(ids, start), **(extra or {})}.items():
+            io.bind_cpu_input(name, arr)
+        for name, value in self.past.items():
+            io.bind_ortvalue_input(name, value)
+        for name in self.outputs:
+            io.bind_output(name, self.device)
+        self.session.run_with_iobinding(io)
+        values = dict(zip(self.outputs, io.get_outputs()))
+        self.past = {name: values["present" + name[4:]] for name in self.past}
+        return values["logits"].numpy()[0, -1]
 
 
 _ORT_SUFFIX = re.compile(r"(_nchwc|_token_\d+|_output_\d+)+$")
