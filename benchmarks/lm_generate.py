@@ -29,7 +29,7 @@ of each edgesmith row are compared with genai's.
 
 Usage (from the repo root, after ``make install``; the first run needs PyPI for the peer's venv,
 exporting takes a few minutes and about 4 GB of memory):
-    .venv/bin/python benchmarks/lm_generate.py [--quick] [--threads 2] [--reps 5] [--json out.json]
+    .venv/bin/python benchmarks/lm_generate.py [--quick] [--threads 2] [--reps 5] [--reuse] [--json out.json]
 """
 
 from __future__ import annotations
