@@ -233,13 +233,23 @@ class GenerationStep(torch.nn.Module):
 
 
 def greedy_reference(variant, prompt_ids: list[int], tokens: int) -> list[int]:
-    """The source model's greedy continuation (transformers' ``generate``, no sampling, no early stop)."""
+    """The source model's greedy continuation: ``tokens`` argmax steps with its own cache.
+
+    What transformers' greedy ``generate`` computes, except that an end-of-sequence token
+    is taken like any other (``generate`` with ``min_new_tokens`` would forbid it instead,
+    while the bundle's loop with ``ignore_eos`` keeps it).
+    """
     model, _ = _decoder(variant)
+    ids = torch.tensor([prompt_ids])
+    out: list[int] = []
+    cache = None
     with torch.no_grad():
-        out = model.generate(torch.tensor([prompt_ids]), max_new_tokens=tokens, min_new_tokens=tokens,
-                             do_sample=False, attention_mask=torch.ones(1, len(prompt_ids), dtype=torch.long),
-                             pad_token_id=0)
-    return out[0, len(prompt_ids):].tolist()
+        for _ in range(tokens):
+            step = model(input_ids=ids, past_key_values=cache, use_cache=True)
+            cache = step.past_key_values
+            out.append(int(step.logits[0, -1].argmax()))
+            ids = torch.tensor([[out[-1]]])
+    return out
 
 
 TOKENIZER_DIR = "tokenizer"
