@@ -333,13 +333,15 @@ def test_minilm_checkpoint_directory():
     assert got.shape == (1, enc["input_ids"].shape[1], config.hidden_size)
 
 
-def test_smollm2_gguf():
+def test_smollm2_gguf(tmp_path):
+    """``--gguf FILE`` in a directory (the folder holds no tokenizer files: the GGUF's own are used)."""
     pytest.importorskip("transformers")
     pytest.importorskip("gguf")
+    from edgesmith.models.lm_generate import generation_record
     from edgesmith.models.offline import smollm2_gguf
 
     path = smollm2_gguf()
-    v = es.load(str(path), seq_len=16)
+    v = es.load(str(path.parent), gguf=path.name, seq_len=16)
     assert v.task == "lm"
     assert v.name.startswith("smollm2-135m")
     assert v.source["format"] == "gguf"
@@ -351,3 +353,9 @@ def test_smollm2_gguf():
     assert out.name == "logits" and out.shape == (1, 16, vocab)
     logits = v.run()["logits"]
     assert logits.shape[-1] == vocab and np.isfinite(logits).all()
+    assert v.source["tokenizer"] == {"path": str(path.parent), "gguf": path.name}
+    # the generation bundle's tokenizer, chat template and end of sequence come from the GGUF
+    record = generation_record(v, tmp_path)
+    assert record["tokenizer"] == "tokenizer/tokenizer.json" and (tmp_path / record["tokenizer"]).is_file()
+    assert "<|im_start|>" in record["chat_template"] and record["special_tokens"]["eos"] == "<|im_end|>"
+    assert record["eos_token_ids"] == [2] and (record["layers"], record["kv_heads"], record["head_dim"]) == (30, 3, 64)
