@@ -142,7 +142,10 @@ class OnnxExporter(Exporter):
         axes = output_dynamic_axes(program, variant.inputs)
         from edgesmith.specs import TensorSpec
 
-        variant.outputs = [TensorSpec(s.name, s.shape, s.dtype, a) for s, a in zip(variant.outputs, axes)]
+        # axes the program names win; declared ones it could not name stay (a KV cache's ``total``
+        # = past + sequence is a sum of two input axes, which the program has no single name for)
+        variant.outputs = [TensorSpec(s.name, s.shape, s.dtype, {**s.dynamic, **a})
+                           for s, a in zip(variant.outputs, axes)]
         return program
 
 

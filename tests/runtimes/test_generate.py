@@ -37,6 +37,7 @@ def test_a_language_model_exports_as_a_generation_bundle(tiny_bundle):
     assert m.task == "lm" and m.generation["layers"] == 2 and m.generation["kv_heads"] == 2
     assert [s.name for s in m.inputs[:3]] == ["input_ids", "attention_mask", "position_ids"]
     assert m.inputs[3].name == "past_key_0" and m.inputs[3].dynamic == {0: "batch", 2: "past"}
+    assert m.outputs[1].name == "present_key_0" and m.outputs[1].dynamic == {0: "batch", 2: "total"}
     names = {o["name"] for o in m.parity["outputs"]}
     assert {"logits@prefill", "logits@decode", "present_key_1@decode"} <= names  # both phases checked
     greedy = m.parity["generation"]
