@@ -255,7 +255,8 @@ class Generator:
                                 f"{self.max_context} (its maximum context) including the new tokens",
                                 hint="shorten the prompt")
         rng = np.random.default_rng(sampling.seed)
-        stepper = self._stepper()
+        capacity = len(prompt_ids) + slots + sampling.max_new_tokens
+        stepper = self._stepper(min(capacity, self.max_context) if self.max_context else capacity)
         tokens: list[int] = []
         shown = ""
         reason = "length"
@@ -271,13 +272,14 @@ class Generator:
                 reason = "eos"
                 break
             tokens.append(token)
-            text = self.decode(tokens)
-            cut = _stop_at(text, sampling.stop)
-            if cut is not None:
-                text, reason = text[:cut], "stop"
-            if on_text and not text.endswith("\ufffd") and len(text) > len(shown):  # not mid-character
-                on_text(text[len(shown):])
-                shown = text
+            if on_text or sampling.stop:  # the text so far: only where someone reads it every step
+                text = self.decode(tokens)
+                cut = _stop_at(text, sampling.stop)
+                if cut is not None:
+                    text, reason = text[:cut], "stop"
+                if on_text and not text.endswith("\ufffd") and len(text) > len(shown):  # not mid-character
+                    on_text(text[len(shown):])
+                    shown = text
             if reason == "stop" or len(tokens) >= sampling.max_new_tokens:
                 break
             if self.max_context and position >= self.max_context:
@@ -359,9 +361,9 @@ class Generator:
         self.generate(prompt_ids, sampling, pieces.append)  # generation is synchronous: yield afterwards
         yield from pieces
 
-    def _stepper(self):
+    def _stepper(self, capacity: int | None = None):
         make = getattr(self.runtime, "kv_stepper", None) if self.binding else None
-        return make(self.record) if make else NumpyStepper(self.runtime, self.record)
+        return make(self.record, capacity) if make else NumpyStepper(self.runtime, self.record)
 
 
 def _step(stepper, ids: np.ndarray, start: int, extra: dict[str, np.ndarray]) -> np.ndarray:

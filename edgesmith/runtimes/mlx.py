@@ -56,8 +56,9 @@ class MlxRuntime(Runtime):
         mx.eval(outputs)
         return {s.name: np.array(o) for s, o in zip(m.outputs, outputs)}
 
-    def kv_stepper(self, record: dict[str, Any]) -> "MlxStepper":
-        """A generation stepper that keeps the KV cache as MLX arrays between steps."""
+    def kv_stepper(self, record: dict[str, Any], capacity: int | None = None) -> "MlxStepper":
+        """A generation stepper that keeps the KV cache as MLX arrays between steps (``capacity``: unused,
+        the cache grows by concatenation)."""
         return MlxStepper(self._mx, self._fn, self.bundle.manifest, record)
 
 

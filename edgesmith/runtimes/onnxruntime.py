@@ -59,9 +59,21 @@ class OnnxRuntime(Runtime):
     def _run_impl(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return dict(zip(self._outputs, self.session.run(None, feeds)))
 
-    def kv_stepper(self, record: dict[str, Any]) -> "BoundStepper":
-        """A generation stepper that keeps the KV cache in ONNX Runtime's buffers (IO binding)."""
-        return BoundStepper(self.session, record, "cuda" if self.accelerator == "cuda" else "cpu")
+    def kv_stepper(self, record: dict[str, Any], capacity: int | None = None) -> "BoundStepper":
+        """A generation stepper that keeps the KV cache in ONNX Runtime's buffers (IO binding).
+
+        Args:
+            record: The manifest's ``generation`` record.
+            capacity: Positions the whole generation needs (prompt + new tokens); with it, a graph
+                whose attention is ``GroupQueryAttention`` writes each step's keys and values in
+                place into one buffer of that length (nothing copied per step).
+        """
+        fuse = self.bundle.manifest.details.get("fuse") or {}
+        present = next((o for o in self.session.get_outputs() if o.name.startswith("present_")), None)
+        shared = bool(capacity and fuse.get("applied") and "GroupQueryAttention" in fuse.get("contrib_ops", ())
+                      and present is not None and not isinstance(present.shape[2], int))
+        return BoundStepper(self.session, record, "cuda" if self.accelerator == "cuda" else "cpu",
+                            capacity if shared else None)
 
 
     def node_times(self, feeds: dict[str, np.ndarray], runs: int) -> list[dict[str, Any]]:
@@ -102,27 +114,51 @@ class OnnxRuntime(Runtime):
 
 
 class BoundStepper:
-    """Generation steps over IO binding: each step's present keys and values are bound, as
-    ONNX Runtime's own values, as the next step's past ones; numpy sees only the logits."""
+    """Generation steps over IO binding: numpy sees only the token ids and the last logits.
 
-    def __init__(self, session, record: dict[str, Any], device: str):
+    Two ways to hold the cache. By default each step's present keys and values (ONNX Runtime's
+    own values) are bound as the next step's past ones. With ``capacity`` (a fused graph whose
+    ``GroupQueryAttention`` takes a buffer longer than the context, reading the valid length from
+    the attention mask), one buffer per layer of ``capacity`` positions is bound as both the past
+    and the present: the operator writes the new positions in place, so no step copies the cache.
+    """
+
+    def __init__(self, session, record: dict[str, Any], device: str, capacity: int | None = None):
         from edgesmith.runtimes.kv import empty_cache
 
         ort = require("onnxruntime", "all")
         self.session = session
         self.device = device
         self.binding = session.io_binding()
-        self.past = {name: ort.OrtValue.ortvalue_from_numpy(arr, device) for name, arr in empty_cache(record).items()}
+        self.capacity = capacity
+        cache = empty_cache(record)
+        if capacity:
+            cache = {n: np.zeros((*a.shape[:2], capacity, a.shape[3]), a.dtype) for n, a in cache.items()}
+        self.past = {name: ort.OrtValue.ortvalue_from_numpy(arr, device) for name, arr in cache.items()}
         self.outputs = [o.name for o in session.get_outputs()]
+        if capacity:  # bound once: the same buffers are every step's past and present
+            for name, value in self.past.items():
+                self.binding.bind_ortvalue_input(name, value)
+                self.binding.bind_ortvalue_output("present" + name[4:], value)
 
     def step(self, ids: np.ndarray, start: int, extra: dict[str, np.ndarray] | None = None) -> np.ndarray:
         """Run one step (``extra``: more feeds, a Dolphin decoder's memories); return the last logits ``(vocab,)``."""
         from edgesmith.runtimes.kv import step_feeds
 
         io = self.binding
+        feeds = {**step_feeds(ids, start), **(extra or {})}
+        if self.capacity:
+            if start + ids.shape[1] > self.capacity:
+                raise BadInputError(f"step at {start} + {ids.shape[1]} positions overflows the cache of "
+                                    f"{self.capacity}", hint="give a larger capacity (prompt + new tokens)")
+            for name, arr in feeds.items():
+                io.bind_cpu_input(name, arr)
+            io.bind_output("logits", self.device)
+            self.session.run_with_iobinding(io)
+            return io.get_outputs()[-1].numpy()[0, -1]  # outputs come in binding order: logits last
         io.clear_binding_inputs()
         io.clear_binding_outputs()
-        for name, arr in {**step_feeds(ids, start), **(extra or {})}.items():
+        for name, arr in feeds.items():
             io.bind_cpu_input(name, arr)
         for name, value in self.past.items():
             io.bind_ortvalue_input(name, value)

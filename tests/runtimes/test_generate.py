@@ -45,6 +45,9 @@ def test_a_language_model_exports_as_a_generation_bundle(tiny_bundle):
 
 
 def test_greedy_tokens_match_transformers_with_and_without_io_binding(tiny_llama, tiny_bundle):
+    """IO binding on the fused graph writes the cache in place into one buffer; numpy feeds grow it each step."""
+    assert "GroupQueryAttention" in tiny_bundle.manifest.details["fuse"]["contrib_ops"]
+    assert Generator(tiny_bundle)._stepper(32).capacity == 32  # the shared buffer, bound once
     prompt = [5, 17, 42, 8, 3]
     want = _greedy(tiny_llama.module.model, prompt, 12)
     for binding in (True, False):
