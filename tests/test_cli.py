@@ -79,7 +79,8 @@ def test_export_prints_what_the_exporter_describes(capsys, engine):
 
     info = {"support": {"tensorrt": "10.1", "nodes": 3, "op_counts": {"Relu": 1, "Conv": 2}},
             "trtexec": "trtexec --onnx=model.onnx", "engine": engine}
-    bundle = SimpleNamespace(path=Path("out") / "m.tensorrt", manifest=SimpleNamespace(details={"tensorrt": info}))
+    manifest = SimpleNamespace(details={"tensorrt": info}, generation=None)
+    bundle = SimpleNamespace(path=Path("out") / "m.tensorrt", manifest=manifest)
     _print_blocks(EXPORTERS.get("tensorrt").describe(bundle, SimpleNamespace(checks=["3 nodes", "static shapes"])))
     first = "TensorRT 10.1 support check: 3 nodes, all supported (Conv 2, Relu 1)\n"
     if engine:
