@@ -210,8 +210,7 @@ def step_costs(bundle) -> StepCosts:
     kv_per_position = 2.0 * record["layers"] * record["kv_heads"] * record["head_dim"] * dtype.itemsize
 
     def cost(new: int, past: int) -> tuple[float, float, int, dict[str, float]]:
-        cache = {k: np.zeros((1, record["kv_heads"], past, record["head_dim"]), dtype) for k in empty_cache(record)}
-        graph = graph_costs(path, {**step_feeds(np.zeros((1, new), np.int64), past), **cache})
+        graph = graph_costs(path, {**step_feeds(np.zeros((1, new), np.int64), past), **empty_cache(record, length=past)})
         skip = graph.folded | fused_nodes(graph.costs, graph.producers, graph.consumers)
         counted = [c for c in graph.costs if c.node not in skip]
         by_precision: dict[str, float] = {}

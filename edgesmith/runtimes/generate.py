@@ -20,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import numpy as np
 
@@ -354,12 +354,6 @@ class Generator:
             raise BadInputError(f"memories of shape {memories.shape}; {self.bundle.path.name} takes "
                                 f"(1, {spec['slots']}, {spec['dim']})", hint="make them with its encoder bundle")
         return {"memories": memories}, {"memories": np.zeros((1, 0, spec["dim"]), np.float32)}
-
-    def stream(self, prompt_ids: list[int], sampling: Sampling | None = None) -> Iterator[str]:
-        """Pieces of text as they are generated (a thin iterator over :meth:`generate`)."""
-        pieces: list[str] = []
-        self.generate(prompt_ids, sampling, pieces.append)  # generation is synchronous: yield afterwards
-        yield from pieces
 
     def _stepper(self, capacity: int | None = None):
         make = getattr(self.runtime, "kv_stepper", None) if self.binding else None

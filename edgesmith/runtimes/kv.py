@@ -12,9 +12,10 @@ from typing import Any
 import numpy as np
 
 
-def empty_cache(record: dict[str, Any], batch: int = 1) -> dict[str, np.ndarray]:
-    """The ``past_*`` feeds of a prefill: every layer's keys and values with no position yet."""
-    shape = (batch, record["kv_heads"], 0, record["head_dim"])
+def empty_cache(record: dict[str, Any], batch: int = 1, length: int = 0) -> dict[str, np.ndarray]:
+    """The ``past_*`` feeds of a prefill: every layer's keys and values with no position yet
+    (``length`` zeroed positions instead: a preallocated buffer, or a past of that length to cost)."""
+    shape = (batch, record["kv_heads"], length, record["head_dim"])
     dtype = np.dtype(record.get("cache", {}).get("dtype", "float32"))
     return {f"past_{kind}_{i}": np.zeros(shape, dtype) for i in range(record["layers"]) for kind in ("key", "value")}
 

@@ -131,9 +131,7 @@ class BoundStepper:
         self.device = device
         self.binding = session.io_binding()
         self.capacity = capacity
-        cache = empty_cache(record)
-        if capacity:
-            cache = {n: np.zeros((*a.shape[:2], capacity, a.shape[3]), a.dtype) for n, a in cache.items()}
+        cache = empty_cache(record, length=capacity or 0)
         self.past = {name: ort.OrtValue.ortvalue_from_numpy(arr, device) for name, arr in cache.items()}
         self.outputs = [o.name for o in session.get_outputs()]
         if capacity:  # bound once: the same buffers are every step's past and present
