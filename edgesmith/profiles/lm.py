@@ -210,7 +210,8 @@ def step_costs(bundle) -> StepCosts:
     kv_per_position = 2.0 * record["layers"] * record["kv_heads"] * record["head_dim"] * dtype.itemsize
 
     def cost(new: int, past: int) -> tuple[float, float, int, dict[str, float]]:
-        graph = graph_costs(path, {**step_feeds(np.zeros((1, new), np.int64), past), **empty_cache(record, length=past)})
+        feeds = {**step_feeds(np.zeros((1, new), np.int64), past), **empty_cache(record, length=past)}
+        graph = graph_costs(path, feeds)
         skip = graph.folded | fused_nodes(graph.costs, graph.producers, graph.consumers)
         counted = [c for c in graph.costs if c.node not in skip]
         by_precision: dict[str, float] = {}
