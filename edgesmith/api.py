@@ -184,7 +184,7 @@ def generate(bundle: str | Path, prompt: str | None = None, *, ids: Sequence[int
              seed: int | None = None, stop: Sequence[str] = (), ignore_eos: bool = False, threads: int = 0,
              binding: bool = True, on_text: Callable[[str], None] | None = None, context: str | None = None,
              encoder: str | Path | None = None):
-    """Generate text with a generation bundle (a decoder LM exported to onnx or mlx), without torch.
+    """Generate text with a generation bundle (a decoder LM exported to onnx, mlx or coreml), without torch.
 
     Args:
         bundle: The bundle.

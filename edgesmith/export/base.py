@@ -132,7 +132,7 @@ class Exporter:
         variant = step or variant
         with staged_bundle(dest, force) as stage:
             self._export_impl(variant, stage)
-            generation = write_record(source, stage) if step else None
+            generation = write_record(source, stage, step) if step else None
             reference = variant.run()
             save_golden(stage / GOLDEN, variant.example, reference)
             manifest = Manifest(

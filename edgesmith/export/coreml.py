@@ -43,12 +43,19 @@ class CoremlOptions:
             ML Programs need iOS15 / macOS12 or later.
         max_dim: Upper bound of a dynamic axis that torch.export leaves unbounded (an ML Program's
             flexible shapes need one); axes torch bounds (a transformer's positions) keep torch's bound.
+        generation: Export a decoder LM as a generation bundle: a stateful model whose KV cache
+            Core ML keeps between predictions (``make_state``; iOS 18 / macOS 15, so the deployment
+            target is raised to iOS18 for it); false exports the prefill graph only.
+        context: Positions the stateful KV cache holds (prompt and new tokens), capped at the
+            model's maximum context; the cache is allocated whole (fp16, Core ML's state type).
     """
 
     precision: str = "fp16"
     compute_units: str = "all"
     min_target: str = "iOS17"
     max_dim: int = 1024
+    generation: bool = True
+    context: int = 2048
 
     def __post_init__(self):
         if self.precision not in PRECISIONS:
@@ -62,6 +69,8 @@ class CoremlOptions:
                              hint="write it as coremltools does: iOS17, macOS14, tvOS17, watchOS10")
         if self.max_dim < 2:
             raise UsageError(f"target 'coreml': max_dim={self.max_dim} must be at least 2")
+        if self.context < 2:
+            raise UsageError(f"target 'coreml': context={self.context} must be at least 2 positions")
 
 
 
@@ -97,6 +106,14 @@ class CoremlExporter(Exporter):
     runtime = "coreml"
     model_file = "model.mlpackage"
     Options = CoremlOptions
+    generates = True
+
+    def generation_variant(self, variant):
+        """A decoder LM's stateful generation step (:func:`edgesmith.models.lm_state.stateful_variant`)."""
+        from edgesmith.models.lm_state import stateful_variant
+        from edgesmith.runtimes.kv import state_feeds
+
+        return stateful_variant(variant, self.options.context, state_feeds)
 
     def _export_impl(self, variant, stage: Path) -> None:
         if variant.module is None:
@@ -105,12 +122,44 @@ class CoremlExporter(Exporter):
         with quiet("coremltools", "torch.export", "torch._dynamo", stdout=True, stderr=True):
             ct = require("coremltools", "coreml")
             target = self._target(ct)
+            if _states(variant) and target.value < ct.target.iOS18.value:  # states came with iOS 18
+                target = ct.target.iOS18
+                self.written_options["min_target"] = "iOS18"
+                variant.notes.append(f"coreml: min_target raised from {self.options.min_target} to iOS18 "
+                                     "(a stateful KV cache needs iOS 18 / macOS 15)")
             restore = _eval_mode(variant.module)
             try:
                 mlmodel = self._convert(ct, variant, target)
             finally:
                 restore()
             mlmodel.save(str(stage / self.model_file))
+
+    def _parity(self, bundle, variant):
+        """The golden feeds (a stateful step's: a prefill from an empty cache), then for a stateful
+        step one decode step after that prefill with the state the runtime kept, against the
+        source module's same two steps."""
+        result = super()._parity(bundle, variant)
+        if not _states(variant):
+            return result
+        import dataclasses as dc
+
+        from edgesmith.parity import compare
+        from edgesmith.runtimes import open_runtime
+        from edgesmith.runtimes.kv import state_feeds
+
+        ids = variant.example["input_ids"]
+        variant.module.reset()
+        token = variant.run()["logits"][:, -1:].argmax(-1).astype(np.int64)
+        reference = variant.run(state_feeds(token, ids.shape[1]))
+        runtime = open_runtime(bundle)
+        stepper = runtime.kv_stepper(bundle.manifest.generation)
+        stepper.step(ids, 0)
+        got = {"logits": stepper.step(token, ids.shape[1])[None, None]}
+        more = compare(reference, got, precision=bundle.manifest.precision, tier=runtime.tier, classify=True)
+        result.failures += [f"{f} (decode)" for f in more.failures]
+        result.outputs += [dc.replace(o, name=f"{o.name}@decode") for o in more.outputs]
+        result.passed = not result.failures
+        return result
 
     def _target(self, ct):
         target = getattr(ct.target, self.options.min_target, None)
@@ -134,6 +183,9 @@ class CoremlExporter(Exporter):
             if not failures[-1].capture:
                 variant.notes.append(f"coreml: flexible shapes failed ({failures[-1]}); converted with fixed shapes")
             _fix_shapes(variant)
+        if _states(variant):  # fixed shapes or a trace would not make a generation step
+            raise BadInputError(f"Core ML cannot convert the generation step of {variant.name}: {failures[-1]}",
+                                hint="export with -O generation=false for the prefill graph only")
         if not any(f.capture for f in failures):
             try:
                 return self._from_export(ct, variant, target)
@@ -153,8 +205,10 @@ class CoremlExporter(Exporter):
     def _common(self, ct, variant) -> dict:
         outputs = [ct.TensorType(name=s.name, dtype=np.float32) if s.dtype.startswith("float")
                    else ct.TensorType(name=s.name) for s in variant.outputs]
+        states = [ct.StateType(wrapped_type=ct.TensorType(shape=tuple(shape), dtype=np.float16), name=name)
+                  for name, shape in _states(variant).items()]
         return dict(
-            outputs=outputs, convert_to="mlprogram", skip_model_load=True,
+            outputs=outputs, convert_to="mlprogram", skip_model_load=True, **({"states": states} if states else {}),
             compute_precision=ct.precision.FLOAT16 if self.options.precision == "fp16" else ct.precision.FLOAT32,
             compute_units=ct.ComputeUnit[COMPUTE_UNITS[self.options.compute_units]],
         )
@@ -189,6 +243,12 @@ class CoremlExporter(Exporter):
             return ct.convert(traced, inputs=inputs, minimum_deployment_target=target, **self._common(ct, variant))
         except Exception as exc:
             raise _Failed(_reason(exc)) from exc
+
+
+def _states(variant) -> dict[str, tuple[int, ...]]:
+    """A stateful step's buffers that become Core ML states (its KV cache), name -> shape."""
+    names = getattr(variant.module, "state_names", None) or []
+    return {n: tuple(getattr(variant.module, n).shape) for n in names}
 
 
 def _fix_shapes(variant) -> None:

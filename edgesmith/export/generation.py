@@ -35,8 +35,9 @@ def generation_step(exporter, variant):
         return variant
     from edgesmith.models.lm_generate import generation_variant
 
+    make = getattr(exporter, "generation_variant", None) or generation_variant  # Core ML: a stateful step
     try:
-        return generation_variant(variant)
+        return make(variant)
     except BadInputError as exc:
         variant.notes.append(f"prefill-only bundle (it cannot generate): {exc}")
         return None
@@ -69,13 +70,23 @@ def is_step(variant) -> bool:
     return type(variant.module).__name__ == "GenerationStep" and variant.task == "lm"
 
 
-def write_record(source, stage: Path) -> dict:
-    """Write the tokenizer files into the bundle and return the manifest's ``generation`` record."""
+def write_record(source, stage: Path, step=None) -> dict:
+    """Write the tokenizer files into the bundle and return the manifest's ``generation`` record.
+
+    For a stateful step (:class:`edgesmith.models.lm_state.StatefulStep`) the record's ``cache``
+    says so: ``{"state": "{kind}_cache_{layer}", "capacity", "dtype": "float16"}``, and its
+    maximum context is the cache's capacity.
+    """
     if _own_step(source):
         return source.module.generation_record(source, stage)
     from edgesmith.models.lm_generate import generation_record
 
-    return generation_record(source, stage)
+    record = generation_record(source, stage)
+    capacity = getattr(getattr(step, "module", None), "capacity", None)
+    if getattr(getattr(step, "module", None), "state_names", None):
+        record["max_context"] = capacity
+        record["cache"] = {"state": "{kind}_cache_{layer}", "capacity": capacity, "dtype": "float16"}
+    return record
 
 
 def check_greedy(bundle, source, tokens: int = GREEDY_TOKENS) -> dict:

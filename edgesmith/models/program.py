@@ -104,7 +104,8 @@ def export_program(variant):
 
     if variant.module is None:
         raise BadInputError(f"{variant.name} is an ONNX model; this step needs a PyTorch model")
-    ranges: dict[str, tuple] = {}
+    # a module may bound its axes itself (a stateful step: its cache's capacity)
+    ranges: dict[str, tuple] = dict(getattr(variant.module, "axis_ranges", None) or {})
     for _ in range(3):  # the first try, then at most two rounds of torch's suggested fixes
         if not any(s.dynamic for s in variant.inputs):
             break

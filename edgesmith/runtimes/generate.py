@@ -138,7 +138,7 @@ def generation_record(bundle: Bundle) -> dict[str, Any]:
         what = "a language model exported before generation bundles" if bundle.manifest.task == "lm" else \
             f"a {bundle.manifest.task} model"
         raise BadInputError(f"{bundle.path.name} is not a generation bundle: it holds {what}",
-                            hint="export a decoder LM (task lm) to onnx or mlx to get one; "
+                            hint="export a decoder LM (task lm) to onnx, mlx or coreml to get one; "
                                  "`edgesmith run` runs any bundle on given inputs")
     return record
 
@@ -356,7 +356,8 @@ class Generator:
         return {"memories": memories}, {"memories": np.zeros((1, 0, spec["dim"]), np.float32)}
 
     def _stepper(self, capacity: int | None = None):
-        make = getattr(self.runtime, "kv_stepper", None) if self.binding else None
+        stateful = "state" in self.record.get("cache", {})  # the cache lives in the model: no numpy form
+        make = getattr(self.runtime, "kv_stepper", None) if self.binding or stateful else None
         return make(self.record, capacity) if make else NumpyStepper(self.runtime, self.record)
 
 

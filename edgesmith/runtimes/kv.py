@@ -25,3 +25,21 @@ def step_feeds(ids: np.ndarray, start: int) -> dict[str, np.ndarray]:
     length = ids.shape[1]
     return {"input_ids": ids, "attention_mask": np.ones((ids.shape[0], start + length), np.int64),
             "position_ids": np.arange(start, start + length, dtype=np.int64)[None].repeat(ids.shape[0], 0)}
+
+
+# additive mask value of a stateful step: fp16's most negative finite number (no overflow in fp16)
+MASKED = float(np.finfo(np.float16).min)
+
+
+def causal_mask(start: int, length: int) -> np.ndarray:
+    """The additive ``(1, 1, length, start + length)`` causal mask of a step at ``start`` cached positions."""
+    keys = np.arange(start + length)[None]
+    queries = np.arange(start, start + length)[:, None]
+    return np.where(keys <= queries, 0.0, MASKED).astype(np.float32)[None, None]
+
+
+def state_feeds(ids: np.ndarray, start: int) -> dict[str, np.ndarray]:
+    """``input_ids``, ``position_ids`` and ``causal_mask`` of a stateful step (batch 1) at ``start``."""
+    length = ids.shape[1]
+    return {"input_ids": ids, "position_ids": np.arange(start, start + length, dtype=np.int64)[None],
+            "causal_mask": causal_mask(start, length)}

@@ -85,6 +85,14 @@ def _bn():
     return [bn.eval()]
 
 
+class _Cache(nn.Module):
+    """A buffer the case writes into: torch.export records the write, coremltools makes it a state."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("cache", torch.zeros(2, 6), persistent=False)
+
+
 CASES: dict[str, Case] = {
     "math": Case(
         ("abs", "sign", "ceil", "floor", "round", "sqrt", "exp", "exp2", "sin", "cos", "tan", "sinh", "cosh",
@@ -166,7 +174,17 @@ CASES: dict[str, Case] = {
         lambda m, q, k, v: (F.scaled_dot_product_attention(q, k, v),
                             F.scaled_dot_product_attention(q, k, v, attn_mask=torch.tril(torch.ones(5, 5)).bool())),
         lambda: (_r(1, 2, 5, 8), _r(1, 2, 5, 8, seed=1), _r(1, 2, 5, 8, seed=2)), target="iOS18"),
+    # a stateful program (a KV cache's form): the write into the buffer, then a read of it
+    "state": Case(
+        ("read_state", "slice_update", "write_state"),
+        lambda m, x: _write(m[0].cache, x),
+        lambda: (_r(2, 2),), lambda: [_Cache()], target="iOS18"),
 }
+
+
+def _write(cache, x):
+    cache[:, 1:3] = x
+    return cache * 2
 # not claimed by an op: fp16 rounding of a few plain ops
 FP16 = Case((), lambda m, x, y: (x + y, x * y, x / y), lambda: (_r(3, 5), _r(3, 5, seed=1) + 3))
 
@@ -196,8 +214,13 @@ def _convert(name: str, precision: str, root):
                                                              else d for a, d in enumerate(t.shape)]),
                                 dtype=np.float32 if t.is_floating_point() else np.int32)
                   for i, t in enumerate(args)]
+        program = program.run_decompositions(_decompositions())
+        states = [ct.StateType(wrapped_type=ct.TensorType(shape=tuple(b.shape), dtype=np.float16), name=n)
+                  for n, b in module.named_buffers()
+                  if n in program.graph_signature.buffers_to_mutate.values()]  # Core ML states are fp16
         mlmodel = ct.convert(
-            program.run_decompositions(_decompositions()), inputs=inputs, convert_to="mlprogram",
+            program, inputs=inputs, convert_to="mlprogram",
+            **({"states": states} if states else {}),
             minimum_deployment_target=getattr(ct.target, case.target), skip_model_load=True,
             compute_precision=ct.precision.FLOAT32 if precision == "fp32" else ct.precision.FLOAT16,
         )

@@ -97,7 +97,57 @@ class CoremlRuntime(Runtime):
                     )
         return checked
 
-    def _run_impl(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def _run_impl(self, feeds: dict[str, np.ndarray], state=None) -> dict[str, np.ndarray]:
         feeds = {k: v.astype(self._input_dtypes.get(k) or v.dtype, copy=False) for k, v in feeds.items()}
-        out = self.program.run(feeds) if self.program is not None else self.model.predict(feeds)
+        if self.program is not None:
+            out = self.program.run(feeds, state)
+        else:
+            out = self.model.predict(feeds, state=state) if state is not None else self.model.predict(feeds)
         return {s.name: np.asarray(out[s.name]).astype(s.dtype, copy=False) for s in self.bundle.manifest.outputs}
+
+    # -- stateful models (a generation bundle's KV cache) --------------------------------------
+
+    def make_state(self):
+        """A fresh (zeroed) state of a stateful model: Core ML's ``MLState``, or the evaluator's cells."""
+        return self.program.make_state() if self.program is not None else self.model.make_state()
+
+    def run_state(self, feeds: dict[str, np.ndarray], state) -> dict[str, np.ndarray]:
+        """Run a stateful model on ``feeds``, reading and writing ``state`` (from :meth:`make_state`)."""
+        return self._run_impl(self.prepare(feeds), state)
+
+    def kv_stepper(self, record: dict, capacity: int | None = None) -> "StateStepper":
+        """Generation steps of a stateful bundle (its record's ``cache`` has ``state``)."""
+        if "state" not in record.get("cache", {}):
+            raise BadInputError(f"{self.bundle.path.name}: a Core ML generation bundle keeps its KV cache as "
+                                "state; this one's record has no state", hint="re-export it with edgesmith")
+        return StateStepper(self, record)
+
+
+class StateStepper:
+    """Generation steps on a stateful Core ML model: the cache stays in the model's state.
+
+    Each step feeds the new tokens, their positions and the causal mask over the cached
+    positions (:func:`edgesmith.runtimes.kv.state_feeds`); Core ML (or the evaluator) writes
+    their keys and values into the state, so nothing is copied between steps.
+    """
+
+    def __init__(self, runtime: CoremlRuntime, record: dict):
+        self.runtime = runtime
+        self.capacity = record["cache"]["capacity"]
+        self.state = runtime.make_state()
+
+    def step(self, ids: np.ndarray, start: int, extra: dict[str, np.ndarray] | None = None) -> np.ndarray:
+        """Run one step; return the last position's logits ``(vocab,)``.
+
+        Raises:
+            BadInputError: The step would pass the cache's capacity, or extra feeds were given.
+        """
+        from edgesmith.runtimes.kv import state_feeds
+
+        if extra:
+            raise BadInputError(f"{self.runtime.bundle.path.name} takes no {', '.join(extra)} (a stateful "
+                                "Core ML generation bundle takes token ids only)")
+        if start + ids.shape[1] > self.capacity:
+            raise BadInputError(f"step at {start} + {ids.shape[1]} positions overflows the Core ML KV cache of "
+                                f"{self.capacity} positions", hint="re-export with a larger -O context=N")
+        return self.runtime.run_state(state_feeds(ids, start), self.state)["logits"][0, -1]

@@ -18,8 +18,10 @@ from typing import Any, Callable
 import numpy as np
 
 from edgesmith.errors import BadInputError
-from edgesmith.runtimes.coreml.mil.mlpackage import STRING, BlobStore, decode_value, numpy_dtype, read_model
-from edgesmith.runtimes.coreml.mil import elementwise, nn, tensor  # noqa: F401 (they fill the op table)
+from edgesmith.runtimes.coreml.mil.mlpackage import (STRING, BlobStore, decode_value, numpy_dtype, read_model,
+                                                      tensor_shape)
+from edgesmith.runtimes.coreml.mil import elementwise, nn, states, tensor  # noqa: F401 (they fill the op table)
+from edgesmith.runtimes.coreml.mil.states import StateCell
 from edgesmith.runtimes.coreml.mil.table import OPS
 
 _F16 = np.dtype(np.float16)
@@ -92,7 +94,12 @@ class MilProgram:
         fn = spec.mlProgram.functions[function]
         self.opset = fn.opset
         block = fn.block_specializations[fn.opset]
-        self.inputs = [(i.name, _declared(i.type, i.name)) for i in fn.inputs]
+        self.inputs = [(i.name, _declared(i.type, i.name)) for i in fn.inputs
+                       if i.type.WhichOneof("type") != "stateType"]
+        # a stateful program's states (iOS 18: a KV cache, say): name -> (shape, dtype)
+        self.states = {i.name: (tensor_shape(i.type.stateType.wrappedType.tensorType),
+                                _declared(i.type.stateType.wrappedType, i.name))
+                       for i in fn.inputs if i.type.WhichOneof("type") == "stateType"}
         self.outputs = list(block.outputs)
         names = [o.name for o in spec.description.output]
         self.output_names = names if len(names) == len(self.outputs) else list(self.outputs)
@@ -145,11 +152,32 @@ class MilProgram:
         """The op types the program runs, in order (consts excluded)."""
         return [s.op for s in self.steps]
 
-    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def make_state(self, values: dict[str, np.ndarray] | None = None) -> dict[str, StateCell]:
+        """The program's states, zeroed (what ``MLModel.make_state`` gives) or set from ``values``.
+
+        Raises:
+            BadInputError: A value for a state the program does not have, or of another shape.
+        """
+        values = values or {}
+        unknown = sorted(set(values) - set(self.states))
+        if unknown:
+            raise BadInputError(f"the ML program has no state {unknown[0]!r}",
+                                hint=f"its states: {', '.join(self.states) or 'none'}")
+        cells = {}
+        for name, (shape, dtype) in self.states.items():
+            value = np.zeros(shape, np.float32) if name not in values else store(values[name], dtype)
+            if value.shape != tuple(shape):
+                raise BadInputError(f"state {name!r} has shape {value.shape}, the program's is {tuple(shape)}")
+            cells[name] = StateCell(value, dtype)
+        return cells
+
+    def run(self, feeds: dict[str, np.ndarray], state: dict[str, StateCell] | None = None) -> dict[str, np.ndarray]:
         """Run the program.
 
         Args:
             feeds: Input name -> array; cast to the dtypes the program declares.
+            state: A stateful program's states (from :meth:`make_state`), read and written in
+                place; a fresh zeroed state when not given.
 
         Returns:
             Output name (as the model description names it) -> array of the declared dtype.
@@ -162,6 +190,7 @@ class MilProgram:
             if name not in feeds:
                 raise BadInputError(f"the ML program needs input {name!r}")
             env[name] = store(feeds[name], dtype)
+        env.update(state if state is not None else self.make_state())
         with np.errstate(all="ignore"):
             for step in self.steps:
                 kwargs = {}
