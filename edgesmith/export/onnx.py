@@ -32,7 +32,7 @@ class OnnxOptions:
         generation: Export a decoder LM as a generation bundle (one graph with its KV cache,
             the tokenizer, the chat template); false keeps the prefill-only graph.
         fuse: Write ONNX Runtime's fused operators (``com.microsoft``): an encoder (BERT family)
-            gets ``Attention``, ``SkipLayerNormalization``, ``BiasGelu`` (:mod:`.onnx_fuse.encoder`);
+            gets ``Attention``, ``BiasGelu``, ``Sum`` + ``LayerNormalization`` (:mod:`.onnx_fuse.encoder`);
             a Llama-family generation step is rewritten with ``GroupQueryAttention``,
             ``SkipSimplifiedLayerNormalization``, fused QKV and gate/up MatMuls (:mod:`.onnx_fuse.decoder`);
             where nothing fuses the graph stays and the manifest says why. False keeps the dynamo graph.

@@ -68,11 +68,62 @@ def test_fused_graph_has_contrib_ops_and_passes_parity(bundles):
     _, (fused, parity), _ = bundles
     assert parity.passed and parity.tier == "verified"
     ops = _ops(fused)
-    assert ops["Attention"] == 2 and ops["SkipLayerNormalization"] >= 2 and ops["BiasGelu"] == 2
+    assert ops["Attention"] == 2 and ops["BiasGelu"] == 2
+    # the optimizer's SkipLayerNormalization written as Sum + LayerNormalization (2 per layer, + embeddings)
+    assert ops["SkipLayerNormalization"] == 0 and ops["Sum"] == 4 and ops["LayerNormalization"] == 5
     assert ops["Softmax"] == 0 and ops["Where"] == 0 and ops["IsNaN"] == 0
     record = _details(fused)["fuse"]
     assert record["applied"] and record["fusions"]["Attention"] == 2
+    assert record["skip_norms"].startswith("4 SkipLayerNormalization written as Sum + LayerNormalization")
     assert record["nodes"]["after"] == sum(ops.values()) < record["nodes"]["before"]
+
+
+def test_session_optimizer_keeps_split_norms(bundles, tmp_path):
+    """ONNX Runtime's session optimizer fuses Add -> Add -> LayerNormalization back into the slower
+    SkipLayerNormalization; it must leave the Sum + LayerNormalization pairs as they are."""
+    _, (fused, _), _ = bundles
+    opts = ort.SessionOptions()
+    opts.optimized_model_filepath = str(tmp_path / "loaded.onnx")
+    ort.InferenceSession(str(fused.path / "model.onnx"), opts, providers=["CPUExecutionProvider"])
+    loaded = Counter(n.op_type for n in onnx.load(str(tmp_path / "loaded.onnx")).graph.node)
+    assert loaded["SkipLayerNormalization"] == 0 and loaded["Sum"] == 4 and loaded["Attention"] == 2
+
+
+def _skip_norm_graph(opset: int, mean_output: bool, sum_output: bool):
+    """Two chained SkipLayerNormalization nodes (bias, no beta on the second) on random weights."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal(8).astype(np.float32), n) for n in ("g", "b", "bias")]
+    outs = ["y1", "mean" if mean_output else "", "", "s1" if sum_output else ""]
+    nodes = [helper.make_node("SkipLayerNormalization", ["x", "skip", "g", "b", "bias"], outs, domain="com.microsoft",
+                              name="sln1", epsilon=1e-5),
+             helper.make_node("SkipLayerNormalization", ["y1", "s1" if sum_output else "skip", "g", "", "bias"], ["y2"],
+                              domain="com.microsoft", name="sln2", epsilon=1e-5)]
+    io = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [2, 3, 8]) for n in ("x", "skip", "y2")]
+    graph = helper.make_graph(nodes, "g", io[:2], [io[2]] + ([helper.make_tensor_value_info(
+        "mean", TensorProto.FLOAT, [2, 3, 1])] if mean_output else []), inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset), helper.make_opsetid(
+        "com.microsoft", 1)], ir_version=8)
+
+
+@pytest.mark.parametrize("opset, mean_output, sum_output, split", [(17, False, False, 2), (17, False, True, 2),
+                                                                   (17, True, False, 1), (16, False, False, 0)])
+def test_split_skip_norms_same_function(opset, mean_output, sum_output, split):
+    """Sum + LayerNormalization computes what SkipLayerNormalization did (its sum output kept); a node whose
+    mean output is read, or a graph before opset 17, keeps it."""
+    from edgesmith.export.onnx_fuse.encoder import _split_skip_norms
+
+    model = _skip_norm_graph(opset, mean_output, sum_output)
+    rng = np.random.default_rng(1)
+    feed = {n: rng.standard_normal((2, 3, 8)).astype(np.float32) for n in ("x", "skip")}
+    before = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feed)
+    assert _split_skip_norms(model) == split
+    onnx.checker.check_model(model)
+    assert Counter(n.op_type for n in model.graph.node)["SkipLayerNormalization"] == 2 - split
+    after = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feed)
+    for a, b in zip(before, after):
+        np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
 
 
 def test_unfused_option_keeps_dynamo_graph(bundles):

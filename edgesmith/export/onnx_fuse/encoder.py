@@ -17,8 +17,10 @@ when the graph has the pattern it matches. Two things in the dynamo export break
 The optimizer runs at ``opt_level=0`` (its own pattern fusions only, no ONNX Runtime
 session optimizations baked in), so the graph stays portable: every fused operator has a
 CPU kernel, and ONNX Runtime still applies its session optimizations when it loads the
-bundle. The raw 2-D mask is kept (``AttentionMaskFormat.AttentionMask``), never reduced to
-a sequence length, so left padding and holes keep their meaning. The fused graph is
+bundle. One of its fusions is undone: ``SkipLayerNormalization`` is written back as
+``Sum -> LayerNormalization`` (:func:`_split_skip_norms`), which ONNX Runtime's CPU provider
+runs about three times faster. The raw 2-D mask is kept (``AttentionMaskFormat.AttentionMask``),
+never reduced to a sequence length, so left padding and holes keep their meaning. The fused graph is
 checked against the unfused one on ONNX Runtime (the example, and the example with left
 padding) before it replaces it; where that or any step fails the unfused graph stays and
 the reason is the bundle's note (:class:`NotFusable`).
@@ -92,7 +94,8 @@ def fuse_encoder(path: Path, variant, mask_input: str = "attention_mask") -> dic
 
     Returns:
         ``{"applied": True, "fusions": {op: count}, "nodes": {"before": n, "after": m},
-        "mask": ...}``; the graph at ``path`` is the fused one.
+        "mask": ..., "skip_norms": ...}`` (``fusions``: what the optimizer fused, before
+        :func:`_split_skip_norms`); the graph at ``path`` is the fused one.
 
     Raises:
         NotFusable: Nothing fused, or the fused graph computes something else; ``path`` is untouched.
@@ -108,12 +111,15 @@ def fuse_encoder(path: Path, variant, mask_input: str = "attention_mask") -> dic
     if not stats.get("Attention"):
         raise NotFusable(f"ONNX Runtime's optimizer fused no Attention ({_stats_text(stats) or 'nothing'}); "
                          "the unfused graph is kept")
+    split = _split_skip_norms(fused)
     _check_same(original, fused.SerializeToString(), variant.example, mask_input)
     onnx.save(fused, str(path))
     return {"applied": True, "fusions": stats, "nodes": {"before": before, "after": count_nodes(fused)},
             "mask": f"Where mask rewritten to (1 - {mask_input}) * min for {rewired} attention blocks"
             if rewired else "no Where mask found", "optimizer": "onnxruntime.transformers, model_type=bert, "
-            "opt_level=0, raw 2-D attention mask"}
+            "opt_level=0, raw 2-D attention mask",
+            "skip_norms": f"{split} SkipLayerNormalization written as Sum + LayerNormalization (faster on "
+            "ONNX Runtime's CPU provider)" if split else "none split"}
 
 
 def _stats_text(stats: dict) -> str:
@@ -146,6 +152,51 @@ def _optimize(model, config):
             q.setLevel(level)
     stats = {k: int(v) for k, v in optimized.get_fused_operator_statistics().items() if v}
     return optimized.model, stats
+
+
+def _split_skip_norms(model) -> int:
+    """Write each ``SkipLayerNormalization`` as ``Sum(input, bias, skip) -> LayerNormalization``.
+
+    The same function, computed faster on ONNX Runtime's CPU provider: its
+    SkipLayerNormalization kernel is a scalar loop per row (a division per element), its
+    ``LayerNormalization`` kernel is vectorized. Profiled on all-MiniLM-L6-v2 (2 threads,
+    1 x 128 tokens), the 12 fused nodes took about 3.5 ms a run, the 12 pairs about 1.0 ms,
+    more than the whole difference between exact and tanh GELU. ``Sum`` rather than two
+    ``Add`` nodes: ONNX Runtime's session optimizer fuses ``Add -> Add -> LayerNormalization``
+    back into SkipLayerNormalization when it loads the graph; it does not match ``Sum``.
+
+    A node is left alone where its mean or inverse-deviation output is used, where it has no
+    gamma, or where the default-domain opset predates ``LayerNormalization`` (17).
+
+    Returns:
+        How many nodes were rewritten.
+    """
+    from onnx import helper
+
+    opset = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0)
+    if opset < 17:
+        return 0
+    used = {i for n in model.graph.node for i in n.input} | {o.name for o in model.graph.output}
+    nodes, split = [], 0
+    for node in model.graph.node:
+        inputs = list(node.input) + [""] * (5 - len(node.input))
+        outputs = list(node.output) + [""] * (4 - len(node.output))
+        if (node.op_type != "SkipLayerNormalization" or node.domain != "com.microsoft" or not inputs[2]
+                or any(o in used for o in outputs[1:3] if o)):
+            nodes.append(node)
+            continue
+        x, skip, gamma, beta, bias = inputs[:5]
+        eps = next((a.f for a in node.attribute if a.name == "epsilon"), 1e-12)
+        base = node.name or outputs[0]
+        total = outputs[3] or f"{outputs[0]}_sum"  # output 3 is input + skip + bias where a later node reads it
+        nodes.append(helper.make_node("Sum", [x, bias, skip] if bias else [x, skip], [total], name=f"{base}_sum"))
+        nodes.append(helper.make_node("LayerNormalization", [total, gamma] + ([beta] if beta else []),
+                                      [outputs[0]], name=f"{base}_norm", axis=-1, epsilon=eps, stash_type=1))
+        split += 1
+    if split:
+        del model.graph.node[:]
+        model.graph.node.extend(nodes)
+    return split
 
 
 def _constant(model, name: str, producers: dict):
