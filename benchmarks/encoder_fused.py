@@ -4,7 +4,8 @@ Four graphs of the same offline checkpoint (``edgesmith.models.offline.minilm_di
 
 - edgesmith fused: ``edgesmith export ... --target onnx`` (default ``fuse=true``: eager
   attention at export, the mask rewritten, ONNX Runtime's transformers optimizer at
-  ``opt_level=0``: ``Attention``, ``SkipLayerNormalization``, ``BiasGelu``);
+  ``opt_level=0``: ``Attention``, ``BiasGelu``, its ``SkipLayerNormalization`` written back as
+  ``Sum`` + ``LayerNormalization``, which ONNX Runtime's CPU provider runs faster);
 - edgesmith unfused: the same with ``-O fuse=false`` (the dynamo graph);
 - Optimum plain: ``optimum-cli export onnx --task feature-extraction``;
 - Optimum O3: the same with ``--optimize O3`` (its fusions plus the tanh GELU approximation).
