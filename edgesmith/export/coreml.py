@@ -209,7 +209,8 @@ class CoremlExporter(Exporter):
                   for name, shape in _states(variant).items()]
         return dict(
             outputs=outputs, convert_to="mlprogram", skip_model_load=True, **({"states": states} if states else {}),
-            compute_precision=ct.precision.FLOAT16 if self.options.precision == "fp16" else ct.precision.FLOAT32,
+            compute_precision=ct.transform.FP16ComputePrecision(op_selector=_in_fp16)
+            if self.options.precision == "fp16" else ct.precision.FLOAT32,
             compute_units=ct.ComputeUnit[COMPUTE_UNITS[self.options.compute_units]],
         )
 
@@ -243,6 +244,22 @@ class CoremlExporter(Exporter):
             return ct.convert(traced, inputs=inputs, minimum_deployment_target=target, **self._common(ct, variant))
         except Exception as exc:
             raise _Failed(_reason(exc)) from exc
+
+
+# a norm's statistics: squares and their mean overflow fp16 (65504) once activations pass ~256, which
+# language models' residual streams do (SmolLM2's reach 650); Core ML computes these in fp32
+_NORM_STATISTICS = ("pow", "reduce_mean", "reduce_sum_square", "rsqrt", "sqrt")
+
+
+def _in_fp16(op) -> bool:
+    """Whether an op of an fp16 program computes in fp16: all but a norm's statistics (and the
+    epsilon added to their mean), which stay in fp32 so that large activations do not overflow."""
+    if op.op_type in _NORM_STATISTICS:
+        return False
+    if op.op_type == "add":
+        producers = {getattr(getattr(v, "op", None), "op_type", None) for v in op.inputs.values()}
+        return "reduce_mean" not in producers
+    return True
 
 
 def _states(variant) -> dict[str, tuple[int, ...]]:

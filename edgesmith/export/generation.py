@@ -32,6 +32,10 @@ def generation_step(exporter, variant):
     if not getattr(exporter.options, "generation", True):
         return None
     if _own_step(variant):
+        if hasattr(exporter, "generation_variant"):  # Core ML's stateful step has no form for a Dolphin pair's memories
+            variant.notes.append(f"{exporter.name}: a Dolphin decoder exports without generation here; "
+                                 "generate with its onnx or mlx bundle")
+            return None
         return variant
     from edgesmith.models.lm_generate import generation_variant
 

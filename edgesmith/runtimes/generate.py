@@ -358,7 +358,7 @@ class Generator:
     def _stepper(self, capacity: int | None = None):
         stateful = "state" in self.record.get("cache", {})  # the cache lives in the model: no numpy form
         make = getattr(self.runtime, "kv_stepper", None) if self.binding or stateful else None
-        return make(self.record, capacity) if make else NumpyStepper(self.runtime, self.record)
+        return (make(self.record, capacity) if make else None) or NumpyStepper(self.runtime, self.record)
 
 
 def _step(stepper, ids: np.ndarray, start: int, extra: dict[str, np.ndarray]) -> np.ndarray:

@@ -115,12 +115,10 @@ class CoremlRuntime(Runtime):
         """Run a stateful model on ``feeds``, reading and writing ``state`` (from :meth:`make_state`)."""
         return self._run_impl(self.prepare(feeds), state)
 
-    def kv_stepper(self, record: dict, capacity: int | None = None) -> "StateStepper":
-        """Generation steps of a stateful bundle (its record's ``cache`` has ``state``)."""
-        if "state" not in record.get("cache", {}):
-            raise BadInputError(f"{self.bundle.path.name}: a Core ML generation bundle keeps its KV cache as "
-                                "state; this one's record has no state", hint="re-export it with edgesmith")
-        return StateStepper(self, record)
+    def kv_stepper(self, record: dict, capacity: int | None = None) -> "StateStepper | None":
+        """Generation steps of a stateful bundle (its record's ``cache`` has ``state``); None for a
+        bundle whose cache goes in and out as tensors (the generic numpy loop steps it)."""
+        return StateStepper(self, record) if "state" in record.get("cache", {}) else None
 
 
 class StateStepper:
