@@ -145,7 +145,8 @@ class BoundStepper:
         self._logits: dict[tuple[int, int], np.ndarray] = {}
 
     def step(self, ids: np.ndarray, start: int, extra: dict[str, np.ndarray] | None = None) -> np.ndarray:
-        """Run one step (``extra``: more feeds, a Dolphin decoder's memories); return the last logits ``(vocab,)``."""
+        """Run one step (``extra``: more feeds, a Dolphin decoder's memories); return the last logits ``(vocab,)``
+        (on the CPU with a capacity: a view of the step's output buffer, valid until the next step)."""
         from edgesmith.runtimes.kv import step_feeds
 
         io = self.binding
@@ -162,7 +163,8 @@ class BoundStepper:
                 return io.get_outputs()[-1].numpy()[0, -1]  # outputs come in binding order: logits last
             logits = self._logits_buffer(ids.shape)
             self.session.run_with_iobinding(io)
-            return logits[0, -1].copy()  # the buffer is the next decode step's output
+            # a view, valid until the next step (a copy would allocate 200 KB per token: an mmap and its page faults)
+            return logits[0, -1]
         io.clear_binding_inputs()
         io.clear_binding_outputs()
         for name, arr in feeds.items():
