@@ -86,10 +86,10 @@ def write_record(source, stage: Path, step=None) -> dict:
     from edgesmith.models.lm_generate import generation_record
 
     record = generation_record(source, stage)
-    capacity = getattr(getattr(step, "module", None), "capacity", None)
-    if getattr(getattr(step, "module", None), "state_names", None):
-        record["max_context"] = capacity
-        record["cache"] = {"state": "{kind}_cache_{layer}", "capacity": capacity, "dtype": "float16"}
+    module = getattr(step, "module", None)
+    if getattr(module, "state_names", None):
+        record["max_context"] = module.capacity
+        record["cache"] = {"state": "{kind}_cache_{layer}", "capacity": module.capacity, "dtype": "float16"}
     return record
 
 

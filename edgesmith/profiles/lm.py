@@ -209,11 +209,14 @@ def step_costs(bundle) -> StepCosts:
         bundle = Bundle.open(bundle)
     record = generation_record(bundle)
     path, _ = bundle_graph(bundle)
+    # the graph's own feeds (a Core ML bundle borrows its onnx sibling's graph, whose cache is fp32 tensors);
+    # the bytes per cached position are the bundle's own (Core ML keeps its cache as fp16 state)
+    graph_record = record if path.parent == bundle.path else (Bundle.open(path.parent).manifest.generation or record)
     dtype = np.dtype(record.get("cache", {}).get("dtype", "float32"))
     kv_per_position = 2.0 * record["layers"] * record["kv_heads"] * record["head_dim"] * dtype.itemsize
 
     def cost(new: int, past: int) -> tuple[float, float, int, dict[str, float]]:
-        feeds = {**step_feeds(np.zeros((1, new), np.int64), past), **empty_cache(record, length=past)}
+        feeds = {**step_feeds(np.zeros((1, new), np.int64), past), **empty_cache(graph_record, length=past)}
         graph = graph_costs(path, feeds)
         skip = graph.folded | fused_nodes(graph.costs, graph.producers, graph.consumers)
         counted = [c for c in graph.costs if c.node not in skip]

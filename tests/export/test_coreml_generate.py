@@ -109,3 +109,13 @@ def test_an_lm_profile_of_the_evaluator_says_emulated(bundle):
     if record["mode"] == "emulated":  # no error is scored against a stand-in's time
         prediction = {"rows": [{"prompt_tokens": 4, "ttft_ms": 1.0, "decode_ms_per_token": 1.0}]}
         assert "ttft_error" not in with_errors(record, prediction)["prediction"]["rows"][0]
+
+
+def test_predicted_lm_costs_read_the_onnx_siblings_graph_and_the_fp16_state(bundle, tiny_llama):
+    from edgesmith.profiles.lm import step_costs
+
+    b, _ = bundle
+    es.export(tiny_llama, b.path.parent, target="onnx")  # the sibling whose graph predictions read
+    costs = step_costs(b.path)
+    assert costs.kv_bytes_per_position == 2 * 2 * 2 * 8 * 2  # keys and values, 2 layers x 2 heads x 8, fp16
+    assert sum(costs.decode_flops) > 0

@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from edgesmith.runtimes.coreml.mil.table import OPS
-from edgesmith.runtimes.coreml.mil.tensor import _ints
+from edgesmith.runtimes.coreml.mil.tensor import slice_index
 
 
 class StateCell:
@@ -55,14 +55,7 @@ def write_state(input, data):  # noqa: A002
 def slice_update(x, update, begin, end, stride=None, begin_mask=None, end_mask=None, squeeze_mask=None):
     """``x`` with ``x[begin:end:stride]`` (per axis, masks as in ``slice_by_index``) replaced by ``update``."""
     out = np.array(x, copy=True)
-    rank = out.ndim
-    begin, end = _ints(begin), _ints(end)
-    stride = _ints(stride) if stride is not None else [1] * rank
-    bmask = _ints(begin_mask) if begin_mask is not None else [0] * rank
-    emask = _ints(end_mask) if end_mask is not None else [0] * rank
-    smask = _ints(squeeze_mask) if squeeze_mask is not None else [0] * rank
-    index = tuple(begin[i] if smask[i] else slice(None if bmask[i] else begin[i], None if emask[i] else end[i],
-                                                  stride[i]) for i in range(rank))
+    index = slice_index(out, begin, end, stride, begin_mask, end_mask, squeeze_mask)
     target = out[index]
     update = np.asarray(update)
     if update.shape != target.shape:

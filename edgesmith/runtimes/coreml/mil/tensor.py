@@ -81,10 +81,9 @@ OPS.op("tile")(lambda x, reps: np.tile(x, _ints(reps)))
 OPS.op("reverse")(lambda x, axes=None: np.flip(x, _axes(axes, np.ndim(x))))
 
 
-@OPS.op("slice_by_index")
-def slice_by_index(x, begin, end, stride=None, begin_mask=None, end_mask=None, squeeze_mask=None):
-    """``x[begin:end:stride]`` per axis, with masks to ignore bounds or index one element."""
-    x = np.asarray(x)
+def slice_index(x, begin, end, stride=None, begin_mask=None, end_mask=None, squeeze_mask=None) -> tuple:
+    """The numpy index of ``x[begin:end:stride]`` per axis, with masks to ignore bounds or index one
+    element (``slice_by_index``'s reading, which ``slice_update`` writes through too)."""
     rank = x.ndim
     begin, end = _ints(begin), _ints(end)
     stride = _ints(stride) if stride is not None else [1] * rank
@@ -97,7 +96,14 @@ def slice_by_index(x, begin, end, stride=None, begin_mask=None, end_mask=None, s
             slices.append(begin[i] % x.shape[i] if x.shape[i] else begin[i])
         else:
             slices.append(slice(None if bmask[i] else begin[i], None if emask[i] else end[i], stride[i]))
-    return np.asarray(x[tuple(slices)])
+    return tuple(slices)
+
+
+@OPS.op("slice_by_index")
+def slice_by_index(x, begin, end, stride=None, begin_mask=None, end_mask=None, squeeze_mask=None):
+    """``x[begin:end:stride]`` per axis, with masks to ignore bounds or index one element."""
+    x = np.asarray(x)
+    return np.asarray(x[slice_index(x, begin, end, stride, begin_mask, end_mask, squeeze_mask)])
 
 
 @OPS.op("slice_by_size")
