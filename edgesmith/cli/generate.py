@@ -57,7 +57,7 @@ def generate(bundle, prompt, prompt_file, ids, chat, chat_template, system, max_
              top_p, seed, stop, ignore_eos, threads, no_binding, context_file, encoder, as_json):
     """Generate text with a language-model bundle, streaming it to stdout.
 
-    BUNDLE is a generation bundle: a decoder LM exported to onnx (or mlx), with its
+    BUNDLE is a generation bundle: a decoder LM exported to onnx, mlx or coreml, with its
     KV cache, tokenizer and chat template. Runs without torch (the runtime install).
     Timings (time to first token, ms per token) go to stderr.
 
@@ -95,7 +95,10 @@ def generate(bundle, prompt, prompt_file, ids, chat, chat_template, system, max_
     click.echo("")
     speed = "" if result.ms_per_token is None else \
         f", {result.ms_per_token:.1f} ms/token ({result.tokens_per_s:.1f} tokens/s)"
+    emulated = "; emulated: a stand-in for the runtime ran it here, these times are not the target's speed" \
+        if result.timing == "emulated" else ""
     click.echo(f"{len(result.tokens)} tokens, time to first token {1000 * result.ttft_s:.1f} ms "
-               f"({len(result.prompt_tokens)} prompt tokens){speed}, stopped: {result.stop_reason}", err=True)
+               f"({len(result.prompt_tokens)} prompt tokens){speed}, stopped: {result.stop_reason}{emulated}",
+               err=True)
     for note in notes:
         click.echo(f"note: {note}", err=True)

@@ -97,6 +97,8 @@ class Generation:
         ttft_s: Seconds from the prompt's tokens to the first new token (the prefill).
         decode_s: Seconds of the decode steps after the first token.
         decode_steps: Decode steps run (one per token after the first, the last one's EOS included).
+        timing: ``measured``, or ``emulated`` where a stand-in ran the bundle (the Core ML evaluator
+            off macOS): its times are then not the target's speed.
     """
 
     text: str
@@ -106,6 +108,7 @@ class Generation:
     ttft_s: float
     decode_s: float
     decode_steps: int = 0
+    timing: str = "measured"
 
     @property
     def ms_per_token(self) -> float | None:
@@ -124,7 +127,8 @@ class Generation:
                 "new_tokens": len(self.tokens), "stop_reason": self.stop_reason,
                 "ttft_ms": round(1000 * self.ttft_s, 3),
                 "ms_per_token": None if self.ms_per_token is None else round(self.ms_per_token, 3),
-                "tokens_per_s": None if self.tokens_per_s is None else round(self.tokens_per_s, 2)}
+                "tokens_per_s": None if self.tokens_per_s is None else round(self.tokens_per_s, 2),
+                "timing": self.timing}
 
 
 def generation_record(bundle: Bundle) -> dict[str, Any]:
@@ -295,7 +299,8 @@ class Generator:
         if on_text and len(text) > len(shown):
             on_text(text[len(shown):])
         return Generation(text=text, prompt_tokens=prompt_ids, tokens=tokens, stop_reason=reason,
-                          ttft_s=first - start, decode_s=end - first, decode_steps=steps)
+                          ttft_s=first - start, decode_s=end - first, decode_steps=steps,
+                          timing=getattr(self.runtime, "timing", "measured"))
 
     def compress(self, context: str | None = None, ids: list[int] | None = None,
                  encoder: str | Path | None = None) -> np.ndarray:

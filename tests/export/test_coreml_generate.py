@@ -119,3 +119,15 @@ def test_predicted_lm_costs_read_the_onnx_siblings_graph_and_the_fp16_state(bund
     costs = step_costs(b.path)
     assert costs.kv_bytes_per_position == 2 * 2 * 2 * 8 * 2  # keys and values, 2 layers x 2 heads x 8, fp16
     assert sum(costs.decode_flops) > 0
+
+
+def test_generate_says_its_times_are_the_evaluators(bundle, capsys):
+    from edgesmith.cli import main
+
+    b, _ = bundle
+    assert main(["generate", str(b.path), "--ids", "5,17,3", "-n", "3", "--ignore-eos"]) == 0
+    err = capsys.readouterr().err
+    assert "3 tokens, time to first token" in err
+    assert ("emulated: a stand-in for the runtime ran it here" in err) == (TIER == "emulated")
+    assert es.generate(b.path, ids=[5, 17, 3], max_new_tokens=2).to_dict()["timing"] == \
+        TIER.replace("verified", "measured")
