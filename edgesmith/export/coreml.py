@@ -141,8 +141,6 @@ class CoremlExporter(Exporter):
         result = super()._parity(bundle, variant)
         if not _states(variant):
             return result
-        import dataclasses as dc
-
         from edgesmith.parity import compare
         from edgesmith.runtimes import open_runtime
         from edgesmith.runtimes.kv import state_feeds
@@ -157,7 +155,7 @@ class CoremlExporter(Exporter):
         got = {"logits": stepper.step(token, ids.shape[1])[None, None]}
         more = compare(reference, got, precision=bundle.manifest.precision, tier=runtime.tier, classify=True)
         result.failures += [f"{f} (decode)" for f in more.failures]
-        result.outputs += [dc.replace(o, name=f"{o.name}@decode") for o in more.outputs]
+        result.outputs += [dataclasses.replace(o, name=f"{o.name}@decode") for o in more.outputs]
         result.passed = not result.failures
         return result
 

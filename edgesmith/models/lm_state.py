@@ -27,11 +27,14 @@ needs to drop a position).
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from edgesmith.models.lm_generate import _decoder, _prompt_ids, cache_layout, check_cache
 
 
+@functools.cache  # the classes are made once, not on every forward
 def _cache_classes():
     from transformers.cache_utils import Cache, CacheLayerMixin
 
